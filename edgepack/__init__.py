@@ -1,0 +1,84 @@
+"""edgepack: compressed PyTorch models to verified ONNX / TFLite / ncnn artifacts for edge devices.
+
+Python API mirroring `edgepack export`:
+
+    import edgepack
+    report = edgepack.export("model.pt2", output_dir="out", input_shape="1x3x224x224", target="rpi4")
+"""
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+try:
+    __version__ = metadata.version("edgepack")
+except metadata.PackageNotFoundError:  # running from a source tree without install
+    __version__ = "0.0.0+unknown"
+
+
+def export(
+    model_or_path: Any,
+    *,
+    output_dir: str | Path = "out",
+    input_shape: Any = None,
+    formats: str | tuple[str, ...] = ("onnx",),
+    target: str = "host",
+    name: str | None = None,
+    allow_pickle: bool = False,
+    arch: str | None = None,
+    calib: str | Path | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    scale: float | None = None,
+    bgr: bool = False,
+    layout: str | None = None,
+    opset: int = 18,
+    seed: int = 0,
+    tolerance: float | None = None,
+    console: Any = None,
+) -> dict:
+    """Export and verify; returns the report (also written to OUTDIR/report.json).
+
+    `input_shape`: "1x3x224x224", "name:1x3x224x224", a tuple of ints, a list of those strings, or
+    a dict name -> shape. Raises `edgepack.errors.EdgepackError` subclasses on bad input; an
+    artifact that fails verification is reported with ok=False (report["exit_code"] says why)."""
+    from edgepack.options import ExportOptions, Preprocessing
+    from edgepack.pipeline import run_export
+
+    options = ExportOptions(
+        output_dir=Path(output_dir),
+        formats=formats,
+        target=target,
+        inputs=_input_specs(input_shape),
+        name=name,
+        allow_pickle=allow_pickle,
+        arch=arch,
+        calib=Path(calib) if calib is not None else None,
+        preprocessing=Preprocessing(mean=_tuple(mean), std=_tuple(std), scale=scale, bgr=bgr, layout=layout),
+        opset=opset,
+        seed=seed,
+        fp32_tolerance=tolerance,
+    )
+    return run_export(model_or_path, options, console)
+
+
+def _tuple(x: Any) -> tuple[float, ...] | None:
+    return None if x is None else tuple(float(v) for v in (x if isinstance(x, (list, tuple)) else [x]))
+
+
+def _input_specs(value: Any) -> tuple:
+    from edgepack.options import InputSpec
+
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (InputSpec.parse(value),)
+    if isinstance(value, dict):
+        return tuple(InputSpec(str(k), tuple(int(d) for d in v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and value and all(isinstance(d, int) for d in value):
+        return (InputSpec(None, tuple(value)),)
+    return tuple(InputSpec.parse(v) if isinstance(v, str) else InputSpec(None, tuple(v)) for v in value)
+
+
+__all__ = ["export", "__version__"]

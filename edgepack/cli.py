@@ -1,0 +1,149 @@
+"""The `edgepack` command line (click). Errors are one line on stderr with the exit code from
+edgepack.errors; --debug shows the traceback."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from edgepack import __version__
+from edgepack.errors import EdgepackError
+
+_DEBUG = {"on": False}
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+
+
+def _debug_option(f):
+    def callback(ctx, param, value):
+        if value:
+            _DEBUG["on"] = True
+        return value
+
+    return click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=callback,
+                        help="Show tracebacks on errors.")(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgepack")
+@_debug_option
+def cli() -> None:
+    """Export compressed PyTorch models to verified edge artifacts."""
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
+              help="Output directory.")
+@click.option("--format", "formats", default="onnx", show_default=True, help="Comma-separated: onnx,tflite,ncnn.")
+@click.option("--target", default="host", show_default=True, help="Device profile (see `edgepack devices`).")
+@click.option("--input-shape", "input_shapes", multiple=True, help="1x3x224x224 or name:1x3x224x224; repeat per input.")
+@click.option("--name", default=None, help="Artifact base name (default: the model file's stem).")
+@click.option("--allow-pickle", is_flag=True, help="Allow loading a pickled nn.Module (runs code from the file).")
+@click.option("--arch", default=None, help="package.module:factory that builds the model for a state dict.")
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help=".npy (N, ...) or .npz per input; a seeded 20%% of it verifies the artifacts.")
+@click.option("--mean", default=None, help="Preprocessing mean per channel, e.g. 0.485,0.456,0.406 (recorded).")
+@click.option("--std", default=None, help="Preprocessing std per channel (recorded).")
+@click.option("--scale", type=float, default=None, help="Preprocessing scale, e.g. 0.00392 for 1/255 (recorded).")
+@click.option("--bgr", is_flag=True, help="Input colour order is BGR (recorded).")
+@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default=None, help="Layout of the raw input (recorded).")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for verification samples.")
+@click.option("--tolerance", type=float, default=None, help="Relative-error target for fp32 artifacts (default 1e-4).")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
+@_debug_option
+def export(model: Path, output_dir: Path, formats: str, target: str, input_shapes: tuple[str, ...], name: str | None,
+           allow_pickle: bool, arch: str | None, calib: Path | None, mean: str | None, std: str | None,
+           scale: float | None, bgr: bool, layout: str | None, opset: int, seed: int, tolerance: float | None,
+           as_json: bool) -> None:
+    """Export MODEL (.pt, .pt2, TorchScript or .onnx) and verify every artifact."""
+    from rich.console import Console
+
+    from edgepack.options import ExportOptions, InputSpec, Preprocessing, parse_floats
+    from edgepack.pipeline import run_export
+    from edgepack.report import render_table, to_json_text
+
+    options = ExportOptions(
+        output_dir=output_dir,
+        formats=formats,
+        target=target,
+        inputs=tuple(InputSpec.parse(s) for s in input_shapes),
+        name=name,
+        allow_pickle=allow_pickle,
+        arch=arch,
+        calib=calib,
+        preprocessing=Preprocessing(mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), scale=scale,
+                                    bgr=bgr, layout=layout),
+        opset=opset,
+        seed=seed,
+        fp32_tolerance=tolerance,
+    )
+    err = _stderr_console()
+    report = run_export(model, options, console=err)
+    out = err if as_json else Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    render_table(report, out)
+    if as_json:
+        click.echo(to_json_text(report), nl=False)
+    else:
+        click.echo(f"wrote {output_dir / 'report.json'}")
+    sys.exit(report["exit_code"])
+
+
+@cli.command()
+def formats() -> None:
+    """List export formats, their precisions and whether they are built yet."""
+    from edgepack.formats import FORMATS
+
+    for cap in FORMATS.values():
+        state = "yes" if cap.built else f"not yet ({cap.note})"
+        click.echo(f"{cap.name:8s} precisions: {', '.join(cap.precisions):30s} built: {state}")
+
+
+@cli.command()
+@click.argument("name", required=False)
+def devices(name: str | None) -> None:
+    """List device profiles, or show one."""
+    import dataclasses
+
+    from edgepack.devices import list_profiles, load_profile
+
+    if name is None:
+        for n in list_profiles():
+            p = load_profile(n)
+            click.echo(f"{p.name:12s} {p.cpu:48s} {p.description}")
+        return
+    for key, value in dataclasses.asdict(load_profile(name)).items():
+        click.echo(f"{key:22s} {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="edgepack", standalone_mode=False)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    except click.exceptions.Abort:
+        click.echo("edgepack: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except EdgepackError as exc:
+        if _DEBUG["on"]:
+            raise
+        click.echo(f"edgepack: error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug in edgepack: still one line unless --debug
+        if _DEBUG["on"]:
+            raise
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        click.echo(f"edgepack: internal error: {type(exc).__name__}: {line} (run with --debug for the traceback)", err=True)
+        return 1
+    return 0

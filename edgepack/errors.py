@@ -1,0 +1,58 @@
+"""The one error hierarchy of edgepack.
+
+Every failure a user can cause or meet is one of these. Each carries the process exit code the CLI
+returns, and a message that says what was found, what is allowed and what to do next. The CLI
+prints the message on one line (no traceback unless --debug)."""
+from __future__ import annotations
+
+
+class EdgepackError(Exception):
+    """Base class. `exit_code` is what `edgepack` exits with."""
+
+    exit_code = 1
+
+
+class UsageError(EdgepackError):
+    """Bad flags or bad input files (missing, corrupt, wrong shape): exit code 2."""
+
+    exit_code = 2
+
+
+class LoadError(UsageError):
+    """The model file cannot be loaded as given."""
+
+
+class PickleNotAllowed(LoadError):
+    """A pickled module was found and --allow-pickle was not passed."""
+
+
+class InputShapeError(UsageError):
+    """The input shape given (or inferred) does not fit the model."""
+
+
+class ConversionError(EdgepackError):
+    """The model could not be converted (e.g. PyTorch -> ONNX failed in both exporters): exit 4."""
+
+    exit_code = 4
+
+
+class UnsupportedError(EdgepackError):
+    """An op, format or precision that edgepack does not support (yet): exit code 4."""
+
+    exit_code = 4
+
+
+class VerificationFailed(EdgepackError):
+    """An artifact differs from the reference by more than its tolerance: exit code 3."""
+
+    exit_code = 3
+
+
+class OutputError(UsageError):
+    """The output location cannot be written."""
+
+
+EXIT_OK = 0
+EXIT_USAGE = UsageError.exit_code
+EXIT_VERIFY = VerificationFailed.exit_code
+EXIT_UNSUPPORTED = UnsupportedError.exit_code

@@ -1,0 +1,57 @@
+"""What each exporter can produce: the one capability table the CLI and API validate against.
+
+A format is listed with the precisions it supports and whether its exporter is built yet. Asking
+for an unknown format is a usage error; asking for one that is listed but not built yet is an
+`UnsupportedError` (exit 4) for that artifact only, so the other formats still get exported."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgepack.errors import UnsupportedError, UsageError
+
+
+@dataclass(frozen=True)
+class FormatCapability:
+    name: str
+    extension: str
+    precisions: tuple[str, ...]
+    built: bool
+    note: str = ""
+
+
+FORMATS: dict[str, FormatCapability] = {
+    "onnx": FormatCapability("onnx", "onnx", ("fp32",), built=True),
+    "tflite": FormatCapability("tflite", "tflite", ("fp32", "fp16", "int8", "int8-weights"), built=False,
+                               note="TFLite writer not built yet"),
+    "ncnn": FormatCapability("ncnn", "param", ("fp32", "fp16", "int8"), built=False,
+                             note="ncnn exporter not built yet"),
+}
+
+
+def built_formats() -> list[str]:
+    return [name for name, cap in FORMATS.items() if cap.built]
+
+
+def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """`"onnx,tflite"` -> ("onnx", "tflite"); an unknown name is a usage error."""
+    names = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text)]
+    names = [n for n in names if n]
+    if not names:
+        raise UsageError("--format is empty; give one or more of: " + ", ".join(FORMATS))
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown:
+        raise UsageError(f"unknown format(s) {', '.join(unknown)}; known formats: {', '.join(FORMATS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def check_buildable(fmt: str, precision: str) -> FormatCapability:
+    cap = FORMATS[fmt]
+    if not cap.built:
+        raise UnsupportedError(
+            f"format {fmt!r} is not supported yet ({cap.note}); supported formats: {', '.join(built_formats())}; use --format onnx"
+        )
+    if precision not in cap.precisions:
+        raise UnsupportedError(
+            f"format {fmt!r} does not support precision {precision!r} yet; it supports: {', '.join(cap.precisions)}"
+        )
+    return cap

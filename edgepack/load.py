@@ -1,0 +1,318 @@
+"""Load a model from a path or a Python object, detecting the format from the file's content.
+
+Formats: pickled nn.Module (torch.save(model), only with allow_pickle), TorchScript
+(torch.jit.save), ExportedProgram (torch.export.save), a state dict plus `--arch module:factory`,
+and ONNX. torch is imported only when the input is a PyTorch one, so an ONNX input works without
+torch installed."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgepack.errors import LoadError, PickleNotAllowed, UsageError
+
+KINDS = ("pickled-module", "torchscript", "exported-program", "state-dict", "onnx", "module")
+
+
+@dataclass
+class SourceModel:
+    """What was loaded. `model` is an nn.Module, ScriptModule or ExportedProgram; `onnx_model` is
+    set for ONNX inputs. `input_names`/`stored_shapes` come from the model where it records them."""
+
+    kind: str
+    path: Path | None
+    model: Any = None
+    onnx_model: Any = None
+    input_names: list[str] = field(default_factory=list)
+    stored_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    made_permanent: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def is_torch(self) -> bool:
+        return self.kind != "onnx"
+
+
+def detect_format(path: Path) -> str:
+    """Return 'exported-program', 'torchscript', 'torch-pickle' or 'onnx' from the bytes of `path`."""
+    if not path.exists():
+        raise LoadError(f"model file {path} not found; check the path")
+    if path.is_dir():
+        raise LoadError(f"{path} is a directory; pass the model file itself (.pt, .pt2, .onnx)")
+    head = path.read_bytes()[:8] if path.stat().st_size else b""
+    if not head:
+        raise LoadError(f"model file {path} is empty; re-save the model")
+    if zipfile.is_zipfile(path):
+        try:
+            names = zipfile.ZipFile(path).namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise LoadError(f"model file {path} is a damaged zip archive ({exc}); re-save the model") from None
+        if any(n.endswith(("/archive_format", "/serialized_exported_program.json", "/models/model.json")) for n in names):
+            return "exported-program"
+        if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch-pickle"
+        raise LoadError(f"{path} is a zip archive but not a PyTorch checkpoint, TorchScript or ExportedProgram")
+    if head[:1] == b"\x80":  # pickle protocol marker: legacy (non-zip) torch.save
+        return "torch-pickle"
+    import onnx
+
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # protobuf raises DecodeError and friends
+        proto = None
+    if proto is not None and len(proto.graph.node) > 0:
+        return "onnx"
+    raise LoadError(
+        f"{path} is not a PyTorch checkpoint, TorchScript, ExportedProgram or ONNX file "
+        f"(first bytes {head[:4]!r}); the file may be truncated or of another framework"
+    )
+
+
+def load_source(obj: Any, *, allow_pickle: bool = False, arch: str | None = None) -> SourceModel:
+    """Load a path or accept an in-memory model (nn.Module, ExportedProgram, ScriptModule, onnx.ModelProto)."""
+    if isinstance(obj, (str, Path)):
+        return _load_path(Path(obj), allow_pickle=allow_pickle, arch=arch)
+    return _from_object(obj, None)
+
+
+def _load_path(path: Path, *, allow_pickle: bool, arch: str | None) -> SourceModel:
+    kind = detect_format(path)
+    if kind == "onnx":
+        return _from_onnx(path)
+    torch = _import_torch(path)
+    if kind == "exported-program":
+        try:
+            ep = torch.export.load(str(path))
+        except Exception as exc:
+            raise LoadError(f"cannot load ExportedProgram {path}: {_first_line(exc)}") from None
+        return _from_object(ep, path)
+    if kind == "torchscript":
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise LoadError(f"cannot load TorchScript {path}: {_first_line(exc)}") from None
+        return _from_object(module, path, kind="torchscript")
+    return _load_torch_pickle(path, torch, allow_pickle=allow_pickle, arch=arch)
+
+
+def _load_torch_pickle(path: Path, torch: Any, *, allow_pickle: bool, arch: str | None) -> SourceModel:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        text = str(exc)
+        if "Unsupported global" not in text and "weights_only" not in text.lower():
+            raise LoadError(f"cannot read {path}: {_first_line(exc)}; the file may be truncated") from None
+        if not allow_pickle:
+            raise PickleNotAllowed(
+                f"{path} is a pickled Python object (torch.save(model)); loading it runs arbitrary code from the file. "
+                "Pass --allow-pickle if you trust it, or save a state dict and pass --arch module:factory, "
+                "or save with torch.export.save"
+            ) from None
+        obj = _unpickle(path, torch)
+    if isinstance(obj, torch.nn.Module):
+        return _from_object(obj, path, kind="pickled-module")
+    if isinstance(obj, Mapping):
+        state = _find_state_dict(obj, torch)
+        if state is None:
+            raise LoadError(f"{path} holds a dict without tensors ({sorted(obj)[:6]}); expected a state dict or an nn.Module")
+        if arch is None:
+            raise LoadError(
+                f"{path} holds a state dict ({len(state)} tensors) but no architecture; "
+                "pass --arch package.module:factory, a callable that builds the nn.Module"
+            )
+        return _from_object(_build_from_arch(arch, state, path, torch), path, kind="state-dict")
+    raise LoadError(f"{path} holds a {type(obj).__name__}, not an nn.Module or a state dict")
+
+
+def _unpickle(path: Path, torch: Any) -> Any:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except (AttributeError, ModuleNotFoundError, ImportError) as exc:
+        missing = getattr(exc, "name", None) or _first_line(exc)
+        raise LoadError(
+            f"{path} is a pickled model whose class cannot be imported ({_first_line(exc)}); "
+            f"make the module that defines it importable (set PYTHONPATH to the folder of {missing!s}) "
+            "or save a state dict and pass --arch module:factory"
+        ) from None
+    except Exception as exc:
+        raise LoadError(f"cannot unpickle {path}: {_first_line(exc)}") from None
+
+
+def _find_state_dict(obj: Mapping, torch: Any) -> dict[str, Any] | None:
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return dict(obj)
+    for key in ("state_dict", "model_state_dict", "model", "net", "weights"):
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            return dict(inner)
+    return None
+
+
+def _build_from_arch(arch: str, state: dict[str, Any], path: Path, torch: Any) -> Any:
+    module_name, _, attr = arch.partition(":")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        mod = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise LoadError(f"--arch {arch}: cannot import {module_name!r} ({_first_line(exc)}); set PYTHONPATH to its folder") from None
+    finally:
+        sys.path.pop(0)
+    factory = getattr(mod, attr, None)
+    if factory is None or not callable(factory):
+        raise LoadError(f"--arch {arch}: {module_name!r} has no callable {attr!r}")
+    try:
+        model = factory()
+    except Exception as exc:
+        raise LoadError(f"--arch {arch}: calling {attr}() failed: {_first_line(exc)}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise LoadError(f"--arch {arch}: {attr}() returned {type(model).__name__}, not an nn.Module")
+    state = merge_pruning_masks(state)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise LoadError(
+            f"state dict {path.name} does not fit --arch {arch}: "
+            f"missing keys {list(result.missing_keys)[:10]}, unexpected keys {list(result.unexpected_keys)[:10]}"
+        )
+    return model
+
+
+def merge_pruning_masks(state: dict[str, Any]) -> dict[str, Any]:
+    """`x.weight_orig` * `x.weight_mask` -> `x.weight` (torch.nn.utils.prune's saved form)."""
+    out = dict(state)
+    for key in list(state):
+        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state:
+            base = key[: -len("_orig")]
+            out[base] = state[key] * state[base + "_mask"]
+            del out[key], out[base + "_mask"]
+    return out
+
+
+def make_pruning_permanent(model: Any) -> list[str]:
+    """Remove torch.nn.utils.prune reparametrisations (weight = weight_orig * weight_mask) in place."""
+    from torch.nn.utils import prune
+
+    done: list[str] = []
+    for mod_name, module in model.named_modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):  # PruningContainer is one too
+                prune.remove(module, hook._tensor_name)
+                done.append(f"{mod_name}.{hook._tensor_name}" if mod_name else hook._tensor_name)
+    return done
+
+
+def _from_object(obj: Any, path: Path | None, kind: str | None = None) -> SourceModel:
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - onnx is a core dependency
+        onnx = None
+    if onnx is not None and isinstance(obj, onnx.ModelProto):
+        return _from_onnx_proto(obj, path)
+    torch = _import_torch(path)
+    if isinstance(obj, torch.export.ExportedProgram):
+        names = [s.arg.name for s in obj.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+        shapes: dict[str, tuple[int, ...]] = {}
+        example = getattr(obj, "example_inputs", None)
+        if example:
+            args = list(example[0]) + list(example[1].values())
+            if len(args) == len(names) and all(isinstance(a, torch.Tensor) for a in args):
+                shapes = {n: tuple(a.shape) for n, a in zip(names, args)}
+        src = SourceModel("exported-program", path, model=obj, input_names=names, stored_shapes=shapes)
+        src.warnings += _nonfinite_warnings(obj.state_dict.items(), torch)
+        return src
+    if isinstance(obj, torch.jit.ScriptModule):
+        schema = obj.forward.schema
+        names = [a.name for a in schema.arguments[1:]]
+        src = SourceModel("torchscript", path, model=obj.eval(), input_names=names)
+        src.warnings += _nonfinite_warnings(obj.state_dict().items(), torch)
+        return src
+    if isinstance(obj, torch.nn.Module):
+        made = make_pruning_permanent(obj)
+        if obj.training:
+            obj.eval()
+        names = _forward_arg_names(obj)
+        src = SourceModel(kind or "module", path, model=obj, input_names=names, made_permanent=made)
+        src.warnings += _nonfinite_warnings(obj.state_dict().items(), torch)
+        return src
+    raise UsageError(
+        f"cannot export a {type(obj).__name__}; pass a path, an nn.Module, an ExportedProgram, a ScriptModule or an onnx.ModelProto"
+    )
+
+
+def _forward_arg_names(module: Any) -> list[str]:
+    params = inspect.signature(module.forward).parameters.values()
+    return [
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+
+
+def _from_onnx(path: Path) -> SourceModel:
+    import onnx
+
+    try:
+        proto = onnx.load_model(str(path))
+    except Exception as exc:
+        raise LoadError(f"cannot load ONNX {path}: {_first_line(exc)}") from None
+    return _from_onnx_proto(proto, path)
+
+
+def _from_onnx_proto(proto: Any, path: Path | None) -> SourceModel:
+    from onnx import numpy_helper
+
+    inits = {i.name for i in proto.graph.initializer}
+    names, shapes = [], {}
+    for inp in proto.graph.input:
+        if inp.name in inits:
+            continue
+        names.append(inp.name)
+        dims = inp.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+            shapes[inp.name] = tuple(d.dim_value for d in dims)
+    src = SourceModel("onnx", path, onnx_model=proto, input_names=names, stored_shapes=shapes)
+    bad = []
+    for init in proto.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.dtype.kind == "f" and not _all_finite(arr):
+            bad.append(init.name)
+    if bad:
+        src.warnings.append(f"NaN or Inf in weights: {bad[:5]}; the exported model will produce NaN/Inf")
+    return src
+
+
+def _all_finite(arr: Any) -> bool:
+    import numpy as np
+
+    return bool(np.isfinite(arr).all())
+
+
+def _nonfinite_warnings(items: Any, torch: Any) -> list[str]:
+    bad = [k for k, v in items if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        return [f"NaN or Inf in weights: {bad[:5]}; the exported model will produce NaN/Inf"]
+    return []
+
+
+def _import_torch(path: Path | None) -> Any:
+    try:
+        import torch
+    except ImportError:
+        what = f"{path} is a PyTorch file" if path else "a PyTorch model was given"
+        raise UsageError(f"{what} and torch is not installed; pip install 'edgepack[torch]' (or export to ONNX first)") from None
+    return torch
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    line = text.splitlines()[0]
+    return line if len(line) < 300 else line[:297] + "..."
+
+

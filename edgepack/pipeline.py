@@ -1,0 +1,323 @@
+"""The export pipeline, in order. Reading `run_export` tells the whole story of an export:
+
+1. load the model (any input format) and resolve input shapes;
+2. build the verification set and run the reference (PyTorch, or ONNX Runtime unoptimized);
+3. convert to ONNX (PyTorch inputs) -- the one intermediate form;
+4. graph passes on ONNX: cleanup_graph, fold_batchnorm, cleanup_graph;
+5. every requested format x precision: export, verify against the reference;
+6. write verify.npz and report.json.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from edgepack import report as report_mod
+from edgepack.calib import load_samples
+from edgepack.converters import PassResult
+from edgepack.converters.cleanup_graph import cleanup_graph
+from edgepack.converters.export_onnx import export_onnx
+from edgepack.converters.fold_batchnorm import fold_batchnorm
+from edgepack.devices import DeviceProfile, load_profile
+from edgepack.errors import EdgepackError, InputShapeError, UnsupportedError, UsageError, VerificationFailed
+from edgepack.formats import FORMATS, check_buildable
+from edgepack.fsutil import file_entry, prepare_output_dir
+from edgepack.load import SourceModel, load_source
+from edgepack.model_stats import count_macs, count_params
+from edgepack.options import ExportOptions, InputSpec
+from edgepack.runtimes import get_runtime
+from edgepack.verify import (
+    VerificationSet, compare, make_verification_set, run_all, save_verification, tolerance_for,
+)
+
+VERIFY_NAME = "verify.npz"
+GRAPH_PASSES = (cleanup_graph, fold_batchnorm, cleanup_graph)
+
+
+class Steps:
+    """Times each step; prints one line per finished step to `console` (stderr) when given."""
+
+    def __init__(self, console: Any | None) -> None:
+        self.console = console
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, key: str, label: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - start
+        self.timings[key] = round(self.timings.get(key, 0.0) + elapsed, 3)
+        if self.console is not None:
+            self.console.print(f"[dim]{elapsed:6.2f} s[/]  {label}")
+
+    def warn(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(f"[yellow]warning:[/] {text}")
+
+
+def run_export(model_or_path: Any, options: ExportOptions, console: Any | None = None) -> dict:
+    steps = Steps(console)
+    profile = load_profile(options.target)
+    out_dir = prepare_output_dir(options.output_dir)
+    precisions = ("fp32",)
+    total_start = time.perf_counter()
+
+    with steps("load", "load model"):
+        source = load_source(model_or_path, allow_pickle=options.allow_pickle, arch=options.arch)
+    warnings = list(source.warnings)
+    if source.made_permanent:
+        warnings.append(f"made {len(source.made_permanent)} pruning reparametrisation(s) permanent: {source.made_permanent[:5]}")
+    for w in warnings:
+        steps.warn(w)
+    specs, shape_sources = resolve_inputs(source, options.inputs, profile)
+    shapes = {s.name: s.shape for s in specs}
+
+    with steps("reference", f"reference outputs ({'PyTorch' if source.is_torch else 'ONNX Runtime, optimizations off'})"):
+        calib = load_samples(options.calib, shapes) if options.calib else None
+        vset = make_verification_set(shapes, seed=options.seed, n_random=options.verify_samples, calib=calib,
+                                     holdout_fraction=options.holdout_fraction)
+        reference = _reference_outputs(source, specs, vset)
+
+    with steps("to_onnx", "convert to ONNX"):
+        model, exporter, fallback = _to_onnx(source, specs, vset, len(reference), options.opset)
+    if fallback:
+        steps.warn(f"dynamo exporter failed ({fallback}); used the TorchScript exporter")
+
+    passes: list[PassResult] = []
+    for graph_pass in GRAPH_PASSES:
+        with steps(f"pass:{graph_pass.__name__}", graph_pass.__name__):
+            passes.append(graph_pass(model))
+    left = [n.op_type for n in model.graph if n.op_type == "BatchNormalization"]
+    if left:
+        warnings.append(f"{len(left)} BatchNormalization node(s) could not be folded; see passes")
+
+    output_names = [v.name for v in model.graph.outputs]
+    save_verification(out_dir / VERIFY_NAME, vset, reference, output_names)
+    name = options.name or _default_name(source)
+    artifacts = []
+    for fmt in options.formats:
+        for precision in precisions:
+            with steps(f"artifact:{fmt}.{precision}", f"export + verify {fmt} {precision}"):
+                artifacts.append(_build_artifact(model, fmt, precision, name, out_dir, vset, reference, output_names, options))
+
+    report = {
+        "schema_version": report_mod.SCHEMA_VERSION,
+        "provenance": report_mod.provenance({"verification": options.seed}),
+        "model": {
+            "name": name,
+            "source_path": str(source.path) if source.path else None,
+            "source_format": source.kind,
+            "exporter": exporter,
+            "exporter_fallback_reason": fallback,
+            "opset": options.opset,
+            "params": count_params(model),
+            "macs": count_macs(model),
+            "inputs": [
+                {"name": s.name, "shape": list(s.shape), "shape_source": shape_sources[s.name]} for s in specs
+            ],
+            "pruning_made_permanent": source.made_permanent,
+        },
+        "target": {"name": profile.name, "description": profile.description, "cpu": profile.cpu},
+        "preprocessing": options.preprocessing.to_json(),
+        "passes": [p.to_json() for p in passes],
+        "verification": {
+            "file": VERIFY_NAME,
+            "source": vset.source,
+            "samples": vset.count,
+            "seed": vset.seed,
+            "reference": "pytorch" if source.is_torch else "onnxruntime (optimizations off)",
+        },
+        "artifacts": artifacts,
+        "warnings": warnings,
+        "timings_s": {**steps.timings, "total": round(time.perf_counter() - total_start, 3)},
+    }
+    report["ok"] = all(a["ok"] for a in artifacts)
+    report["exit_code"] = exit_code_for(artifacts)
+    report_mod.write_report(report, out_dir)
+    return report
+
+
+def exit_code_for(artifacts: list[dict]) -> int:
+    """3 if any artifact failed verification, else 4 if any format/op was unsupported, else the
+    first failed artifact's code, else 0."""
+    codes = [a["exit_code"] for a in artifacts if not a["ok"]]
+    if not codes:
+        return 0
+    for preferred in (VerificationFailed.exit_code, UnsupportedError.exit_code):
+        if preferred in codes:
+            return preferred
+    return codes[0]
+
+
+# ---------------------------------------------------------------- step 1: inputs
+
+
+def resolve_inputs(source: SourceModel, given: tuple[InputSpec, ...], profile: DeviceProfile) -> tuple[list[InputSpec], dict[str, str]]:
+    """Shape of every model input: from --input-shape, else stored in the model, else the profile."""
+    names = list(source.input_names) or [s.name or "input" for s in given] or ["input"]
+    shapes: dict[str, tuple[int, ...]] = {}
+    origin: dict[str, str] = {}
+    for spec in given:
+        if spec.name is None:
+            if len(names) != 1:
+                raise UsageError(f"the model takes {len(names)} inputs ({', '.join(names)}); name each: --input-shape {names[0]}:1x3x224x224")
+            key = names[0]
+        elif spec.name not in names:
+            raise UsageError(f"--input-shape names input {spec.name!r}; the model's inputs are: {', '.join(names)}")
+        else:
+            key = spec.name
+        stored = source.stored_shapes.get(key)
+        if source.kind == "onnx" and stored is not None and stored != spec.shape:
+            raise InputShapeError(
+                f"input {key!r} has shape {list(spec.shape)}; the model expects {list(stored)}: pass --input-shape {key}:{'x'.join(map(str, stored))} or omit it"
+            )
+        shapes[key], origin[key] = spec.shape, "flag"
+    for key in names:
+        if key in shapes:
+            continue
+        if key in source.stored_shapes:
+            shapes[key], origin[key] = source.stored_shapes[key], "model"
+        elif len(names) == 1:
+            shapes[key], origin[key] = tuple(profile.default_input_shape), f"profile:{profile.name}"
+        else:
+            raise UsageError(f"no shape for input {key!r}; pass --input-shape {key}:1x3x224x224")
+    return [InputSpec(n, shapes[n]) for n in names], origin
+
+
+# ---------------------------------------------------------------- step 2: reference
+
+
+def _reference_outputs(source: SourceModel, specs: list[InputSpec], vset: VerificationSet) -> list[np.ndarray]:
+    names = [s.name for s in specs]
+    if source.is_torch:
+        session = get_runtime("torch").load(source.model, input_names=names)
+    else:
+        session = get_runtime("onnxruntime").load(
+            _with_static_inputs(source.onnx_model, specs).SerializeToString(), optimize=False
+        )
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return list(session.run(feed).values())
+
+    try:
+        return run_all(run, vset)
+    except EdgepackError:
+        raise
+    except Exception as exc:
+        shapes = ", ".join(f"{s.name} {list(s.shape)}" for s in specs)
+        stored = ", ".join(f"{k} {list(v)}" for k, v in source.stored_shapes.items())
+        hint = f" (the model records {stored})" if stored else ""
+        raise InputShapeError(
+            f"the model failed on input shape(s) {shapes}{hint}: {_first_line(exc)}; pass --input-shape with the shape the model expects"
+        ) from None
+
+
+def _with_static_inputs(proto: Any, specs: list[InputSpec]) -> Any:
+    import onnx
+
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    by_name = {s.name: s.shape for s in specs}
+    for inp in proto.graph.input:
+        if inp.name not in by_name:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        shape = by_name[inp.name]
+        if len(dims) != len(shape):
+            raise InputShapeError(f"input {inp.name!r} has {len(dims)} dimensions; --input-shape gave {list(shape)}")
+        for d, n in zip(dims, shape):
+            if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != n:
+                raise InputShapeError(f"input {inp.name!r} dimension is {d.dim_value}; --input-shape gave {list(shape)}")
+            d.Clear()
+            d.dim_value = n
+    return proto
+
+
+# ---------------------------------------------------------------- step 3: to ONNX
+
+
+def _to_onnx(source: SourceModel, specs: list[InputSpec], vset: VerificationSet, n_outputs: int, opset: int) -> tuple[ir.Model, str | None, str | None]:
+    if not source.is_torch:
+        return ir.from_proto(_with_static_inputs(source.onnx_model, specs)), None, None
+    import torch
+
+    from edgepack.converters.torch_to_onnx import torch_to_onnx
+
+    args = tuple(torch.from_numpy(vset.inputs[s.name][0].copy()) for s in specs)
+    out_names = ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
+    result = torch_to_onnx(source.model, source.kind, args, [s.name for s in specs], out_names, opset)
+    return ir.from_proto(result.model_proto), result.exporter, result.fallback_reason
+
+
+# ---------------------------------------------------------------- step 5: artifacts
+
+
+def _build_artifact(model: ir.Model, fmt: str, precision: str, name: str, out_dir: Path, vset: VerificationSet,
+                    reference: list[np.ndarray], output_names: list[str], options: ExportOptions) -> dict:
+    ext = FORMATS[fmt].extension
+    entry: dict[str, Any] = {
+        "path": None, "files": [], "format": fmt, "precision": precision,
+        "weights_precision": precision, "compute_precision": precision, "size_bytes": None,
+        "inputs": _io(model.graph.inputs), "outputs": _io(model.graph.outputs),
+        "fidelity": None, "ok": False, "error": None, "exit_code": 0,
+    }
+    try:
+        check_buildable(fmt, precision)
+        path = out_dir / f"{name}.{precision}.{ext}"
+        files = export_onnx(model, path, precision)
+        entry["path"] = path.name
+        entry["files"] = [file_entry(f, out_dir) for f in files]
+        entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
+        entry["fidelity"] = _verify_onnx(path, vset, reference, output_names, precision, options)
+        if entry["fidelity"].get("error"):
+            raise VerificationFailed(entry["fidelity"]["error"])
+        tol = entry["fidelity"]["tolerance"]
+        if tol["enforced"] and not entry["fidelity"]["rel_error"] <= tol["rel_error"]:
+            raise VerificationFailed(
+                f"relative error {entry['fidelity']['rel_error']:.3g} exceeds the {precision} tolerance {tol['rel_error']:.0e}; "
+                "the artifact is kept for inspection"
+            )
+        entry["ok"] = True
+    except EdgepackError as exc:
+        entry["error"] = str(exc)
+        entry["exit_code"] = exc.exit_code
+    return entry
+
+
+def _verify_onnx(path: Path, vset: VerificationSet, reference: list[np.ndarray], output_names: list[str], precision: str,
+                 options: ExportOptions) -> dict:
+    runtime = get_runtime("onnxruntime")
+    session = runtime.load(path)
+    actual = run_all(lambda feed: [session.run(feed)[n] for n in output_names], vset)
+    result = compare(reference, actual, output_names)
+    tol, enforced = tolerance_for(precision, "exact", options.fp32_tolerance if precision == "fp32" else None)
+    result["tolerance"] = {"rel_error": tol, "enforced": enforced}
+    result["samples"] = vset.count
+    result["runtime"] = f"{runtime.name} {runtime.version()}"
+    return result
+
+
+def _io(values: Any) -> list[dict]:
+    layouts = {2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}
+    out = []
+    for v in values:
+        shape = [d if isinstance(d, int) else str(d) for d in v.shape] if v.shape is not None else None
+        dtype = v.dtype.numpy().name if v.dtype is not None else None
+        out.append({"name": v.name, "shape": shape, "dtype": dtype, "layout": layouts.get(len(shape)) if shape else None})
+    return out
+
+
+def _default_name(source: SourceModel) -> str:
+    if source.path is not None:
+        return source.path.name.split(".")[0] or "model"
+    return type(source.model).__name__.lower() if source.model is not None else "model"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

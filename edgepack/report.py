@@ -1,0 +1,116 @@
+"""report.json (schema below) and the console table.
+
+Top-level keys: schema_version, provenance, model, target, preprocessing, passes, verification,
+artifacts, warnings, timings_s, ok. Each artifact: path, files [{path, size_bytes, sha256}],
+format, precision, weights_precision, compute_precision, size_bytes, inputs, outputs, fidelity,
+ok, error. Later versions add fields; these names stay."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgepack.fsutil import atomic_write_bytes
+
+SCHEMA_VERSION = 1
+REPORT_NAME = "report.json"
+
+
+def versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("edgepack", "torch", "onnx", "onnx-ir", "onnxscript", "onnxruntime", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def provenance(seeds: dict[str, int]) -> dict[str, Any]:
+    from datetime import datetime, timezone
+
+    return {
+        "command": list(sys.argv),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "platform": f"{platform.system()}-{platform.machine()}",
+        "versions": versions(),
+        "seeds": seeds,
+    }
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no inf/nan: write them as strings so the file stays standard JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def to_json_text(report: dict) -> str:
+    return json.dumps(_clean(report), indent=2, sort_keys=False) + "\n"
+
+
+def write_report(report: dict, out_dir: Path) -> Path:
+    path = Path(out_dir) / REPORT_NAME
+    atomic_write_bytes(path, to_json_text(report).encode())
+    return path
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    return format(x, spec)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def render_table(report: dict, console: Any) -> None:
+    from rich.table import Table
+
+    model = report["model"]
+    title = (
+        f"{model['name']}: {model['source_format']} via {model.get('exporter') or '-'}; "
+        f"{model['params'] / 1e6:.2f} M params, {model['macs'] / 1e6:.1f} M MACs; target {report['target']['name']}"
+    )
+    table = Table(title=title, title_justify="left")
+    for col in ("artifact", "precision", "size", "max abs err", "rel err", "tolerance", "cosine", "top-1", "ok"):
+        table.add_column(col, justify="left" if col in ("artifact", "precision") else "right")
+    for art in report["artifacts"]:
+        fid = art.get("fidelity") or {}
+        tol = fid.get("tolerance") or {}
+        table.add_row(
+            art.get("path") or f"({art['format']})",
+            art["precision"],
+            _size(art.get("size_bytes")),
+            _fmt(fid.get("max_abs_error"), ".2e"),
+            _fmt(fid.get("rel_error"), ".2e"),
+            (_fmt(tol.get("rel_error"), ".0e") + ("" if tol.get("enforced") else " (info)")) if tol else "-",
+            _fmt(fid.get("cosine"), ".6f"),
+            _fmt(fid.get("top1_agreement"), ".1%"),
+            "[green]yes[/]" if art["ok"] else "[red]NO[/]",
+        )
+    console.print(table)
+    for art in report["artifacts"]:
+        if art.get("error"):
+            console.print(f"[red]{art['format']} {art['precision']}:[/] {art['error']}")
+    for p in report["passes"]:
+        for item in p.get("skipped", []):
+            console.print(f"[yellow]{p['name']}:[/] {item['node']}: {item['why']}")

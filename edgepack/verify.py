@@ -1,0 +1,127 @@
+"""Verification: run the reference and each artifact on the same inputs and measure how far apart
+they are. The reference is the PyTorch model (for an ONNX input: that ONNX in ONNX Runtime with
+optimizations off). Tolerances live in one table keyed by (precision, mode)."""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.fsutil import atomic_path
+
+# (precision, mode) -> (relative-error tolerance, enforced by default). Entries that are not
+# enforced are reported; they fail an artifact only when the user sets a target.
+TOLERANCES: dict[tuple[str, str], tuple[float, bool]] = {
+    ("fp32", "exact"): (1e-4, True),
+}
+
+
+def tolerance_for(precision: str, mode: str = "exact", user_target: float | None = None) -> tuple[float, bool]:
+    if user_target is not None:
+        return user_target, True
+    return TOLERANCES.get((precision, mode), (float("inf"), False))
+
+
+@dataclass
+class VerificationSet:
+    """inputs: name -> (S, *input_shape) array, S batches; source says where they came from."""
+
+    inputs: dict[str, np.ndarray]
+    source: str
+    seed: int
+    calibration_indices: np.ndarray | None = None
+
+    @property
+    def count(self) -> int:
+        return next(iter(self.inputs.values())).shape[0]
+
+    def feeds(self) -> list[dict[str, np.ndarray]]:
+        return [{name: arr[i] for name, arr in self.inputs.items()} for i in range(self.count)]
+
+
+def make_verification_set(
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    seed: int,
+    n_random: int = 8,
+    calib: Mapping[str, np.ndarray] | None = None,
+    holdout_fraction: float = 0.2,
+    max_batches: int = 256,
+) -> VerificationSet:
+    """8 seeded N(0,1) samples, or a seeded held-out split of the calibration data."""
+    rng = np.random.default_rng(seed)
+    if calib is None:
+        inputs = {n: rng.standard_normal((n_random,) + tuple(s), dtype=np.float32) for n, s in shapes.items()}
+        return VerificationSet(inputs, "random-normal", seed)
+    total = next(iter(calib.values())).shape[0]
+    order = rng.permutation(total)
+    batch = next(iter(shapes.values()))[0]
+    n_hold = max(batch, int(round(total * holdout_fraction)))
+    n_hold = min(n_hold - n_hold % batch, max_batches * batch) or batch
+    held, rest = order[:n_hold], order[n_hold:]
+    inputs = {
+        n: calib[n][held].reshape((n_hold // batch,) + tuple(shapes[n])) for n in shapes
+    }
+    return VerificationSet(inputs, "calibration-holdout", seed, calibration_indices=np.sort(rest))
+
+
+def run_all(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]], vset: VerificationSet) -> list[np.ndarray]:
+    """Run every batch; stack each output over batches -> list of (S, ...) arrays."""
+    per_batch = [run(feed) for feed in vset.feeds()]
+    return [np.stack([outs[k] for outs in per_batch]) for k in range(len(per_batch[0]))]
+
+
+def compare(reference: list[np.ndarray], actual: list[np.ndarray], names: list[str]) -> dict:
+    """Max abs error, relative error (max abs error / max abs reference), cosine similarity and, for
+    classifier-like outputs (N x C, C >= 2), top-1 agreement; worst over outputs, plus per output."""
+    if len(reference) != len(actual):
+        return {"error": f"artifact has {len(actual)} outputs, reference {len(reference)}"}
+    per_output = {}
+    for name, ref, act in zip(names, reference, actual):
+        if ref.shape != act.shape:
+            return {"error": f"output {name!r} has shape {list(act.shape[1:])}, reference {list(ref.shape[1:])}"}
+        r = ref.astype(np.float64)
+        a = act.astype(np.float64)
+        diff = np.abs(a - r)
+        max_abs = float(diff.max()) if diff.size else 0.0
+        scale = float(np.abs(r).max()) if r.size else 0.0
+        finite = bool(np.isfinite(a).all())
+        entry = {
+            "max_abs_error": max_abs if finite else float("inf"),
+            "rel_error": (max_abs / scale if scale > 0 else max_abs) if finite else float("inf"),
+            "cosine": _cosine(r, a),
+        }
+        if r.ndim == 3 and r.shape[2] >= 2:  # (S, N, C) classifier-like
+            entry["top1_agreement"] = float(np.mean(r.argmax(-1) == a.argmax(-1)))
+        per_output[name] = entry
+    worst = {
+        "max_abs_error": max(e["max_abs_error"] for e in per_output.values()),
+        "rel_error": max(e["rel_error"] for e in per_output.values()),
+        "cosine": min(e["cosine"] for e in per_output.values()),
+    }
+    top1 = [e["top1_agreement"] for e in per_output.values() if "top1_agreement" in e]
+    worst["top1_agreement"] = min(top1) if top1 else None
+    worst["per_output"] = per_output
+    return worst
+
+
+def _cosine(r: np.ndarray, a: np.ndarray) -> float:
+    """Mean over batches of the cosine similarity of the flattened outputs."""
+    r2 = r.reshape(r.shape[0], -1)
+    a2 = a.reshape(a.shape[0], -1)
+    num = (r2 * a2).sum(axis=1)
+    den = np.linalg.norm(r2, axis=1) * np.linalg.norm(a2, axis=1)
+    cos = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(np.abs(r2 - a2).max(axis=1) == 0, 1.0, 0.0))
+    return float(np.nan_to_num(cos.mean(), nan=0.0))
+
+
+def save_verification(path: Path, vset: VerificationSet, reference: list[np.ndarray], output_names: list[str]) -> None:
+    """OUTDIR/verify.npz: `input/<name>` and `reference/<output name>`, so later commands can
+    re-verify an artifact without torch."""
+    arrays = {f"input/{n}": a for n, a in vset.inputs.items()}
+    arrays.update({f"reference/{n}": a for n, a in zip(output_names, reference)})
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
