@@ -1,0 +1,1 @@
+"""Repository root conftest: makes `benchmarks.zoo` (shared model definitions) importable in tests."""
