@@ -131,6 +131,8 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
             "source": vset.source,
             "samples": vset.count,
             "seed": vset.seed,
+            "holdout_fraction": options.holdout_fraction if vset.calibration_indices is not None else None,
+            "left_for_calibration": None if vset.calibration_indices is None else int(len(vset.calibration_indices)),
             "reference": "pytorch" if source.is_torch else "onnxruntime (optimizations off)",
         },
         "artifacts": artifacts,
