@@ -45,7 +45,7 @@ def fold_batchnorm(model: ir.Model) -> PassResult:
     names = _Names(graph)
     result = PassResult("fold_batchnorm", False, {"into_producer": 0, "into_consumer": 0, "to_mul_add": 0, "kept": 0})
     for bn in [n for n in graph if n.op_type == "BatchNormalization" and n.domain == ""]:
-        label = bn.name or bn.outputs[0].name
+        label = _label(bn)
         affine = bn_affine(bn)
         if isinstance(affine, str):
             result.counts["kept"] += 1
@@ -127,8 +127,10 @@ def can_fold_into_producer(bn: ir.Node, s: np.ndarray) -> str | None:
     if len(inner.outputs[0].uses()) != 1:
         return "MatMul output also feeds other nodes"
     why = _why_not_matmul(inner, channels)
-    if why is None and bias.size not in (1, channels):
-        why = f"bias of {bias.size} values does not match {channels} channels"
+    if why is None and _rank(producer.outputs[0]) != 2:
+        why = "MatMul + bias output is not 2-D (the bias broadcasts it to another rank)"
+    if why is None and (bias.size not in (1, channels) or (bias.ndim and bias.shape[-1] != bias.size)):
+        why = f"bias of shape {list(bias.shape)} is not one value per feature ({channels}) along the last axis"
     return why
 
 
@@ -153,8 +155,10 @@ def can_fold_into_consumers(bn: ir.Node, t: np.ndarray) -> str | None:
                 return "consumer Gemm transposes its input"
             if _const(node.inputs[1]) is None or (len(node.inputs) > 2 and node.inputs[2] is not None and _const(node.inputs[2]) is None):
                 return "consumer Gemm weights are not constant"
+        elif node.op_type in ("Conv", "Gemm") and node.domain == "":
+            return f"feeds input {index} of {node.op_type} {node.name} (only its data input can absorb a scale)"
         else:
-            return f"feeds {node.op_type} (non-linear or not channel-mixing)" if node.op_type != "Conv" else "feeds a Conv weight input"
+            return f"feeds {node.op_type} (non-linear or not channel-mixing)"
     return None
 
 
@@ -217,9 +221,10 @@ def _fold_into_producer(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndarr
     elif op == "MatMul":
         w = _const(producer.inputs[1])
         _set_input(graph, producer, 1, w * s[None, :], names)
-        add = ir.Node("", "Add", [producer.outputs[0], _new_init(graph, t, names, "bn_shift", like=w)], name=names.fresh(f"{bn.name}_shift"))
+        add = ir.Node("", "Add", [producer.outputs[0], _new_init(graph, t, names, "bn_shift", like=w)], name=names.fresh(f"{_label(bn)}_shift"))
         graph.insert_after(producer, add)
         _bypass(bn, add.outputs[0])
+        graph.remove(bn, safe=True)
         return producer.name
     else:  # Add after MatMul
         matmul, bias = _matmul_bias(producer)
@@ -265,12 +270,14 @@ def _fold_into_consumers(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndar
 
 def _to_mul_add(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndarray, rank: int, names: _Names) -> None:
     shape = (-1,) + (1,) * (rank - 2)
-    like = _const(bn.inputs[1])
-    mul = ir.Node("", "Mul", [bn.inputs[0], _new_init(graph, s.reshape(shape), names, f"{bn.name}_scale", like=like)],
-                  name=names.fresh(f"{bn.name}_mul"))
-    add = ir.Node("", "Add", [mul.outputs[0], _new_init(graph, t.reshape(shape), names, f"{bn.name}_shift", like=like)],
-                  name=names.fresh(f"{bn.name}_add"))
-    mul.outputs[0].name = names.fresh(f"{bn.name}_scaled")
+    x, base = bn.inputs[0], _label(bn)
+    # The constants take X's type: since opset 15 scale/bias may be float while X is float16.
+    like = np.zeros(0, dtype=x.dtype.numpy()) if x.dtype is not None else _const(bn.inputs[1])
+    mul = ir.Node("", "Mul", [x, _new_init(graph, s.reshape(shape), names, f"{base}_scale", like=like)],
+                  name=names.fresh(f"{base}_mul"))
+    add = ir.Node("", "Add", [mul.outputs[0], _new_init(graph, t.reshape(shape), names, f"{base}_shift", like=like)],
+                  name=names.fresh(f"{base}_add"))
+    mul.outputs[0].name = names.fresh(f"{base}_scaled")
     graph.insert_before(bn, [mul, add])
     _bypass(bn, add.outputs[0])
     graph.remove(bn, safe=True)
@@ -284,6 +291,10 @@ def _const(value: ir.Value | None) -> np.ndarray | None:
         return None
     tensor = ir.convenience.get_const_tensor(value)
     return None if tensor is None else tensor.numpy()
+
+
+def _label(node: ir.Node) -> str:
+    return node.name or node.outputs[0].name or node.op_type
 
 
 def _rank(value: ir.Value) -> int | None:
