@@ -113,3 +113,74 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
                 m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
     return model.eval()
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + identity)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (11.7 M parameters, 1.8 GMACs at 224x224)."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+        )
+        blocks: list[nn.Module] = []
+        cin = 64
+        for cout, stride in [(64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)]:
+            blocks.append(BasicBlock(cin, cout, stride))
+            cin = cout
+        self.layers = nn.Sequential(*blocks)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.stem(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def zero_filters(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, fraction: float, seed: int = 0) -> int:
+    """Mask a fraction of `conv`'s output filters the way structured-pruning tools leave a model:
+    the filters (and bias) and the following BatchNorm's gamma and beta are zero, so the channel
+    is exactly 0. Returns how many filters were zeroed."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(conv.out_channels * fraction)
+    idx = torch.randperm(conv.out_channels, generator=g)[:n]
+    with torch.no_grad():
+        conv.weight[idx] = 0
+        if conv.bias is not None:
+            conv.bias[idx] = 0
+        if bn is not None:
+            bn.weight[idx] = 0
+            bn.bias[idx] = 0
+    return n
+
+
+def prune_inner_filters(model: nn.Module, fraction: float = 0.5) -> int:
+    """Zero `fraction` of each residual block's inner filters (ResNet conv1/conv2 of a block,
+    MobileNetV2's expansion). Returns the number of filters zeroed."""
+    total = 0
+    for i, m in enumerate(model.modules()):
+        if isinstance(m, BasicBlock):
+            total += zero_filters(m.conv1, m.bn1, fraction, seed=i)
+        elif isinstance(m, Bottleneck):
+            total += zero_filters(m.conv1, m.bn1, fraction, seed=i)
+            total += zero_filters(m.conv2, m.bn2, fraction, seed=i + 1000)
+        elif isinstance(m, InvertedResidual) and len(m.block) == 3:
+            expand = m.block[0]
+            total += zero_filters(expand[0], expand[1], fraction, seed=i)
+    return total

@@ -14,7 +14,8 @@ class PassResult:
     modified: bool
     counts: dict[str, int] = field(default_factory=dict)
     details: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -23,4 +24,5 @@ class PassResult:
             "counts": dict(self.counts),
             "details": list(self.details),
             "skipped": list(self.skipped),
+            **({"extra": dict(self.extra)} if self.extra else {}),
         }

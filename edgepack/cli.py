@@ -2,7 +2,9 @@
 edgepack.errors; --debug shows the traceback."""
 from __future__ import annotations
 
+import re
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -123,6 +125,7 @@ def devices(name: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _DEBUG["on"] = False  # set again by --debug; a second main() in one process starts clean
     try:
         cli.main(args=argv, prog_name="edgepack", standalone_mode=False)
     except SystemExit as exc:
@@ -130,20 +133,33 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("edgepack: aborted", err=True)
         return 130
+    except click.UsageError as exc:  # bad flags: one line like every other error, exit 2
+        ctx = exc.ctx
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        click.echo(f"edgepack: error: {_one_line(exc.format_message())}{where}", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
     except EdgepackError as exc:
-        if _DEBUG["on"]:
-            raise
-        click.echo(f"edgepack: error: {exc}", err=True)
+        if _DEBUG["on"]:  # the traceback, then the same line and exit code as without --debug
+            traceback.print_exc()
+        click.echo(f"edgepack: error: {_one_line(str(exc))}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug in edgepack: still one line unless --debug
         if _DEBUG["on"]:
             raise
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        line = _one_line((str(exc).strip().splitlines() or [type(exc).__name__])[0])
         click.echo(f"edgepack: internal error: {type(exc).__name__}: {line} (run with --debug for the traceback)", err=True)
         return 1
     return 0
+
+
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _one_line(text: str) -> str:
+    """Error messages are one line: fold any line breaks (and terminal colour codes) from wrapped text."""
+    return " ".join(part.strip() for part in _ANSI_RE.sub("", text).splitlines() if part.strip())

@@ -6,8 +6,10 @@ and ONNX. torch is imported only when the input is a PyTorch one, so an ONNX inp
 torch installed."""
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
+import re
 import sys
 import zipfile
 from collections.abc import Mapping
@@ -31,6 +33,8 @@ class SourceModel:
     onnx_model: Any = None
     input_names: list[str] = field(default_factory=list)
     stored_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # ONNX inputs with symbolic dims: the known dims, None where the model leaves a dim open.
+    partial_shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
     made_permanent: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -45,12 +49,14 @@ def detect_format(path: Path) -> str:
         raise LoadError(f"model file {path} not found; check the path")
     if path.is_dir():
         raise LoadError(f"{path} is a directory; pass the model file itself (.pt, .pt2, .onnx)")
-    head = path.read_bytes()[:8] if path.stat().st_size else b""
+    with open(path, "rb") as f:  # 8 bytes, not the whole (possibly multi-GB) file
+        head = f.read(8)
     if not head:
         raise LoadError(f"model file {path} is empty; re-save the model")
     if zipfile.is_zipfile(path):
         try:
-            names = zipfile.ZipFile(path).namelist()
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
         except (zipfile.BadZipFile, OSError) as exc:
             raise LoadError(f"model file {path} is a damaged zip archive ({exc}); re-save the model") from None
         if any(n.endswith(("/archive_format", "/serialized_exported_program.json", "/models/model.json")) for n in names):
@@ -62,6 +68,11 @@ def detect_format(path: Path) -> str:
         raise LoadError(f"{path} is a zip archive but not a PyTorch checkpoint, TorchScript or ExportedProgram")
     if head[:1] == b"\x80":  # pickle protocol marker: legacy (non-zip) torch.save
         return "torch-pickle"
+    if head[:4] == b"PK\x03\x04":  # a zip's first entry without the directory at its end: cut short
+        raise LoadError(
+            f"model file {path} starts like a zip archive (PyTorch .pt/.pt2) but its end is missing: the file is truncated "
+            "or damaged; copy or save it again"
+        )
     import onnx
 
     try:
@@ -72,7 +83,8 @@ def detect_format(path: Path) -> str:
         return "onnx"
     raise LoadError(
         f"{path} is not a PyTorch checkpoint, TorchScript, ExportedProgram or ONNX file "
-        f"(first bytes {head[:4]!r}); the file may be truncated or of another framework"
+        f"(first bytes {head[:4]!r}); the file may be truncated or of another framework: pass a file written by "
+        "torch.save, torch.jit.save, torch.export.save or an .onnx file"
     )
 
 
@@ -80,7 +92,41 @@ def load_source(obj: Any, *, allow_pickle: bool = False, arch: str | None = None
     """Load a path or accept an in-memory model (nn.Module, ExportedProgram, ScriptModule, onnx.ModelProto)."""
     if isinstance(obj, (str, Path)):
         return _load_path(Path(obj), allow_pickle=allow_pickle, arch=arch)
-    return _from_object(obj, None)
+    return _from_object(_private_copy(obj), None)
+
+
+def _private_copy(obj: Any) -> Any:
+    """Loading makes pruning permanent and switches to eval mode, in place. For a model the caller
+    passed in, do that on a copy so their model (pruning hooks, training mode) is left as it was."""
+    try:
+        import torch
+    except ImportError:
+        return obj
+    if not isinstance(obj, torch.nn.Module) or isinstance(obj, torch.jit.ScriptModule):
+        return obj
+    mutates = any(m.training for m in obj.modules()) or any(
+        _is_pruning_hook(h) for m in obj.modules() for h in m._forward_pre_hooks.values()
+    )
+    if not mutates:
+        return obj
+    # torch.nn.utils.prune keeps `weight` as a plain attribute computed from weight_orig * weight_mask:
+    # a non-leaf tensor, which deepcopy refuses. Copy those detached (the hook recomputes them anyway).
+    memo = {
+        id(v): v.detach().clone()
+        for m in obj.modules()
+        for v in vars(m).values()
+        if isinstance(v, torch.Tensor) and not v.is_leaf
+    }
+    try:
+        return copy.deepcopy(obj, memo)
+    except Exception:  # some modules cannot be copied; then work on the caller's model
+        return obj
+
+
+def _is_pruning_hook(hook: Any) -> bool:
+    from torch.nn.utils import prune
+
+    return isinstance(hook, prune.BasePruningMethod)
 
 
 def _load_path(path: Path, *, allow_pickle: bool, arch: str | None) -> SourceModel:
@@ -90,7 +136,8 @@ def _load_path(path: Path, *, allow_pickle: bool, arch: str | None) -> SourceMod
     torch = _import_torch(path)
     if kind == "exported-program":
         try:
-            ep = torch.export.load(str(path))
+            with open(path, "rb") as f:  # a file object: torch.export.load warns about names not ending in .pt2
+                ep = torch.export.load(f)
         except Exception as exc:
             raise LoadError(f"cannot load ExportedProgram {path}: {_first_line(exc)}") from None
         return _from_object(ep, path)
@@ -111,60 +158,101 @@ def _load_torch_pickle(path: Path, torch: Any, *, allow_pickle: bool, arch: str 
         if "Unsupported global" not in text and "weights_only" not in text.lower():
             raise LoadError(f"cannot read {path}: {_first_line(exc)}; the file may be truncated") from None
         if not allow_pickle:
+            found = _GLOBAL_RE.search(text)
+            needs = f" (it needs the Python class {found.group(1)})" if found else ""
             raise PickleNotAllowed(
-                f"{path} is a pickled Python object (torch.save(model)); loading it runs arbitrary code from the file. "
-                "Pass --allow-pickle if you trust it, or save a state dict and pass --arch module:factory, "
+                f"{path} is a pickled Python object{needs}, e.g. torch.save(model); loading it runs arbitrary code from "
+                "the file. Pass --allow-pickle if you trust it, or save a state dict and pass --arch module:factory, "
                 "or save with torch.export.save"
             ) from None
         obj = _unpickle(path, torch)
+    if isinstance(obj, Mapping) and not isinstance(obj, torch.nn.Module):
+        inner = _find_module(obj, torch)
+        if inner is not None:  # a training checkpoint holding the module itself: {"model": module, "epoch": ...}
+            obj = inner
     if isinstance(obj, torch.nn.Module):
         return _from_object(obj, path, kind="pickled-module")
     if isinstance(obj, Mapping):
         state = _find_state_dict(obj, torch)
         if state is None:
-            raise LoadError(f"{path} holds a dict without tensors ({sorted(obj)[:6]}); expected a state dict or an nn.Module")
+            raise LoadError(
+                f"{path} holds a dict without tensors (keys {sorted(map(str, obj))[:6]}); expected a state dict, "
+                "a checkpoint with a 'state_dict' entry, or an nn.Module"
+            )
         if arch is None:
             raise LoadError(
                 f"{path} holds a state dict ({len(state)} tensors) but no architecture; "
                 "pass --arch package.module:factory, a callable that builds the nn.Module"
             )
-        return _from_object(_build_from_arch(arch, state, path, torch), path, kind="state-dict")
+        model, merged, stripped = _build_from_arch(arch, state, path, torch)
+        src = _from_object(model, path, kind="state-dict")
+        src.made_permanent = merged + src.made_permanent
+        if stripped:
+            src.warnings.append(f"state dict keys carried the prefix {stripped!r} (DataParallel / wrapper); removed it to match --arch")
+        return src
     raise LoadError(f"{path} holds a {type(obj).__name__}, not an nn.Module or a state dict")
+
+
+_GLOBAL_RE = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
 
 
 def _unpickle(path: Path, torch: Any) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False)
-    except (AttributeError, ModuleNotFoundError, ImportError) as exc:
+    except ImportError as exc:  # ModuleNotFoundError too: the defining module is not on sys.path
         missing = getattr(exc, "name", None) or _first_line(exc)
         raise LoadError(
-            f"{path} is a pickled model whose class cannot be imported ({_first_line(exc)}); "
-            f"make the module that defines it importable (set PYTHONPATH to the folder of {missing!s}) "
+            f"{path} is a pickled model whose class cannot be imported (no module named {missing!r}); "
+            f"make the module that defines it importable (set PYTHONPATH to the folder that holds {missing}) "
             "or save a state dict and pass --arch module:factory"
+        ) from None
+    except AttributeError as exc:  # the module imports but the class was renamed or moved
+        raise LoadError(
+            f"{path} is a pickled model whose class cannot be found ({_first_line(exc)}); the class was renamed or "
+            "moved since the file was saved: restore it, or save a state dict and pass --arch module:factory"
         ) from None
     except Exception as exc:
         raise LoadError(f"cannot unpickle {path}: {_first_line(exc)}") from None
 
 
+_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "ema")
+
+
+def _find_module(obj: Mapping, torch: Any) -> Any:
+    for key in _CHECKPOINT_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, torch.nn.Module):
+            return inner
+    return None
+
+
 def _find_state_dict(obj: Mapping, torch: Any) -> dict[str, Any] | None:
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return dict(obj)
-    for key in ("state_dict", "model_state_dict", "model", "net", "weights"):
+    for key in _CHECKPOINT_KEYS:
         inner = obj.get(key)
         if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
             return dict(inner)
     return None
 
 
-def _build_from_arch(arch: str, state: dict[str, Any], path: Path, torch: Any) -> Any:
+def _build_from_arch(arch: str, state: dict[str, Any], path: Path, torch: Any) -> tuple[Any, list[str], str | None]:
+    """Build the model with the --arch factory and load `state` into it. Returns the model, the
+    pruned parameters whose masks were merged, and the key prefix removed (if any)."""
     module_name, _, attr = arch.partition(":")
-    sys.path.insert(0, str(Path.cwd()))
+    if not module_name or not attr:
+        raise LoadError(f"--arch {arch!r} must be 'package.module:factory' (a callable that returns the nn.Module)")
+    cwd = str(Path.cwd())
+    sys.path.insert(0, cwd)
     try:
         mod = importlib.import_module(module_name)
     except ImportError as exc:
         raise LoadError(f"--arch {arch}: cannot import {module_name!r} ({_first_line(exc)}); set PYTHONPATH to its folder") from None
+    except Exception as exc:  # the module itself raised while importing
+        raise LoadError(f"--arch {arch}: importing {module_name!r} failed ({type(exc).__name__}: {_first_line(exc)}); fix that module") from None
     finally:
-        sys.path.pop(0)
+        if cwd in sys.path:
+            sys.path.remove(cwd)
     factory = getattr(mod, attr, None)
     if factory is None or not callable(factory):
         raise LoadError(f"--arch {arch}: {module_name!r} has no callable {attr!r}")
@@ -174,25 +262,60 @@ def _build_from_arch(arch: str, state: dict[str, Any], path: Path, torch: Any) -
         raise LoadError(f"--arch {arch}: calling {attr}() failed: {_first_line(exc)}") from None
     if not isinstance(model, torch.nn.Module):
         raise LoadError(f"--arch {arch}: {attr}() returned {type(model).__name__}, not an nn.Module")
-    state = merge_pruning_masks(state)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    state, merged = merge_pruning_masks(state)
+    expected = set(model.state_dict())
+    state, stripped = _strip_wrapper_prefix(state, expected)
+    missing = [k for k in model.state_dict() if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
         raise LoadError(
             f"state dict {path.name} does not fit --arch {arch}: "
-            f"missing keys {list(result.missing_keys)[:10]}, unexpected keys {list(result.unexpected_keys)[:10]}"
+            f"missing keys {missing[:10]}{_more(missing)}, unexpected keys {unexpected[:10]}{_more(unexpected)}; "
+            "check that --arch builds the same architecture the weights were trained with"
         )
-    return model
+    own = model.state_dict()
+    wrong = [f"{k} {list(v.shape)} (model {list(own[k].shape)})" for k, v in state.items()
+             if isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise LoadError(
+            f"state dict {path.name} does not fit --arch {arch}: shape mismatch for {', '.join(wrong[:5])}{_more(wrong, 5)}; "
+            "check the factory's width/class-count settings"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:
+        raise LoadError(f"state dict {path.name} does not fit --arch {arch}: {_first_line(exc)}") from None
+    return model, merged, stripped
 
 
-def merge_pruning_masks(state: dict[str, Any]) -> dict[str, Any]:
-    """`x.weight_orig` * `x.weight_mask` -> `x.weight` (torch.nn.utils.prune's saved form)."""
+def _more(items: list, shown: int = 10) -> str:
+    return f" and {len(items) - shown} more" if len(items) > shown else ""
+
+
+def _strip_wrapper_prefix(state: dict[str, Any], expected: set[str]) -> tuple[dict[str, Any], str | None]:
+    """`module.conv.weight` (DataParallel) -> `conv.weight`, only when that makes every key fit."""
+    if not state or set(state) <= expected:
+        return state, None
+    for prefix in ("module.", "model.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix):]: v for k, v in state.items()}
+            if set(stripped) <= expected:
+                return stripped, prefix
+    return state, None
+
+
+def merge_pruning_masks(state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`x.weight_orig` * `x.weight_mask` -> `x.weight` (torch.nn.utils.prune's saved form).
+    Returns the new state dict and the names of the merged parameters."""
     out = dict(state)
+    merged = []
     for key in list(state):
         if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state:
             base = key[: -len("_orig")]
             out[base] = state[key] * state[base + "_mask"]
             del out[key], out[base + "_mask"]
-    return out
+            merged.append(base)
+    return out, merged
 
 
 def make_pruning_permanent(model: Any) -> list[str]:
@@ -230,13 +353,13 @@ def _from_object(obj: Any, path: Path | None, kind: str | None = None) -> Source
     if isinstance(obj, torch.jit.ScriptModule):
         schema = obj.forward.schema
         names = [a.name for a in schema.arguments[1:]]
-        src = SourceModel("torchscript", path, model=obj.eval(), input_names=names)
+        obj.eval()
+        src = SourceModel("torchscript", path, model=obj, input_names=names)
         src.warnings += _nonfinite_warnings(obj.state_dict().items(), torch)
         return src
     if isinstance(obj, torch.nn.Module):
         made = make_pruning_permanent(obj)
-        if obj.training:
-            obj.eval()
+        obj.eval()  # recursive: a submodule left in training mode (BatchNorm, Dropout) changes the outputs
         names = _forward_arg_names(obj)
         src = SourceModel(kind or "module", path, model=obj, input_names=names, made_permanent=made)
         src.warnings += _nonfinite_warnings(obj.state_dict().items(), torch)
@@ -269,15 +392,19 @@ def _from_onnx_proto(proto: Any, path: Path | None) -> SourceModel:
     from onnx import numpy_helper
 
     inits = {i.name for i in proto.graph.initializer}
-    names, shapes = [], {}
+    names, shapes, partial = [], {}, {}
     for inp in proto.graph.input:
         if inp.name in inits:
             continue
         names.append(inp.name)
-        dims = inp.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
-            shapes[inp.name] = tuple(d.dim_value for d in dims)
-    src = SourceModel("onnx", path, onnx_model=proto, input_names=names, stored_shapes=shapes)
+        if not inp.type.tensor_type.HasField("shape"):
+            continue
+        known = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in inp.type.tensor_type.shape.dim)
+        if known and all(d is not None for d in known):
+            shapes[inp.name] = known
+        elif known:
+            partial[inp.name] = known
+    src = SourceModel("onnx", path, onnx_model=proto, input_names=names, stored_shapes=shapes, partial_shapes=partial)
     bad = []
     for init in proto.graph.initializer:
         arr = numpy_helper.to_array(init)

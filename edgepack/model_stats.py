@@ -7,7 +7,12 @@ import onnx_ir as ir
 
 
 def count_params(model: ir.Model) -> int:
-    return int(sum(math.prod(v.const_value.shape) for v in model.graph.initializers.values() if v.const_value is not None))
+    """Elements of the float initializers (weights) that are used (a pass may leave replaced ones until cleanup)."""
+    return int(sum(
+        math.prod(v.const_value.shape)
+        for v in model.graph.initializers.values()
+        if v.const_value is not None and v.const_value.dtype.is_floating_point() and (v.uses() or v.is_graph_output())
+    ))
 
 
 def count_macs(model: ir.Model) -> int:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,9 @@ from edgepack.converters.cleanup_graph import cleanup_graph
 from edgepack.converters.export_onnx import export_onnx
 from edgepack.converters.fold_batchnorm import fold_batchnorm
 from edgepack.devices import DeviceProfile, load_profile
-from edgepack.errors import EdgepackError, InputShapeError, UnsupportedError, UsageError, VerificationFailed
+from edgepack.errors import (
+    EdgepackError, InputShapeError, LoadError, OutputError, UnsupportedError, UsageError, VerificationFailed,
+)
 from edgepack.formats import FORMATS, check_buildable
 from edgepack.fsutil import file_entry, prepare_output_dir
 from edgepack.load import SourceModel, load_source
@@ -41,10 +44,14 @@ GRAPH_PASSES = (cleanup_graph, fold_batchnorm, cleanup_graph)
 
 
 class Steps:
-    """Times each step; prints one line per finished step to `console` (stderr) when given."""
+    """Times each step and prints one line per finished step to `console` (stderr) when given: live
+    on a terminal; otherwise (logs, pipes) held back and printed once the export has finished, so a
+    failed export leaves only its one-line error on stderr. Warnings are printed at once."""
 
     def __init__(self, console: Any | None) -> None:
         self.console = console
+        self.live = bool(getattr(console, "is_terminal", False))
+        self.held: list[str] = []
         self.timings: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -54,11 +61,28 @@ class Steps:
         elapsed = time.perf_counter() - start
         self.timings[key] = round(self.timings.get(key, 0.0) + elapsed, 3)
         if self.console is not None:
-            self.console.print(f"[dim]{elapsed:6.2f} s[/]  {label}")
+            line = f"[dim]{elapsed:6.2f} s[/]  {escape(label)}"
+            if self.live:
+                self.console.print(line)
+            else:
+                self.held.append(line)
+
+    def finish(self) -> None:
+        """Print the held-back step lines (non-terminal console) after a finished export."""
+        for line in self.held:
+            self.console.print(line)
+        self.held.clear()
 
     def warn(self, text: str) -> None:
         if self.console is not None:
-            self.console.print(f"[yellow]warning:[/] {text}")
+            self.console.print(f"[yellow]warning:[/] {escape(text)}", soft_wrap=True)
+
+
+def escape(text: str) -> str:
+    """Messages hold lists like ['conv1.weight']; rich must not read brackets as markup."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(str(text))
 
 
 def run_export(model_or_path: Any, options: ExportOptions, console: Any | None = None) -> dict:
@@ -142,6 +166,7 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
     report["ok"] = all(a["ok"] for a in artifacts)
     report["exit_code"] = exit_code_for(artifacts)
     report_mod.write_report(report, out_dir)
+    steps.finish()
     return report
 
 
@@ -168,28 +193,49 @@ def resolve_inputs(source: SourceModel, given: tuple[InputSpec, ...], profile: D
     for spec in given:
         if spec.name is None:
             if len(names) != 1:
-                raise UsageError(f"the model takes {len(names)} inputs ({', '.join(names)}); name each: --input-shape {names[0]}:1x3x224x224")
+                raise UsageError(
+                    f"the model takes {len(names)} inputs ({', '.join(names)}); name each: "
+                    + " ".join(f"--input-shape {n}:1x3x224x224" for n in names)
+                )
             key = names[0]
         elif spec.name not in names:
             raise UsageError(f"--input-shape names input {spec.name!r}; the model's inputs are: {', '.join(names)}")
         else:
             key = spec.name
-        stored = source.stored_shapes.get(key)
-        if source.kind == "onnx" and stored is not None and stored != spec.shape:
-            raise InputShapeError(
-                f"input {key!r} has shape {list(spec.shape)}; the model expects {list(stored)}: pass --input-shape {key}:{'x'.join(map(str, stored))} or omit it"
-            )
+        if source.kind == "onnx":
+            _check_onnx_shape(source, key, spec.shape, "--input-shape gave")
         shapes[key], origin[key] = spec.shape, "flag"
     for key in names:
         if key in shapes:
             continue
+        partial = source.partial_shapes.get(key)
         if key in source.stored_shapes:
             shapes[key], origin[key] = source.stored_shapes[key], "model"
+        elif partial is not None and partial[0] is None and all(d is not None for d in partial[1:]):
+            # an ONNX input with only the batch dimension left open: batch 1
+            shapes[key], origin[key] = (1,) + tuple(partial[1:]), "model"
         elif len(names) == 1:
-            shapes[key], origin[key] = tuple(profile.default_input_shape), f"profile:{profile.name}"
+            shape = tuple(profile.default_input_shape)
+            if source.kind == "onnx":
+                _check_onnx_shape(source, key, shape, f"the {profile.name!r} profile's default shape is")
+            shapes[key], origin[key] = shape, f"profile:{profile.name}"
         else:
             raise UsageError(f"no shape for input {key!r}; pass --input-shape {key}:1x3x224x224")
     return [InputSpec(n, shapes[n]) for n in names], origin
+
+
+def _check_onnx_shape(source: SourceModel, key: str, shape: tuple[int, ...], where: str) -> None:
+    """An ONNX model's static dims are fixed: a shape that contradicts them is an input error."""
+    known = source.stored_shapes.get(key) or source.partial_shapes.get(key)
+    if known is None:
+        return
+    fits = len(known) == len(shape) and all(k is None or k == n for k, n in zip(known, shape))
+    if not fits:
+        expected = "x".join("N" if k is None else str(k) for k in known)
+        example = "x".join("1" if k is None else str(k) for k in known)
+        raise InputShapeError(
+            f"input {key!r}: {where} {list(shape)}; the model expects {expected}: pass --input-shape {key}:{example}"
+        )
 
 
 # ---------------------------------------------------------------- step 2: reference
@@ -200,9 +246,14 @@ def _reference_outputs(source: SourceModel, specs: list[InputSpec], vset: Verifi
     if source.is_torch:
         session = get_runtime("torch").load(source.model, input_names=names)
     else:
-        session = get_runtime("onnxruntime").load(
-            _with_static_inputs(source.onnx_model, specs).SerializeToString(), optimize=False
-        )
+        try:
+            session = get_runtime("onnxruntime").load(
+                _with_static_inputs(source.onnx_model, specs).SerializeToString(), optimize=False
+            )
+        except EdgepackError:
+            raise
+        except Exception as exc:
+            raise _ort_load_error(source.path or "the ONNX model", exc) from None
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return list(session.run(feed).values())
@@ -212,12 +263,22 @@ def _reference_outputs(source: SourceModel, specs: list[InputSpec], vset: Verifi
     except EdgepackError:
         raise
     except Exception as exc:
+        if isinstance(exc, TypeError) and "model output of type" in str(exc):  # not a shape problem
+            raise UnsupportedError(f"{_first_line(exc)}; return a tensor or a tuple/list/dict of tensors from forward()") from None
         shapes = ", ".join(f"{s.name} {list(s.shape)}" for s in specs)
         stored = ", ".join(f"{k} {list(v)}" for k, v in source.stored_shapes.items())
         hint = f" (the model records {stored})" if stored else ""
         raise InputShapeError(
             f"the model failed on input shape(s) {shapes}{hint}: {_first_line(exc)}; pass --input-shape with the shape the model expects"
         ) from None
+
+
+def _ort_load_error(what: Any, exc: BaseException) -> EdgepackError:
+    """ONNX Runtime refusing a model: an op it lacks is unsupported (exit 4), anything else bad input."""
+    text = _ort_message(exc)
+    if any(k in text for k in ("NOT_IMPLEMENTED", "not a registered function/op", "Unsupported model IR version", "Unsupported opset")):
+        return UnsupportedError(f"ONNX Runtime cannot load {what}: {text}; re-export it with standard ONNX ops, an opset and an IR version that ONNX Runtime supports")
+    return LoadError(f"ONNX Runtime cannot load {what}: {text}; check the model with onnx.checker.check_model")
 
 
 def _with_static_inputs(proto: Any, specs: list[InputSpec]) -> Any:
@@ -231,10 +292,10 @@ def _with_static_inputs(proto: Any, specs: list[InputSpec]) -> Any:
         dims = inp.type.tensor_type.shape.dim
         shape = by_name[inp.name]
         if len(dims) != len(shape):
-            raise InputShapeError(f"input {inp.name!r} has {len(dims)} dimensions; --input-shape gave {list(shape)}")
+            raise InputShapeError(f"input {inp.name!r} has {len(dims)} dimensions; the shape used is {list(shape)}: pass --input-shape")
         for d, n in zip(dims, shape):
             if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != n:
-                raise InputShapeError(f"input {inp.name!r} dimension is {d.dim_value}; --input-shape gave {list(shape)}")
+                raise InputShapeError(f"input {inp.name!r} dimension is {d.dim_value}; the shape used is {list(shape)}: pass --input-shape")
             d.Clear()
             d.dim_value = n
     return proto
@@ -271,7 +332,10 @@ def _build_artifact(model: ir.Model, fmt: str, precision: str, name: str, out_di
     try:
         check_buildable(fmt, precision)
         path = out_dir / f"{name}.{precision}.{ext}"
-        files = export_onnx(model, path, precision)
+        try:
+            files = export_onnx(model, path, precision)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path} ({exc.strerror or exc}); free space or choose another folder with -o") from None
         entry["path"] = path.name
         entry["files"] = [file_entry(f, out_dir) for f in files]
         entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
@@ -294,8 +358,13 @@ def _build_artifact(model: ir.Model, fmt: str, precision: str, name: str, out_di
 def _verify_onnx(path: Path, vset: VerificationSet, reference: list[np.ndarray], output_names: list[str], precision: str,
                  options: ExportOptions) -> dict:
     runtime = get_runtime("onnxruntime")
-    session = runtime.load(path)
-    actual = run_all(lambda feed: [session.run(feed)[n] for n in output_names], vset)
+    try:
+        session = runtime.load(path)
+        actual = run_all(lambda feed: [session.run(feed)[n] for n in output_names], vset)
+    except Exception as exc:  # the artifact itself is broken: it cannot be verified
+        raise VerificationFailed(
+            f"ONNX Runtime cannot run {path.name}: {_ort_message(exc)}; the artifact is kept for inspection"
+        ) from None
     result = compare(reference, actual, output_names)
     tol, enforced = tolerance_for(precision, "exact", options.fp32_tolerance if precision == "fp32" else None)
     result["tolerance"] = {"rel_error": tol, "enforced": enforced}
@@ -318,6 +387,12 @@ def _default_name(source: SourceModel) -> str:
     if source.path is not None:
         return source.path.name.split(".")[0] or "model"
     return type(source.model).__name__.lower() if source.model is not None else "model"
+
+
+def _ort_message(exc: BaseException) -> str:
+    """ONNX Runtime errors carry the C++ source location and signature before the reason; drop them."""
+    text = re.sub(r"/onnxruntime_src/\S+ (?:onnxruntime::)?[\w:~]*\(.*?\) ", "", str(exc))
+    return _first_line(RuntimeError(text))
 
 
 def _first_line(exc: BaseException) -> str:

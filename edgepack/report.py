@@ -83,6 +83,7 @@ def _size(n: int | None) -> str:
 
 
 def render_table(report: dict, console: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     model = report["model"]
@@ -97,7 +98,7 @@ def render_table(report: dict, console: Any) -> None:
         fid = art.get("fidelity") or {}
         tol = fid.get("tolerance") or {}
         table.add_row(
-            art.get("path") or f"({art['format']})",
+            escape(art.get("path") or f"({art['format']})"),
             art["precision"],
             _size(art.get("size_bytes")),
             _fmt(fid.get("max_abs_error"), ".2e"),
@@ -110,7 +111,7 @@ def render_table(report: dict, console: Any) -> None:
     console.print(table)
     for art in report["artifacts"]:
         if art.get("error"):
-            console.print(f"[red]{art['format']} {art['precision']}:[/] {art['error']}")
+            console.print(f"[red]{art['format']} {art['precision']}:[/] {escape(art['error'])}")
     for p in report["passes"]:
         for item in p.get("skipped", []):
-            console.print(f"[yellow]{p['name']}:[/] {item['node']}: {item['why']}")
+            console.print(f"[yellow]{p['name']}:[/] {escape(str(item['node']))}: {escape(item['why'])}")
