@@ -36,6 +36,9 @@ def export(
     opset: int = 18,
     seed: int = 0,
     tolerance: float | None = None,
+    prune: bool = True,
+    prune_approx: bool = False,
+    round_channels: int = 1,
     console: Any = None,
 ) -> dict:
     """Export and verify; returns the report (also written to OUTDIR/report.json).
@@ -59,6 +62,9 @@ def export(
         opset=opset,
         seed=seed,
         fp32_tolerance=tolerance,
+        prune=prune,
+        prune_approx=prune_approx,
+        round_channels=round_channels,
     )
     return run_export(model_or_path, options, console)
 

@@ -58,12 +58,17 @@ def cli() -> None:
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (17 or newer).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for verification samples.")
 @click.option("--tolerance", type=float, default=None, help="Relative-error target for fp32 artifacts (default 1e-4).")
+@click.option("--no-prune", is_flag=True, help="Keep pruned (constant) channels instead of removing them.")
+@click.option("--prune-approx", is_flag=True,
+              help="Also remove constant channels that enter zero-padded convs (inexact at borders; error reported).")
+@click.option("--round-channels", type=int, default=1, show_default=True,
+              help="Keep each layer's remaining width a multiple of N (keeps a few dead channels).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
 @_debug_option
 def export(model: Path, output_dir: Path, formats: str, target: str, input_shapes: tuple[str, ...], name: str | None,
            allow_pickle: bool, arch: str | None, calib: Path | None, mean: str | None, std: str | None,
            scale: float | None, bgr: bool, layout: str | None, opset: int, seed: int, tolerance: float | None,
-           as_json: bool) -> None:
+           no_prune: bool, prune_approx: bool, round_channels: int, as_json: bool) -> None:
     """Export MODEL (.pt, .pt2, TorchScript or .onnx) and verify every artifact."""
     from rich.console import Console
 
@@ -85,6 +90,9 @@ def export(model: Path, output_dir: Path, formats: str, target: str, input_shape
         opset=opset,
         seed=seed,
         fp32_tolerance=tolerance,
+        prune=not no_prune,
+        prune_approx=prune_approx,
+        round_channels=round_channels,
     )
     err = _stderr_console()
     report = run_export(model, options, console=err)

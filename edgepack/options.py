@@ -96,12 +96,19 @@ class ExportOptions:
     verify_samples: int = 8
     holdout_fraction: float = 0.2
     fp32_tolerance: float | None = None
+    prune: bool = True
+    prune_approx: bool = False
+    round_channels: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", parse_formats(self.formats))
         object.__setattr__(self, "output_dir", Path(self.output_dir))
         if self.calib is not None:
             object.__setattr__(self, "calib", Path(self.calib))
+        if self.round_channels < 1:
+            raise UsageError(f"--round-channels {self.round_channels} must be 1 or more (1 = no rounding)")
+        if self.prune_approx and not self.prune:
+            raise UsageError("--prune-approx and --no-prune contradict each other; pass one of them")
         if self.opset < 17:
             raise UsageError(f"--opset {self.opset} is too old; edgepack exports opset 17 or newer")
         if not 0 < self.holdout_fraction < 1:

@@ -3,16 +3,18 @@
 1. load the model (any input format) and resolve input shapes;
 2. build the verification set and run the reference (PyTorch, or ONNX Runtime unoptimized);
 3. convert to ONNX (PyTorch inputs) -- the one intermediate form;
-4. graph passes on ONNX: cleanup_graph, fold_batchnorm, cleanup_graph;
+4. graph passes on ONNX (`graph_passes`): cleanup_graph, fold_batchnorm, cleanup_graph,
+   remove_pruned_channels, cleanup_graph;
 5. every requested format x precision: export, verify against the reference;
 6. write verify.npz and report.json.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from edgepack.converters import PassResult
 from edgepack.converters.cleanup_graph import cleanup_graph
 from edgepack.converters.export_onnx import export_onnx
 from edgepack.converters.fold_batchnorm import fold_batchnorm
+from edgepack.converters.remove_pruned_channels import remove_pruned_channels
 from edgepack.devices import DeviceProfile, load_profile
 from edgepack.errors import (
     EdgepackError, InputShapeError, LoadError, OutputError, UnsupportedError, UsageError, VerificationFailed,
@@ -40,7 +43,26 @@ from edgepack.verify import (
 )
 
 VERIFY_NAME = "verify.npz"
-GRAPH_PASSES = (cleanup_graph, fold_batchnorm, cleanup_graph)
+
+
+def graph_passes(options: ExportOptions) -> list[tuple[str, Callable[[ir.Model], PassResult]]]:
+    """The graph passes, in order."""
+    prune: Callable[[ir.Model], PassResult] = functools.partial(
+        remove_pruned_channels, approx=options.prune_approx, round_channels=options.round_channels
+    )
+    if not options.prune:
+        prune = _disabled("remove_pruned_channels", "--no-prune")
+    return [
+        ("cleanup_graph", cleanup_graph),
+        ("fold_batchnorm", fold_batchnorm),
+        ("cleanup_graph", cleanup_graph),
+        ("remove_pruned_channels", prune),
+        ("cleanup_graph", cleanup_graph),
+    ]
+
+
+def _disabled(name: str, flag: str) -> Callable[[ir.Model], PassResult]:
+    return lambda model: PassResult(name, False, skipped=[{"node": "*", "why": f"disabled by {flag}"}])
 
 
 class Steps:
@@ -114,8 +136,8 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
         steps.warn(f"dynamo exporter failed ({fallback}); used the TorchScript exporter")
 
     passes: list[PassResult] = []
-    for graph_pass in GRAPH_PASSES:
-        with steps(f"pass:{graph_pass.__name__}", graph_pass.__name__):
+    for pass_name, graph_pass in graph_passes(options):
+        with steps(f"pass:{pass_name}", pass_name):
             passes.append(graph_pass(model))
     left = [n.op_type for n in model.graph if n.op_type == "BatchNormalization"]
     if left:
@@ -366,7 +388,8 @@ def _verify_onnx(path: Path, vset: VerificationSet, reference: list[np.ndarray],
             f"ONNX Runtime cannot run {path.name}: {_ort_message(exc)}; the artifact is kept for inspection"
         ) from None
     result = compare(reference, actual, output_names)
-    tol, enforced = tolerance_for(precision, "exact", options.fp32_tolerance if precision == "fp32" else None)
+    mode = "approx" if options.prune_approx else "exact"
+    tol, enforced = tolerance_for(precision, mode, options.fp32_tolerance if precision == "fp32" else None)
     result["tolerance"] = {"rel_error": tol, "enforced": enforced}
     result["samples"] = vset.count
     result["runtime"] = f"{runtime.name} {runtime.version()}"

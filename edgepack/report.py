@@ -113,5 +113,15 @@ def render_table(report: dict, console: Any) -> None:
         if art.get("error"):
             console.print(f"[red]{art['format']} {art['precision']}:[/] {escape(art['error'])}")
     for p in report["passes"]:
+        counts = p.get("counts", {})
+        if p["name"] == "remove_pruned_channels" and counts.get("macs_before"):
+            console.print(
+                f"remove_pruned_channels: {counts['channels_removed']} channel(s) removed in {counts['layers_slimmed']} layer(s); "
+                f"params {counts['params_before'] / 1e6:.3f} M -> {counts['params_after'] / 1e6:.3f} M, "
+                f"MACs {counts['macs_before'] / 1e6:.1f} M -> {counts['macs_after'] / 1e6:.1f} M "
+                f"({counts['macs_after'] / counts['macs_before']:.2f}x)"
+            )
+            if (p.get("extra") or {}).get("hint"):
+                console.print(f"[yellow]hint:[/] {escape(p['extra']['hint'])}")
         for item in p.get("skipped", []):
             console.print(f"[yellow]{p['name']}:[/] {escape(str(item['node']))}: {escape(item['why'])}")

@@ -15,6 +15,8 @@ from edgepack.fsutil import atomic_path
 # enforced are reported; they fail an artifact only when the user sets a target.
 TOLERANCES: dict[tuple[str, str], tuple[float, bool]] = {
     ("fp32", "exact"): (1e-4, True),
+    # --prune-approx removes constant channels that enter zero-padded convs: error at the borders.
+    ("fp32", "approx"): (1e-2, False),
 }
 
 

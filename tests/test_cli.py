@@ -24,7 +24,8 @@ import pytest
 import torch
 
 import edgepack
-from edgepack.pipeline import GRAPH_PASSES
+from edgepack.options import ExportOptions
+from edgepack.pipeline import graph_passes
 from models_for_tests import CumMaxNet, FlatNet, Net, TwoInputNet, seeded
 
 TESTS = Path(__file__).resolve().parent
@@ -288,7 +289,8 @@ def test_report_schema_and_that_it_describes_the_files(runs):
     assert prov["versions"]["edgepack"] == edgepack.__version__
     assert prov["seeds"] == {"verification": 0}
     assert report["preprocessing"] == {"mean": [0.5], "std": [0.25], "scale": None, "color_order": "bgr", "layout": "nchw"}
-    assert [p["name"] for p in report["passes"]] == [f.__name__ for f in GRAPH_PASSES]  # every pass, in pipeline order
+    expected = [name for name, _ in graph_passes(ExportOptions(output_dir="."))]
+    assert [p["name"] for p in report["passes"]] == expected  # every pass, in pipeline order
     assert {"cleanup_graph", "fold_batchnorm"} <= {p["name"] for p in report["passes"]}
     assert all({"name", "modified", "counts"} <= set(p) for p in report["passes"])
     assert report["ok"] is True and report["exit_code"] == 0 and report["warnings"] == []

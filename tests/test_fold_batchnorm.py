@@ -22,7 +22,8 @@ from onnx import TensorProto, helper, numpy_helper
 import edgepack
 from edgepack.converters.cleanup_graph import infer_shapes
 from edgepack.converters.fold_batchnorm import fold_batchnorm
-from edgepack.pipeline import GRAPH_PASSES
+from edgepack.options import ExportOptions
+from edgepack.pipeline import graph_passes
 
 torch = pytest.importorskip("torch", reason="the TorchScript-exported cases and the pipeline case need torch")
 nn = torch.nn
@@ -175,7 +176,7 @@ def torch_case(model: nn.Module, shape: tuple[int, ...], seed: int = 0):
         expected = model(x).numpy()
     proto = torchscript_onnx(model, x)
     ir_model = ir.from_proto(proto)
-    results = [graph_pass(ir_model) for graph_pass in GRAPH_PASSES]
+    results = [graph_pass(ir_model) for _, graph_pass in graph_passes(ExportOptions(output_dir="."))]
     folded = ir.to_proto(ir_model)
     onnx.checker.check_model(folded, full_check=True)
     actual = run_onnx(folded, {"x": x.numpy()})["y"]
