@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -72,3 +74,97 @@ def test_report_timings_and_pass_results(small_pt2, tmp_path):
     assert report["model"]["exporter"] == "dynamo"
     # MACs: conv1 3*9*8*256 + conv2 8*9*8*64 + linear 8*5
     assert report["model"]["macs"] == 3 * 9 * 8 * 256 + 8 * 9 * 8 * 64 + 8 * 5
+
+
+class PrunedBlock(nn.Module):
+    """conv1 -> BN -> ReLU -> padded 3x3 conv2 -> ReLU -> GAP -> fc; conv1 filters pruned with hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return self.fc(y.mean((2, 3)))
+
+
+def _pruned_block(positive_shift: bool) -> nn.Module:
+    torch.manual_seed(1)
+    model = PrunedBlock().eval()
+    from torch.nn.utils import prune
+
+    prune.ln_structured(model.conv1, "weight", amount=5, n=1, dim=0)  # 5 of 16 filters, hooks kept
+    dead = (model.conv1.weight.detach().abs().sum((1, 2, 3)) == 0).nonzero().flatten()
+    with torch.no_grad():
+        model.conv1.bias[dead] = 0
+        model.bn1.running_mean.zero_()
+        model.bn1.bias.fill_(0.3 if positive_shift else -1.0)  # after ReLU: constant 0.3, or exactly 0
+    return model
+
+
+def _export_cli(model: nn.Module, tmp_path, *flags: str) -> tuple[int, dict]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "block.pt"
+    torch.save(model, path)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "edgepack", "export", str(path), "--allow-pickle", "--input-shape",
+                           "1x3x16x16", "-o", str(out), *flags], capture_output=True, text=True, env=env)
+    assert (out / "report.json").exists(), proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    return proc.returncode, report
+
+
+def _pass(report: dict) -> dict:
+    return next(p for p in report["passes"] if p["name"] == "remove_pruned_channels")
+
+
+def test_pruned_hooks_removed_exactly_through_the_cli(tmp_path):
+    code, report = _export_cli(_pruned_block(positive_shift=False), tmp_path)
+    assert code == 0
+    assert report["model"]["pruning_made_permanent"] == ["conv1.weight"]
+    p = _pass(report)
+    assert p["counts"]["channels_removed"] == 5
+    assert {d["layer"]: (d["channels_before"], d["channels_after"]) for d in p["details"]}.popitem()[1] == (16, 11)
+    assert report["artifacts"][0]["fidelity"]["rel_error"] <= 1e-5
+
+
+def test_no_prune_keeps_channels_and_says_so(tmp_path):
+    code, report = _export_cli(_pruned_block(positive_shift=False), tmp_path, "--no-prune")
+    assert code == 0
+    p = _pass(report)
+    assert p["modified"] is False and p["skipped"] == [{"node": "*", "why": "disabled by --no-prune"}]
+    weights = onnx_conv_out_channels(tmp_path / "out" / report["artifacts"][0]["path"])
+    assert weights[0] == 16
+
+
+def test_nonzero_constant_into_padded_conv_kept_unless_prune_approx(tmp_path):
+    code, report = _export_cli(_pruned_block(positive_shift=True), tmp_path / "exact")
+    assert code == 0 and _pass(report)["counts"]["channels_removed"] == 0
+    assert any("zero-padded" in s["why"] and len(s["channels"]) == 5 for s in _pass(report)["skipped"])
+
+    code, report = _export_cli(_pruned_block(positive_shift=True), tmp_path / "approx", "--prune-approx")
+    art = report["artifacts"][0]
+    assert code == 0 and _pass(report)["counts"]["channels_removed"] == 5
+    # the cost of the approximation is reported, not enforced (no --tolerance given)
+    assert art["fidelity"]["tolerance"] == {"rel_error": 1e-2, "enforced": False}
+    assert art["fidelity"]["rel_error"] > 1e-5
+
+
+def test_round_channels_keeps_width_multiple(tmp_path):
+    code, report = _export_cli(_pruned_block(positive_shift=False), tmp_path, "--round-channels", "4")
+    assert code == 0
+    assert onnx_conv_out_channels(tmp_path / "out" / report["artifacts"][0]["path"])[0] == 12  # 11 -> 12
+    assert any("--round-channels" in s["why"] for s in _pass(report)["skipped"])
+
+
+def onnx_conv_out_channels(path) -> list[int]:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return [inits[n.input[1]].shape[0] for n in model.graph.node if n.op_type == "Conv"]
