@@ -19,7 +19,7 @@ _FOLD_LIMIT = 1 << 28
 def cleanup_graph(model: ir.Model) -> PassResult:
     before = Counter(n.op_type for n in model.graph)
     dropouts = _dropout_to_identity(model.graph)
-    fold_constants(model, input_size_limit=_FOLD_LIMIT, output_size_limit=_FOLD_LIMIT)
+    fold_constants(model, input_size_limit=_FOLD_LIMIT, output_size_limit=_FOLD_LIMIT, should_fold=_keep_quantization)
     common.IdentityEliminationPass()(model)
     common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     common.RemoveUnusedNodesPass()(model)
@@ -30,6 +30,12 @@ def cleanup_graph(model: ir.Model) -> PassResult:
     counts = {"nodes_before": sum(before.values()), "nodes_after": sum(after.values()), "dropout_removed": dropouts}
     counts.update({f"removed_{op}": n for op, n in sorted(removed.items())})
     return PassResult("cleanup_graph", counts["nodes_before"] != counts["nodes_after"], counts)
+
+
+def _keep_quantization(node: ir.Node) -> bool | None:
+    """An already-quantized model keeps its Q/DQ pairs: folding DequantizeLinear(int8 weight)
+    would turn its weights back into float."""
+    return False if node.op_type in ("QuantizeLinear", "DequantizeLinear") else None
 
 
 def infer_shapes(model: ir.Model) -> None:

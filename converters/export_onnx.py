@@ -9,19 +9,34 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from edgepack.formats import check_buildable
 from edgepack.fsutil import atomic_path
 
 _PROTOBUF_LIMIT = 2_000_000_000 - 64_000_000  # leave room for the graph itself
 
 
-def export_onnx(model: ir.Model, path: Path, precision: str) -> list[Path]:
-    """Write `model` at `precision` to `path`; return every file written (primary first)."""
-    check_buildable("onnx", precision)
+def to_proto(model: ir.Model):
+    """ModelProto of the graph without value_info entries for initializers (redundant, and stale
+    the moment a tool such as ONNX Runtime's quantizer rewrites a weight)."""
+    proto = ir.to_proto(model)
+    inits = {i.name for i in proto.graph.initializer}
+    keep = [vi for vi in proto.graph.value_info if vi.name not in inits]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(keep)
+    return proto
+
+
+def write_proto(proto, path: Path) -> None:
+    """Write a ModelProto (e.g. the fp16 or int8 variant) to `path` atomically, weights inline."""
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_bytes(proto.SerializeToString())
+
+
+def export_onnx(model: ir.Model, path: Path) -> list[Path]:
+    """Write the processed graph to `path`; return every file written (primary first)."""
     weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
     path = Path(path)
     if weight_bytes < _PROTOBUF_LIMIT:
-        proto = ir.to_proto(model)
+        proto = to_proto(model)
         with atomic_path(path) as tmp:
             tmp.write_bytes(proto.SerializeToString())
         return [path]

@@ -849,7 +849,7 @@ def _slice_operand(arr: np.ndarray, out_rank: int, c_old: int, kept: np.ndarray)
 
 
 def _rewrite_slice(graph: ir.Graph, node: ir.Node, an: Analysis, keep: dict, names: _Names) -> None:
-    x, out = node.inputs[0], node.outputs[0]
+    x = node.inputs[0]
     rank = len(_static_shape(x))
     starts, ends = _const(node.inputs[1]), _const(node.inputs[2])
     axes = _const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else np.arange(len(starts))

@@ -39,6 +39,17 @@ def export(
     prune: bool = True,
     prune_approx: bool = False,
     round_channels: int = 1,
+    int8: bool = False,
+    fp16: bool = False,
+    int8_weights_only: bool = False,
+    fp16_io: bool = False,
+    calib_method: str = "minmax",
+    calib_samples: int | None = None,
+    resize: int | tuple[int, int] | None = None,
+    crop: int | tuple[int, int] | None = None,
+    min_cosine: float | None = None,
+    min_top1: float | None = None,
+    eval_data: str | Path | None = None,
     console: Any = None,
 ) -> dict:
     """Export and verify; returns the report (also written to OUTDIR/report.json).
@@ -58,19 +69,35 @@ def export(
         allow_pickle=allow_pickle,
         arch=arch,
         calib=Path(calib) if calib is not None else None,
-        preprocessing=Preprocessing(mean=_tuple(mean), std=_tuple(std), scale=scale, bgr=bgr, layout=layout),
+        preprocessing=Preprocessing(mean=_tuple(mean), std=_tuple(std), scale=scale, bgr=bgr, layout=layout,
+                                    resize=_size(resize), crop=_size(crop)),
         opset=opset,
         seed=seed,
         fp32_tolerance=tolerance,
         prune=prune,
         prune_approx=prune_approx,
         round_channels=round_channels,
+        int8=int8,
+        fp16=fp16,
+        int8_weights_only=int8_weights_only,
+        fp16_io=fp16_io,
+        calib_method=calib_method,
+        calib_samples=calib_samples,
+        min_cosine=min_cosine,
+        min_top1=min_top1,
+        eval_data=Path(eval_data) if eval_data is not None else None,
     )
     return run_export(model_or_path, options, console)
 
 
 def _tuple(x: Any) -> tuple[float, ...] | None:
     return None if x is None else tuple(float(v) for v in (x if isinstance(x, (list, tuple)) else [x]))
+
+
+def _size(x: Any) -> tuple[int, int] | None:
+    if x is None:
+        return None
+    return (int(x), int(x)) if isinstance(x, int) else (int(x[0]), int(x[-1]))
 
 
 def _input_specs(value: Any) -> tuple:

@@ -63,16 +63,31 @@ def cli() -> None:
               help="Also remove constant channels that enter zero-padded convs (inexact at borders; error reported).")
 @click.option("--round-channels", type=int, default=1, show_default=True,
               help="Keep each layer's remaining width a multiple of N (keeps a few dead channels).")
+@click.option("--int8", is_flag=True, help="Also export full-integer int8 (static, needs --calib).")
+@click.option("--fp16", is_flag=True, help="Also export fp16 (weights and compute; fp32 IO unless --fp16-io).")
+@click.option("--int8-weights-only", is_flag=True, help="Also export dynamic-range int8 (int8 weights only; no data needed).")
+@click.option("--fp16-io", is_flag=True, help="Make the fp16 artifact's inputs and outputs fp16 too.")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax", show_default=True,
+              help="How activation ranges are calibrated.")
+@click.option("--calib-samples", type=int, default=None, help="Use at most N calibration samples (seeded shuffle).")
+@click.option("--resize", default=None, help="Images: resize, N (shorter side) or HxW (recorded).")
+@click.option("--crop", default=None, help="Images: centre crop, N or HxW (recorded).")
+@click.option("--min-cosine", type=float, default=None, help="Target cosine vs the reference for quantized artifacts.")
+@click.option("--min-top1", type=float, default=None, help="Target top-1 agreement vs the reference for quantized artifacts.")
+@click.option("--eval", "eval_data", type=click.Path(path_type=Path), default=None,
+              help=".npz with x and y (labels): report each artifact's top-1 accuracy.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
 @_debug_option
 def export(model: Path, output_dir: Path, formats: str, target: str, input_shapes: tuple[str, ...], name: str | None,
            allow_pickle: bool, arch: str | None, calib: Path | None, mean: str | None, std: str | None,
            scale: float | None, bgr: bool, layout: str | None, opset: int, seed: int, tolerance: float | None,
-           no_prune: bool, prune_approx: bool, round_channels: int, as_json: bool) -> None:
+           no_prune: bool, prune_approx: bool, round_channels: int, int8: bool, fp16: bool, int8_weights_only: bool,
+           fp16_io: bool, calib_method: str, calib_samples: int | None, resize: str | None, crop: str | None,
+           min_cosine: float | None, min_top1: float | None, eval_data: Path | None, as_json: bool) -> None:
     """Export MODEL (.pt, .pt2, TorchScript or .onnx) and verify every artifact."""
     from rich.console import Console
 
-    from edgepack.options import ExportOptions, InputSpec, Preprocessing, parse_floats
+    from edgepack.options import ExportOptions, InputSpec, Preprocessing, parse_floats, parse_size
     from edgepack.pipeline import run_export
     from edgepack.report import render_table, to_json_text
 
@@ -86,13 +101,23 @@ def export(model: Path, output_dir: Path, formats: str, target: str, input_shape
         arch=arch,
         calib=calib,
         preprocessing=Preprocessing(mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), scale=scale,
-                                    bgr=bgr, layout=layout),
+                                    bgr=bgr, layout=layout, resize=parse_size(resize, "--resize"),
+                                    crop=parse_size(crop, "--crop")),
         opset=opset,
         seed=seed,
         fp32_tolerance=tolerance,
         prune=not no_prune,
         prune_approx=prune_approx,
         round_channels=round_channels,
+        int8=int8,
+        fp16=fp16,
+        int8_weights_only=int8_weights_only,
+        fp16_io=fp16_io,
+        calib_method=calib_method,
+        calib_samples=calib_samples,
+        min_cosine=min_cosine,
+        min_top1=min_top1,
+        eval_data=eval_data,
     )
     err = _stderr_console()
     report = run_export(model, options, console=err)
@@ -113,6 +138,38 @@ def formats() -> None:
     for cap in FORMATS.values():
         state = "yes" if cap.built else f"not yet ({cap.note})"
         click.echo(f"{cap.name:8s} precisions: {', '.join(cap.precisions):30s} built: {state}")
+
+
+@cli.command("compare")
+@click.argument("model_a", metavar="A", type=click.Path(path_type=Path))
+@click.argument("model_b", metavar="B", type=click.Path(path_type=Path))
+@click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), default=None,
+              help="Samples .npz: an export's verify.npz, or one (S, ...) array per input name. Default: the "
+                   "verify.npz beside A, else 4 seeded N(0,1) samples.")
+@click.option("--per-node", is_flag=True,
+              help="Compare every tensor A and B share (same ONNX name): SQNR, cosine, max abs error, and the SQNR each "
+                   "node loses; show the nodes that lose most and the first node below 20 dB SQNR (a common int8 rule "
+                   "of thumb).")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Nodes to show with --per-node.")
+@click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True,
+              help="At most N samples for --per-node (intermediate tensors are large).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the random samples.")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON to stdout.")
+@_debug_option
+def compare_command(model_a: Path, model_b: Path, inputs_path: Path | None, per_node: bool, top: int, samples: int,
+                    seed: int, as_json: bool) -> None:
+    """Compare ONNX model B with reference A (e.g. OUT/model.fp32.onnx and OUT/model.int8.onnx), both run
+    in ONNX Runtime with optimizations off, to find the layer that breaks int8."""
+    from rich.console import Console
+
+    from edgepack.compare import compare_models, render
+    from edgepack.report import to_json_text
+
+    result = compare_models(model_a, model_b, inputs=inputs_path, per_node=per_node, samples=samples, seed=seed, top=top)
+    if as_json:
+        click.echo(to_json_text(result), nl=False)
+        return
+    render(result, Console(highlight=False, width=None if sys.stdout.isatty() else 160))
 
 
 @cli.command()

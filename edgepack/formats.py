@@ -20,7 +20,7 @@ class FormatCapability:
 
 
 FORMATS: dict[str, FormatCapability] = {
-    "onnx": FormatCapability("onnx", "onnx", ("fp32",), built=True),
+    "onnx": FormatCapability("onnx", "onnx", ("fp32", "fp16", "int8", "int8-weights"), built=True),
     "tflite": FormatCapability("tflite", "tflite", ("fp32", "fp16", "int8", "int8-weights"), built=False,
                                note="TFLite writer not built yet"),
     "ncnn": FormatCapability("ncnn", "param", ("fp32", "fp16", "int8"), built=False,

@@ -47,8 +47,13 @@ class Preprocessing:
     scale: float | None = None
     bgr: bool = False
     layout: str | None = None
+    resize: tuple[int, int] | None = None  # square N: shorter side to N; HxW: exactly that (see calib.py)
+    crop: tuple[int, int] | None = None  # (height, width) of the centre crop
 
     def __post_init__(self) -> None:
+        for flag, size in (("--resize", self.resize), ("--crop", self.crop)):
+            if size is not None and (len(size) != 2 or any(int(d) < 1 for d in size)):
+                raise UsageError(f"{flag} {size} must be a positive size: N (square) or HxW")
         if self.layout is not None and self.layout not in LAYOUTS:
             raise UsageError(f"--layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
         if self.std is not None and any(s == 0 for s in self.std):
@@ -68,7 +73,20 @@ class Preprocessing:
             "scale": self.scale,
             "color_order": "bgr" if self.bgr else "rgb",
             "layout": self.layout or "nchw",
+            "resize": list(self.resize) if self.resize is not None else None,
+            "crop": list(self.crop) if self.crop is not None else None,
         }
+
+
+def parse_size(text: str | None, flag: str) -> tuple[int, int] | None:
+    """`224` -> (224, 224); `256x320` -> (256, 320) as (height, width)."""
+    if text is None:
+        return None
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise UsageError(f"{flag} {text!r} is not a size; write N for a square or HxW, e.g. 256 or 224x320")
+    dims = [int(p) for p in parts]
+    return (dims[0], dims[-1])
 
 
 def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
@@ -99,12 +117,45 @@ class ExportOptions:
     prune: bool = True
     prune_approx: bool = False
     round_channels: int = 1
+    int8: bool = False
+    fp16: bool = False
+    int8_weights_only: bool = False
+    fp16_io: bool = False
+    calib_method: str = "minmax"
+    calib_samples: int | None = None
+    min_cosine: float | None = None
+    min_top1: float | None = None
+    eval_data: Path | None = None
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """fp32 always (the base every other precision is made from and compared with)."""
+        wanted = [("fp32", True), ("fp16", self.fp16), ("int8", self.int8), ("int8-weights", self.int8_weights_only)]
+        return tuple(p for p, on in wanted if on)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", parse_formats(self.formats))
         object.__setattr__(self, "output_dir", Path(self.output_dir))
         if self.calib is not None:
             object.__setattr__(self, "calib", Path(self.calib))
+        if self.int8 and self.calib is None:
+            raise UsageError(
+                "--int8 needs calibration data: pass --calib DATA (.npy/.npz or an image folder), "
+                "or use --int8-weights-only for dynamic-range int8 weights without data"
+            )
+        if self.calib_method not in ("minmax", "percentile", "entropy"):
+            raise UsageError(f"--calib-method {self.calib_method!r} is not one of minmax, percentile, entropy")
+        if self.calib_samples is not None and self.calib_samples < 1:
+            raise UsageError(f"--calib-samples {self.calib_samples} must be 1 or more")
+        if self.fp16_io and not self.fp16:
+            raise UsageError("--fp16-io applies to the fp16 artifact: add --fp16")
+        for flag, value in (("--min-cosine", self.min_cosine), ("--min-top1", self.min_top1)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise UsageError(f"{flag} {value} must be between 0 and 1 (e.g. 0.99)")
+        if (self.min_cosine is not None or self.min_top1 is not None) and not (self.int8 or self.fp16 or self.int8_weights_only):
+            raise UsageError("--min-cosine/--min-top1 are targets for quantized artifacts: add --int8, --fp16 or --int8-weights-only")
+        if self.eval_data is not None:
+            object.__setattr__(self, "eval_data", Path(self.eval_data))
         if self.round_channels < 1:
             raise UsageError(f"--round-channels {self.round_channels} must be 1 or more (1 = no rounding)")
         if self.prune_approx and not self.prune:

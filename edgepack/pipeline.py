@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import re
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,21 +23,22 @@ from edgepack import report as report_mod
 from edgepack.calib import load_samples
 from edgepack.converters import PassResult
 from edgepack.converters.cleanup_graph import cleanup_graph
-from edgepack.converters.export_onnx import export_onnx
+from edgepack.artifacts import CALIBRATION_NAME, EvalSet, ExportContext, build_artifact
+from edgepack.converters.quantize_int8 import is_quantized
 from edgepack.converters.fold_batchnorm import fold_batchnorm
 from edgepack.converters.remove_pruned_channels import remove_pruned_channels
 from edgepack.devices import DeviceProfile, load_profile
 from edgepack.errors import (
-    EdgepackError, InputShapeError, LoadError, OutputError, UnsupportedError, UsageError, VerificationFailed,
+    EdgepackError, InputShapeError, LoadError, UnsupportedError, UsageError, VerificationFailed,
 )
-from edgepack.formats import FORMATS, check_buildable
-from edgepack.fsutil import file_entry, prepare_output_dir
+from edgepack.fsutil import prepare_output_dir
 from edgepack.load import SourceModel, load_source
 from edgepack.model_stats import count_macs, count_params
 from edgepack.options import ExportOptions, InputSpec
 from edgepack.runtimes import get_runtime
+from edgepack.runtimes.ort import ort_message
 from edgepack.verify import (
-    VerificationSet, compare, make_verification_set, run_all, save_verification, tolerance_for,
+    VerificationSet, make_verification_set, run_all, save_verification,
 )
 
 VERIFY_NAME = "verify.npz"
@@ -111,7 +110,6 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
     steps = Steps(console)
     profile = load_profile(options.target)
     out_dir = prepare_output_dir(options.output_dir)
-    precisions = ("fp32",)
     total_start = time.perf_counter()
 
     with steps("load", "load model"):
@@ -125,7 +123,9 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
     shapes = {s.name: s.shape for s in specs}
 
     with steps("reference", f"reference outputs ({'PyTorch' if source.is_torch else 'ONNX Runtime, optimizations off'})"):
-        calib = load_samples(options.calib, shapes) if options.calib else None
+        calib = load_samples(options.calib, shapes, options.preprocessing) if options.calib else None
+        if calib is not None and not options.calib.is_dir() and (options.preprocessing.resize or options.preprocessing.crop):
+            warnings.append("--resize/--crop apply to image folders; the .npy/.npz calibration arrays are used as given")
         vset = make_verification_set(shapes, seed=options.seed, n_random=options.verify_samples, calib=calib,
                                      holdout_fraction=options.holdout_fraction)
         reference = _reference_outputs(source, specs, vset)
@@ -145,12 +145,22 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
 
     output_names = [v.name for v in model.graph.outputs]
     save_verification(out_dir / VERIFY_NAME, vset, reference, output_names)
-    name = options.name or _default_name(source)
+    already_quantized = is_quantized(ir.to_proto(model))
+    precisions = _precisions(options, already_quantized, warnings)
+    calib_feeds = _calibration_feeds(calib, vset, shapes, options, warnings) if "int8" in precisions else None
+    eval_set = _load_eval(options, specs, source, warnings) if options.eval_data else None
+    ctx = ExportContext(model, options.name or _default_name(source), out_dir, vset, reference, output_names, options,
+                        calib_feeds, already_quantized, eval_set)
     artifacts = []
     for fmt in options.formats:
         for precision in precisions:
             with steps(f"artifact:{fmt}.{precision}", f"export + verify {fmt} {precision}"):
-                artifacts.append(_build_artifact(model, fmt, precision, name, out_dir, vset, reference, output_names, options))
+                artifacts.append(build_artifact(ctx, fmt, precision))
+    for art in artifacts:
+        if art.get("warning"):
+            warnings.append(f"{art['path']}: {art['warning']}")
+            steps.warn(warnings[-1])
+    name = ctx.name
 
     report = {
         "schema_version": report_mod.SCHEMA_VERSION,
@@ -181,6 +191,9 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
             "left_for_calibration": None if vset.calibration_indices is None else int(len(vset.calibration_indices)),
             "reference": "pytorch" if source.is_torch else "onnxruntime (optimizations off)",
         },
+        "calibration": _calibration_report(ctx, options) if calib_feeds else None,
+        "evaluation": ({"file": str(options.eval_data), "samples": len(eval_set.y), "reference_top1": eval_set.reference_top1}
+                       if eval_set is not None else None),
         "artifacts": artifacts,
         "warnings": warnings,
         "timings_s": {**steps.timings, "total": round(time.perf_counter() - total_start, 3)},
@@ -297,7 +310,7 @@ def _reference_outputs(source: SourceModel, specs: list[InputSpec], vset: Verifi
 
 def _ort_load_error(what: Any, exc: BaseException) -> EdgepackError:
     """ONNX Runtime refusing a model: an op it lacks is unsupported (exit 4), anything else bad input."""
-    text = _ort_message(exc)
+    text = ort_message(exc)
     if any(k in text for k in ("NOT_IMPLEMENTED", "not a registered function/op", "Unsupported model IR version", "Unsupported opset")):
         return UnsupportedError(f"ONNX Runtime cannot load {what}: {text}; re-export it with standard ONNX ops, an opset and an IR version that ONNX Runtime supports")
     return LoadError(f"ONNX Runtime cannot load {what}: {text}; check the model with onnx.checker.check_model")
@@ -342,80 +355,71 @@ def _to_onnx(source: SourceModel, specs: list[InputSpec], vset: VerificationSet,
 # ---------------------------------------------------------------- step 5: artifacts
 
 
-def _build_artifact(model: ir.Model, fmt: str, precision: str, name: str, out_dir: Path, vset: VerificationSet,
-                    reference: list[np.ndarray], output_names: list[str], options: ExportOptions) -> dict:
-    ext = FORMATS[fmt].extension
-    entry: dict[str, Any] = {
-        "path": None, "files": [], "format": fmt, "precision": precision,
-        "weights_precision": precision, "compute_precision": precision, "size_bytes": None,
-        "inputs": _io(model.graph.inputs), "outputs": _io(model.graph.outputs),
-        "fidelity": None, "ok": False, "error": None, "exit_code": 0,
-    }
+def _precisions(options: ExportOptions, already_quantized: bool, warnings: list[str]) -> tuple[str, ...]:
+    """What to build. An already-quantized model keeps its own quantization: it is exported as is
+    (labelled int8) and not quantized again or cast to fp16."""
+    if not already_quantized:
+        return options.precisions
+    dropped = [p for p in options.precisions if p not in ("fp32", "int8")]
+    warnings.append("the model is already quantized (Q/DQ or integer ops): exported with its own quantization as int8"
+                    + (f"; not converted to {', '.join(dropped)}" if dropped else ""))
+    return ("int8",)
+
+
+def _calibration_feeds(calib: dict[str, np.ndarray] | None, vset: VerificationSet, shapes: dict[str, tuple[int, ...]],
+                       options: ExportOptions, warnings: list[str]) -> list[dict[str, np.ndarray]]:
+    """The calibration samples: the part of --calib that verification does not hold out, in a
+    seeded shuffle, at most --calib-samples of them."""
+    from edgepack.calib import RECOMMENDED_SAMPLES
+
+    assert calib is not None and vset.calibration_indices is not None  # --int8 requires --calib (options)
+    order = np.random.default_rng(options.seed + 1).permutation(vset.calibration_indices)
+    if options.calib_samples is not None:
+        order = order[: options.calib_samples]
+    batch = next(iter(shapes.values()))[0]
+    n = (len(order) // batch) * batch
+    if n == 0:
+        raise UsageError(f"--calib leaves {len(order)} sample(s) for calibration after the 20% verification hold-out; "
+                         f"give at least {batch} more")
+    if n < RECOMMENDED_SAMPLES:
+        warnings.append(f"only {n} calibration samples (after holding out {vset.count} for verification); "
+                        f"{RECOMMENDED_SAMPLES} or more are recommended for stable int8 ranges")
+    return [{name: calib[name][order[i : i + batch]].reshape(shapes[name]) for name in shapes} for i in range(0, n, batch)]
+
+
+def _calibration_report(ctx: ExportContext, options: ExportOptions) -> dict:
+    return {"file": CALIBRATION_NAME, "method": options.calib_method, "samples": len(ctx.calib_feeds or []),
+            "source": str(options.calib), "seed": options.seed + 1,
+            "note": "float (min, max) per ONNX tensor name; every int8 exporter derives its scales from these ranges"}
+
+
+def _load_eval(options: ExportOptions, specs: list[InputSpec], source: SourceModel, warnings: list[str]) -> EvalSet:
+    """--eval DATA.npz with `x` (M, ...) and integer labels `y` (M,); scores the reference too."""
+    path = options.eval_data
+    if len(specs) != 1:
+        raise UsageError(f"--eval supports single-input models; this one has inputs {[s.name for s in specs]}")
     try:
-        check_buildable(fmt, precision)
-        path = out_dir / f"{name}.{precision}.{ext}"
-        try:
-            files = export_onnx(model, path, precision)
-        except OSError as exc:
-            raise OutputError(f"cannot write {path} ({exc.strerror or exc}); free space or choose another folder with -o") from None
-        entry["path"] = path.name
-        entry["files"] = [file_entry(f, out_dir) for f in files]
-        entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
-        entry["fidelity"] = _verify_onnx(path, vset, reference, output_names, precision, options)
-        if entry["fidelity"].get("error"):
-            raise VerificationFailed(entry["fidelity"]["error"])
-        tol = entry["fidelity"]["tolerance"]
-        if tol["enforced"] and not entry["fidelity"]["rel_error"] <= tol["rel_error"]:
-            raise VerificationFailed(
-                f"relative error {entry['fidelity']['rel_error']:.3g} exceeds the {precision} tolerance {tol['rel_error']:.0e}; "
-                "the artifact is kept for inspection"
-            )
-        entry["ok"] = True
-    except EdgepackError as exc:
-        entry["error"] = str(exc)
-        entry["exit_code"] = exc.exit_code
-    return entry
-
-
-def _verify_onnx(path: Path, vset: VerificationSet, reference: list[np.ndarray], output_names: list[str], precision: str,
-                 options: ExportOptions) -> dict:
-    runtime = get_runtime("onnxruntime")
-    try:
-        session = runtime.load(path)
-        actual = run_all(lambda feed: [session.run(feed)[n] for n in output_names], vset)
-    except Exception as exc:  # the artifact itself is broken: it cannot be verified
-        raise VerificationFailed(
-            f"ONNX Runtime cannot run {path.name}: {_ort_message(exc)}; the artifact is kept for inspection"
-        ) from None
-    result = compare(reference, actual, output_names)
-    mode = "approx" if options.prune_approx else "exact"
-    tol, enforced = tolerance_for(precision, mode, options.fp32_tolerance if precision == "fp32" else None)
-    result["tolerance"] = {"rel_error": tol, "enforced": enforced}
-    result["samples"] = vset.count
-    result["runtime"] = f"{runtime.name} {runtime.version()}"
-    return result
-
-
-def _io(values: Any) -> list[dict]:
-    layouts = {2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}
-    out = []
-    for v in values:
-        shape = [d if isinstance(d, int) else str(d) for d in v.shape] if v.shape is not None else None
-        dtype = v.dtype.numpy().name if v.dtype is not None else None
-        out.append({"name": v.name, "shape": shape, "dtype": dtype, "layout": layouts.get(len(shape)) if shape else None})
-    return out
+        data = np.load(path, allow_pickle=False)
+        x, y = data["x"], data["y"]
+    except FileNotFoundError:
+        raise UsageError(f"--eval {path} not found") from None
+    except (KeyError, ValueError, OSError) as exc:
+        raise UsageError(f"--eval {path} must be an .npz with arrays x (samples) and y (integer labels) ({exc})") from None
+    spec = specs[0]
+    if tuple(x.shape[1:]) != tuple(spec.shape[1:]) or len(x) != len(y) or y.ndim != 1:
+        raise UsageError(f"--eval {path}: x has shape {list(x.shape)} and y {list(y.shape)}; expected x (M, "
+                         f"{', '.join(map(str, spec.shape[1:]))}) and y (M,)")
+    eval_set = EvalSet(path, x.astype(np.float32), y.astype(np.int64), spec.name, spec.shape)
+    session = (get_runtime("torch").load(source.model, input_names=[spec.name]) if source.is_torch else
+               get_runtime("onnxruntime").load(_with_static_inputs(source.onnx_model, specs).SerializeToString(), optimize=False))
+    eval_set.reference_top1 = eval_set.accuracy(lambda feed: list(session.run(feed).values()))
+    return eval_set
 
 
 def _default_name(source: SourceModel) -> str:
     if source.path is not None:
         return source.path.name.split(".")[0] or "model"
     return type(source.model).__name__.lower() if source.model is not None else "model"
-
-
-def _ort_message(exc: BaseException) -> str:
-    """ONNX Runtime errors carry the C++ source location and signature before the reason; drop them."""
-    text = re.sub(r"/onnxruntime_src/\S+ (?:onnxruntime::)?[\w:~]*\(.*?\) ", "", str(exc))
-    return _first_line(RuntimeError(text))
 
 
 def _first_line(exc: BaseException) -> str:

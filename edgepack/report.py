@@ -82,6 +82,20 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
+def _tolerance_text(tol: dict) -> str:
+    if not tol:
+        return "-"
+    parts = []
+    if tol.get("rel_error") is not None:
+        parts.append(_fmt(tol["rel_error"], ".0e"))
+    if tol.get("min_cosine") is not None:
+        parts.append(f"cos>={tol['min_cosine']}")
+    if tol.get("min_top1") is not None:
+        parts.append(f"top1>={tol['min_top1']}")
+    text = " ".join(parts) or "-"
+    return text if tol.get("enforced") or text == "-" else f"{text} (info)"
+
+
 def render_table(report: dict, console: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -103,13 +117,20 @@ def render_table(report: dict, console: Any) -> None:
             _size(art.get("size_bytes")),
             _fmt(fid.get("max_abs_error"), ".2e"),
             _fmt(fid.get("rel_error"), ".2e"),
-            (_fmt(tol.get("rel_error"), ".0e") + ("" if tol.get("enforced") else " (info)")) if tol else "-",
+            _tolerance_text(tol),
             _fmt(fid.get("cosine"), ".6f"),
             _fmt(fid.get("top1_agreement"), ".1%"),
             "[green]yes[/]" if art["ok"] else "[red]NO[/]",
         )
     console.print(table)
     for art in report["artifacts"]:
+        if art.get("float_nodes"):
+            console.print(f"{escape(art['path'] or '')}: {len(art['float_nodes'])} node(s) kept in float by the accuracy guard: "
+                          f"{escape(', '.join(art['float_nodes']))}")
+        if art.get("accuracy"):
+            ref = (report.get("evaluation") or {}).get("reference_top1")
+            console.print(f"{escape(art['path'] or '')}: top-1 accuracy {art['accuracy']['top1']:.2%}"
+                          + (f" (reference {ref:.2%})" if ref is not None else ""))
         if art.get("error"):
             console.print(f"[red]{art['format']} {art['precision']}:[/] {escape(art['error'])}")
     for p in report["passes"]:

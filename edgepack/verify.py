@@ -17,13 +17,17 @@ TOLERANCES: dict[tuple[str, str], tuple[float, bool]] = {
     ("fp32", "exact"): (1e-4, True),
     # --prune-approx removes constant channels that enter zero-padded convs: error at the borders.
     ("fp32", "approx"): (1e-2, False),
+    ("fp16", "exact"): (1e-2, False),
+    ("fp16", "approx"): (1e-2, False),
 }
+# int8 and int8-weights have no relative-error tolerance: they are judged by cosine and top-1
+# agreement against user targets (--min-cosine / --min-top1), and warned about below defaults.
 
 
-def tolerance_for(precision: str, mode: str = "exact", user_target: float | None = None) -> tuple[float, bool]:
+def tolerance_for(precision: str, mode: str = "exact", user_target: float | None = None) -> tuple[float | None, bool]:
     if user_target is not None:
         return user_target, True
-    return TOLERANCES.get((precision, mode), (float("inf"), False))
+    return TOLERANCES.get((precision, mode), (None, False))
 
 
 @dataclass

@@ -8,15 +8,32 @@ from typing import Any
 import numpy as np
 
 
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+              "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+
+
 class OrtSession:
     def __init__(self, session: Any) -> None:
         self._session = session
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
+        self._dtypes = {i.name: _ORT_TYPES.get(i.type) for i in session.get_inputs()}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self._session.run(None, dict(feeds))
+        """Feeds are cast to the model's input types (e.g. fp32 data into an fp16-IO model)."""
+        cast = {k: v.astype(self._dtypes[k]) if self._dtypes.get(k) is not None and v.dtype != self._dtypes[k] else v
+                for k, v in feeds.items()}
+        outputs = self._session.run(None, cast)
         return dict(zip(self.output_names, outputs))
+
+
+def ort_message(exc: BaseException) -> str:
+    """ONNX Runtime errors carry the C++ source location and signature before the reason; drop them."""
+    import re
+
+    text = re.sub(r"/onnxruntime_src/\S+ (?:onnxruntime::)?[\w:~]*\(.*?\) ", "", str(exc)).strip()
+    line = (text.splitlines() or [type(exc).__name__])[0]
+    return line[:300]
 
 
 class OnnxRuntime:

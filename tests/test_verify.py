@@ -44,8 +44,8 @@ def test_tolerance_table_fp32_and_user_target():
     assert TOLERANCES[("fp32", "exact")] == (1e-4, True)
     assert tolerance_for("fp32") == (1e-4, True)
     assert tolerance_for("fp32", user_target=1e-2) == (1e-2, True)
-    tol, enforced = tolerance_for("int8")  # not in the table yet: reported, not enforced
-    assert not enforced and tol == float("inf")
+    assert tolerance_for("fp16") == (1e-2, False)  # reported, enforced only with a user target
+    assert tolerance_for("int8") == (None, False)  # int8 is judged by cosine / top-1 targets instead
 
 
 def test_random_verification_set_is_seeded():

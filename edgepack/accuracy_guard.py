@@ -1,0 +1,79 @@
+"""Accuracy guard for int8: when a quantized artifact misses the user's target (--min-cosine /
+--min-top1), find the layer that hurts most and keep it in float, then re-quantize from the same
+calibration file and check again, until the target is met or no candidate is left.
+
+Sensitivity is measured per node with `edgepack.compare.per_node_divergence`: the fp32 graph and
+the current int8 graph run on held-out samples with every intermediate tensor exposed, tensors are
+matched by ONNX name, and each node is scored by how much SQNR it loses relative to its inputs
+(its local damage). Excluding a node keeps it in float with a Q/DQ pair around it (ONNX Runtime's
+`nodes_to_exclude`), so the artifact stays int8 but is no longer full-integer; the excluded nodes
+are reported as `float_nodes`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgepack.converters.quantize_int8 import Int8Result, quantize_int8
+
+if TYPE_CHECKING:
+    from edgepack.artifacts import ExportContext
+
+MAX_ROUNDS = 12
+GUARD_SAMPLES = 8  # held-out samples used to rank nodes (intermediate tensors are large)
+
+
+@dataclass
+class Repair:
+    fidelity: dict
+    float_nodes: list[str]
+    result: Int8Result
+    history: list[dict] = field(default_factory=list)
+
+
+def repair_int8(ctx: "ExportContext", path: Path, fidelity: dict) -> Repair:
+    from edgepack.artifacts import _missed, verify_onnx
+    from edgepack.compare import per_node_divergence
+
+    fp32 = ctx.fp32_proto
+    graph_nodes = {n.name for n in fp32.graph.node}
+    feeds = ctx.vset.feeds()[:GUARD_SAMPLES]
+    excluded: list[str] = []
+    history = [_step(excluded, fidelity, None)]
+    result = None
+    for _ in range(MAX_ROUNDS):
+        ranking = per_node_divergence(fp32, path, feeds)
+        candidates = sorted(
+            (r for r in ranking if r.get("node") in graph_nodes and r["node"] not in excluded),
+            key=lambda r: r.get("sqnr_drop_db") or 0.0, reverse=True,
+        )
+        if not candidates:
+            break
+        worst = candidates[0]
+        excluded.append(worst["node"])
+        result = quantize_int8(fp32, path, cache_path=ctx.calibration_path, method=ctx.options.calib_method,
+                               calib_feeds=ctx.calib_feeds, nodes_to_exclude=excluded)
+        fidelity = verify_onnx(path, ctx, "int8")
+        history.append(_step(excluded, fidelity, worst))
+        if not _missed(fidelity):
+            break
+    if result is None:  # nothing could be excluded: keep the artifact as it was
+        import onnx
+
+        from edgepack.converters.quantize_int8 import count_quantized_nodes
+
+        q, f = count_quantized_nodes(onnx.load(str(path)))
+        result = Int8Result(q, f, ())
+    return Repair(fidelity, excluded, result, history)
+
+
+def _step(excluded: list[str], fidelity: dict, worst: dict | None) -> dict:
+    step = {
+        "float_nodes": list(excluded),
+        "cosine": fidelity.get("cosine"),
+        "top1_agreement": fidelity.get("top1_agreement"),
+        "rel_error": fidelity.get("rel_error"),
+    }
+    if worst is not None:
+        step["kept_in_float"] = {"node": worst["node"], "op": worst.get("op"), "sqnr_drop_db": worst.get("sqnr_drop_db")}
+    return step

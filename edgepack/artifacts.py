@@ -1,0 +1,254 @@
+"""Build one artifact (format x precision) from the processed graph, verify it, describe it.
+
+Every artifact comes from the same processed fp32 graph and, for int8, the same calibration file.
+`build_artifact` returns the report entry; a failure is recorded in the entry (ok=False, error,
+exit_code) so the other artifacts are still built."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from edgepack.converters.cast_fp16 import cast_fp16
+from edgepack.converters.export_onnx import export_onnx, to_proto, write_proto
+from edgepack.converters.quantize_int8 import Int8Result, quantize_int8, quantize_int8_weights
+from edgepack.errors import EdgepackError, OutputError, VerificationFailed
+from edgepack.formats import FORMATS, check_buildable
+from edgepack.fsutil import file_entry
+from edgepack.options import ExportOptions
+from edgepack.runtimes import get_runtime
+from edgepack.runtimes.ort import ort_message
+from edgepack.verify import VerificationSet, compare, run_all, tolerance_for
+
+CALIBRATION_NAME = "calibration.json"
+# Without a user target, quantized artifacts are only warned about below these.
+POOR_COSINE = 0.99
+POOR_TOP1 = 0.95
+
+
+@dataclass
+class EvalSet:
+    """Labelled data for task accuracy (--eval): x (M, *input_shape[1:]), y (M,)."""
+
+    path: Path
+    x: np.ndarray
+    y: np.ndarray
+    input_name: str
+    input_shape: tuple[int, ...]
+    reference_top1: float | None = None
+
+    def accuracy(self, run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]) -> float:
+        batch = self.input_shape[0]
+        n = (len(self.x) // batch) * batch
+        correct = 0
+        for i in range(0, n, batch):
+            logits = run({self.input_name: self.x[i : i + batch].reshape(self.input_shape)})[0]
+            correct += int((logits.reshape(batch, -1).argmax(-1) == self.y[i : i + batch]).sum())
+        return correct / n
+
+
+@dataclass
+class ExportContext:
+    """What every artifact is built and verified from."""
+
+    model: ir.Model
+    name: str
+    out_dir: Path
+    vset: VerificationSet
+    reference: list[np.ndarray]
+    output_names: list[str]
+    options: ExportOptions
+    calib_feeds: list[dict[str, np.ndarray]] | None = None
+    already_quantized: bool = False
+    eval_set: EvalSet | None = None
+    _proto: Any = field(default=None, repr=False)
+
+    @property
+    def fp32_proto(self) -> Any:
+        if self._proto is None:
+            self._proto = to_proto(self.model)
+        return self._proto
+
+    @property
+    def calibration_path(self) -> Path:
+        return self.out_dir / CALIBRATION_NAME
+
+
+def build_artifact(ctx: ExportContext, fmt: str, precision: str) -> dict:
+    entry: dict[str, Any] = {
+        "path": None, "files": [], "format": fmt, "precision": precision,
+        "weights_precision": None, "compute_precision": None, "size_bytes": None,
+        "inputs": _io(ctx.model.graph.inputs), "outputs": _io(ctx.model.graph.outputs),
+        "fidelity": None, "ok": False, "error": None, "exit_code": 0,
+    }
+    try:
+        check_buildable(fmt, precision)
+        path = ctx.out_dir / f"{ctx.name}.{precision}.{FORMATS[fmt].extension}"
+        try:
+            files, details = _export_onnx_precision(ctx, path, precision)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path} ({exc.strerror or exc}); free space or choose another folder with -o") from None
+        entry.update(details)
+        entry["path"] = path.name
+        entry["files"] = [file_entry(f, ctx.out_dir) for f in files]
+        entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
+        entry["inputs"], entry["outputs"] = _io_of_file(path, entry["inputs"], entry["outputs"])
+        entry["fidelity"] = verify_onnx(path, ctx, precision)
+        if precision == "int8" and not ctx.already_quantized and _missed(entry["fidelity"]):
+            from edgepack.accuracy_guard import repair_int8
+
+            repaired = repair_int8(ctx, path, entry["fidelity"])
+            entry["fidelity"] = repaired.fidelity
+            entry["float_nodes"] = list(repaired.float_nodes)
+            entry["nodes"] = {"quantized": repaired.result.quantized_nodes, "float": repaired.result.float_nodes}
+            entry["guard"] = repaired.history
+            entry["files"] = [file_entry(f, ctx.out_dir) for f in files]
+            entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
+        if ctx.eval_set is not None:
+            entry["accuracy"] = {"top1": _eval_onnx(path, ctx.eval_set), "samples": len(ctx.eval_set.y)}
+        _check(entry, precision)
+        entry["ok"] = True
+    except EdgepackError as exc:
+        entry["error"] = str(exc)
+        entry["exit_code"] = exc.exit_code
+    return entry
+
+
+# ---------------------------------------------------------------- export per precision
+
+
+def _export_onnx_precision(ctx: ExportContext, path: Path, precision: str) -> tuple[list[Path], dict]:
+    opts = ctx.options
+    io_dtype = "float32"
+    if precision == "fp32" or (ctx.already_quantized and precision == "int8"):
+        files = export_onnx(ctx.model, path)
+        details = {"weights_precision": "int8" if ctx.already_quantized else "fp32",
+                   "compute_precision": "int8" if ctx.already_quantized else "fp32"}
+        if ctx.already_quantized:
+            details["note"] = "the model was already quantized: its own quantization is kept, not redone"
+        return files, details
+    if precision == "fp16":
+        write_proto(cast_fp16(ctx.fp32_proto, io_fp16=opts.fp16_io), path)
+        io_dtype = "float16" if opts.fp16_io else "float32"
+        return [path], {"weights_precision": "fp16", "compute_precision": "fp16",
+                        "dtypes": {"weights": "float16", "activations": "float16", "io": io_dtype}}
+    if precision == "int8":
+        result = quantize_int8(ctx.fp32_proto, path, cache_path=ctx.calibration_path, method=opts.calib_method,
+                               calib_feeds=ctx.calib_feeds)
+        return [path], _int8_details(result, ctx, full_integer=True)
+    # int8-weights
+    result = quantize_int8_weights(ctx.fp32_proto, path)
+    return [path], {"weights_precision": "int8", "compute_precision": "int8 (dynamic activations)",
+                    "dtypes": {"weights": "int8", "activations": "float32 (quantized at run time)", "io": io_dtype},
+                    "nodes": {"quantized": result.quantized_nodes, "float": result.float_nodes}}
+
+
+def _int8_details(result: Int8Result, ctx: ExportContext, full_integer: bool) -> dict:
+    return {
+        "weights_precision": "int8", "compute_precision": "int8",
+        "dtypes": {"weights": "int8 (per output channel, symmetric)", "activations": "int8", "io": "float32"},
+        "nodes": {"quantized": result.quantized_nodes, "float": result.float_nodes},
+        "float_nodes": list(result.excluded),
+        "calibration": {"file": CALIBRATION_NAME, "method": ctx.options.calib_method,
+                        "samples": len(ctx.calib_feeds or [])},
+    }
+
+
+# ---------------------------------------------------------------- verification
+
+
+def verify_onnx(path: Path, ctx: ExportContext, precision: str) -> dict:
+    runtime = get_runtime("onnxruntime")
+    try:
+        session = runtime.load(path)
+        actual = run_all(lambda feed: [session.run(feed)[n].astype(np.float32) for n in ctx.output_names], ctx.vset)
+    except Exception as exc:  # the artifact itself is broken: it cannot be verified
+        raise VerificationFailed(
+            f"ONNX Runtime cannot run {path.name}: {ort_message(exc)}; the artifact is kept for inspection"
+        ) from None
+    result = compare(ctx.reference, actual, ctx.output_names)
+    opts = ctx.options
+    mode = "approx" if opts.prune_approx else "exact"
+    tol, enforced = tolerance_for(precision, mode, opts.fp32_tolerance if precision == "fp32" else None)
+    result["tolerance"] = {"rel_error": tol, "enforced": enforced}
+    if precision != "fp32" and (opts.min_cosine is not None or opts.min_top1 is not None):
+        result["tolerance"].update({"min_cosine": opts.min_cosine, "min_top1": opts.min_top1, "enforced": True})
+    result["samples"] = ctx.vset.count
+    result["runtime"] = f"{runtime.name} {runtime.version()}"
+    return result
+
+
+def _missed(fidelity: dict) -> bool:
+    """True when a user target (--min-cosine / --min-top1) is set and missed."""
+    tol = fidelity.get("tolerance") or {}
+    if fidelity.get("error"):
+        return False
+    if tol.get("min_cosine") is not None and fidelity["cosine"] < tol["min_cosine"]:
+        return True
+    top1 = fidelity.get("top1_agreement")
+    return tol.get("min_top1") is not None and top1 is not None and top1 < tol["min_top1"]
+
+
+def _check(entry: dict, precision: str) -> None:
+    fid = entry["fidelity"]
+    if fid.get("error"):
+        raise VerificationFailed(fid["error"])
+    tol = fid["tolerance"]
+    if tol["enforced"] and tol["rel_error"] is not None and not fid["rel_error"] <= tol["rel_error"]:
+        raise VerificationFailed(
+            f"relative error {fid['rel_error']:.3g} exceeds the {precision} tolerance {tol['rel_error']:.0e}; "
+            "the artifact is kept for inspection"
+        )
+    if _missed(fid):
+        floats = entry.get("float_nodes") or []
+        raise VerificationFailed(
+            f"{precision} misses the target (cosine {fid['cosine']:.4f}, top-1 agreement {_pct(fid.get('top1_agreement'))}; "
+            f"targets: cosine {tol.get('min_cosine')}, top-1 {tol.get('min_top1')}) even with {len(floats)} node(s) kept in float; "
+            "the artifact is kept for inspection; try --calib-method entropy or percentile, more --calib data, or a lower target"
+        )
+    warnings = []
+    if precision != "fp32" and not tol.get("enforced"):
+        if fid["cosine"] < POOR_COSINE:
+            warnings.append(f"cosine {fid['cosine']:.4f} < {POOR_COSINE}")
+        if fid.get("top1_agreement") is not None and fid["top1_agreement"] < POOR_TOP1:
+            warnings.append(f"top-1 agreement {_pct(fid['top1_agreement'])} < {POOR_TOP1:.0%}")
+    if warnings:
+        entry["warning"] = (f"{precision} fidelity is poor ({', '.join(warnings)}); set --min-cosine/--min-top1 to let "
+                            "the accuracy guard keep the worst layers in float, or run `edgepack compare --per-node`")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _eval_onnx(path: Path, eval_set: EvalSet) -> float:
+    session = get_runtime("onnxruntime").load(path)
+    return eval_set.accuracy(lambda feed: list(session.run(feed).values()))
+
+
+# ---------------------------------------------------------------- description
+
+
+def _io(values: Any) -> list[dict]:
+    layouts = {2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}
+    out = []
+    for v in values:
+        shape = [d if isinstance(d, int) else str(d) for d in v.shape] if v.shape is not None else None
+        dtype = v.dtype.numpy().name if v.dtype is not None else None
+        out.append({"name": v.name, "shape": shape, "dtype": dtype, "layout": layouts.get(len(shape)) if shape else None})
+    return out
+
+
+def _io_of_file(path: Path, inputs: list[dict], outputs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """IO dtypes as written (fp16 IO differs from the graph the artifact came from)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    dtypes = {v.name: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+              for v in list(model.graph.input) + list(model.graph.output)}
+    fix = lambda rows: [{**r, "dtype": dtypes.get(r["name"], r["dtype"])} for r in rows]  # noqa: E731
+    return fix(inputs), fix(outputs)
