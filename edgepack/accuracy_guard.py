@@ -43,14 +43,22 @@ def repair_int8(ctx: "ExportContext", path: Path, fidelity: dict) -> Repair:
     result = None
     for _ in range(MAX_ROUNDS):
         ranking = per_node_divergence(fp32, path, feeds)
-        candidates = sorted(
-            (r for r in ranking if r.get("node") in graph_nodes and r["node"] not in excluded),
-            key=lambda r: r.get("sqnr_drop_db") or 0.0, reverse=True,
-        )
-        if not candidates:
+        rows = sorted((r for r in ranking if r.get("node") in graph_nodes),
+                      key=lambda r: r.get("sqnr_drop_db") or 0.0, reverse=True)
+        worst = rows[0] if rows else None
+        if worst is None:
             break
-        worst = candidates[0]
-        excluded.append(worst["node"])
+        if worst["node"] not in excluded:
+            new = [worst["node"]]
+        else:
+            # The damage is at a node already in float: what still hurts is the int8 data it
+            # reads, so keep the nearest quantized producers of its inputs in float.
+            new = _quantized_producers(fp32, worst["node"], excluded)
+        if not new:
+            break
+        excluded.extend(new)
+        for name in new:
+            excluded.extend(n for n in _fused_activation_inputs(fp32, name, excluded) if n not in excluded)
         result = quantize_int8(fp32, path, cache_path=ctx.calibration_path, method=ctx.options.calib_method,
                                calib_feeds=ctx.calib_feeds, nodes_to_exclude=excluded)
         fidelity = verify_onnx(path, ctx, "int8")
@@ -65,6 +73,49 @@ def repair_int8(ctx: "ExportContext", path: Path, fidelity: dict) -> Repair:
         q, f = count_quantized_nodes(onnx.load(str(path)))
         result = Int8Result(q, f, ())
     return Repair(fidelity, excluded, result, history)
+
+
+_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh")
+
+
+def _fused_activation_inputs(model, node_name: str, excluded: list[str]) -> list[str]:
+    """ONNX Runtime quantizes an activation's output together with the layer before it, so a
+    node kept in float still reads int8 data when its input comes from such an activation. Keep
+    that activation in float too when everything it feeds is in float."""
+    nodes = {n.name: n for n in model.graph.node}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.name)
+    out = []
+    for tensor in nodes[node_name].input:
+        p = producers.get(tensor)
+        if p is not None and p.op_type in _ACTIVATIONS and all(c in excluded for c in consumers.get(tensor, [])):
+            out.append(p.name)
+    return out
+
+
+def _quantized_producers(model, node_name: str, excluded: list[str]) -> list[str]:
+    """Nearest producers of `node_name`'s inputs that are not in float yet, walking up through
+    nodes already in float."""
+    nodes = {n.name: n for n in model.graph.node}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    found: list[str] = []
+    stack, seen = list(nodes[node_name].input), set()
+    while stack:
+        tensor = stack.pop()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        p = producers.get(tensor)
+        if p is None:
+            continue
+        if p.name in excluded:
+            stack.extend(p.input)
+        elif p.name not in found:
+            found.append(p.name)
+    return found
 
 
 def _step(excluded: list[str], fidelity: dict, worst: dict | None) -> dict:

@@ -10,13 +10,16 @@ A tensor's value in a model is the value its consumers see: when the tensor goes
 QuantizeLinear -> DequantizeLinear pair (or a Cast to another float type), the value after that
 pair. So a row's SQNR includes the rounding of the node's own int8 output, the layer whose output
 range cannot be held in int8 (an outlier) is the one blamed, and ONNX Runtime's quantizer removing
-a Relu into its output's quantized range still compares like for like.
+a Relu into its output's quantized range still compares like for like. A tensor whose consumers in
+A are all one Relu/Clip is compared after that clamp (only those values reach the network; the
+quantizer gives such a Conv output the Relu's range, which drops its negatives).
 
 Per node: SQNR in dB with A as the reference (10 log10(sum ref^2 / sum (ref - other)^2), inf when
 identical), cosine over the flattened values, max abs error, and `sqnr_drop_db`: the SQNR of the
 worst input of the node (a matched tensor or a graph input, as the node sees it) minus the SQNR of
 its output, the damage done by that node alone. Weights are part of the node. The node with the
-largest drop is the culprit. Metrics are accumulated sample by sample, so memory holds one
+largest drop is the culprit. The drop is 0 when exact inputs give an exact output and inf when
+exact inputs give an inexact one (dynamic int8 quantizes its inputs inside the node). Metrics are accumulated sample by sample, so memory holds one
 sample's intermediate tensors at a time.
 
 onnx and onnxruntime are imported inside the functions, and torch not at all: this runs on a
@@ -162,7 +165,11 @@ def intermediate_outputs(model: Any, feeds_list: Sequence[Mapping[str, np.ndarra
 
 
 def per_node_divergence(a: Any, b: Any, feeds_list: Sequence[Mapping[str, np.ndarray]]) -> list[dict]:
-    """One row per tensor that A and B share, in A's topological order (see the module doc)."""
+    """One row per tensor that A and B share, in A's topological order (see the module doc):
+    tensor, op and node (its producer in A), sqnr_db, cosine, max_abs_error, upstream_sqnr_db
+    (worst input as the node sees it), sqnr_drop_db, covers (A nodes without a counterpart in B
+    whose damage counts in this row, e.g. a Conv whose Relu the quantizer folded) and
+    compared_after (the Relu/Clip applied before comparing, or None)."""
     return _divergence(load_model(a, "A"), load_model(b, "B"), feeds_list).rows
 
 
@@ -208,10 +215,10 @@ def compare_models(a: Any, b: Any, *, inputs: Path | None = None, per_node: bool
         "b": str(b) if isinstance(b, (str, Path)) else "<ModelProto>",
         "runtime": f"onnxruntime {onnxruntime.__version__} CPU, graph optimizations off",
         "inputs": {"source": source, "samples": len(feeds), "per_node_samples": None},
-        "outputs": compare_outputs(pa, pb, feeds),
+        "outputs": None,
         "per_node": None,
     }
-    if per_node:
+    if per_node:  # first: its "no tensor in common" says more than the outputs' names
         used = feeds[:samples]
         div = _divergence(pa, pb, used)
         result["inputs"]["per_node_samples"] = len(used)
@@ -224,6 +231,7 @@ def compare_models(a: Any, b: Any, *, inputs: Path | None = None, per_node: bool
             "skipped": div.skipped,
             "nodes": div.rows,
         }
+    result["outputs"] = compare_outputs(pa, pb, feeds)
     return result
 
 
@@ -274,19 +282,22 @@ def render(result: dict, console: Any) -> None:
                          ("drop dB", "right"), ("cosine", "right"), ("max abs err", "right")):
         table.add_column(col, justify=justify, overflow="fold")
     for r in pn["top"]:
-        node = r["node"] + (f" (with {', '.join(r['covers'])})" if r["covers"] else "")
-        table.add_row(escape(node), escape(r["op"]), escape(r["tensor"]), _db(r["sqnr_db"]), _db(r["sqnr_drop_db"]),
+        table.add_row(escape(_label(r)), escape(r["op"]), escape(r["tensor"]), _db(r["sqnr_db"]), _db(r["sqnr_drop_db"]),
                       f"{r['cosine']:.5f}", _num(r["max_abs_error"]))
     console.print(table)
     first = pn["first_below_threshold"]
     if first is None:
         console.print(f"no node below {pn['threshold_db']:g} dB SQNR", markup=False)
     else:
-        console.print(f"first node below {pn['threshold_db']:g} dB SQNR: {first['node']} ({first['op']}, tensor "
+        console.print(f"first node below {pn['threshold_db']:g} dB SQNR: {_label(first)} ({first['op']}, tensor "
                       f"{first['tensor']}) at {_db(first['sqnr_db'])} dB", markup=False)
     if pn["skipped"]:
         console.print(f"{len(pn['skipped'])} same-named tensor(s) not compared: {pn['skipped'][0]['reason']}"
                       + (" ..." if len(pn["skipped"]) > 1 else ""), markup=False)
+
+
+def _label(row: dict) -> str:
+    return row["node"] + (f" (with {', '.join(row['covers'])})" if row["covers"] else "")
 
 
 def _db(v: float) -> str:
@@ -373,6 +384,50 @@ class _Graph:
             return users[0].output[0]
         return None
 
+    def clamp_of_consumers(self, name: str) -> tuple[str, float, float] | None:
+        """(op, low, high) when every consumer of `name` is the same Relu/Clip: only the clamped
+        values reach the rest of the network, so only they are compared. ONNX Runtime's quantizer
+        gives a Conv followed by a Relu the Relu's int8 range, which drops the negatives early."""
+        users = self.consumers.get(name, [])
+        bounds = set()
+        for u in users:
+            if u.op_type == "Relu":
+                bounds.add((u.op_type, 0.0, math.inf))
+            elif u.op_type == "Clip" and u.input[0] == name:
+                lo_hi = self._clip_bounds(u)
+                if lo_hi is None:
+                    return None
+                bounds.add((u.op_type, *lo_hi))
+            else:
+                return None
+        return bounds.pop() if len(bounds) == 1 else None
+
+    def _clip_bounds(self, node: Any) -> tuple[float, float] | None:
+        attrs = {a.name: a.f for a in node.attribute if a.name in ("min", "max")}  # opset < 11
+        bounds = [attrs.get("min", -math.inf), attrs.get("max", math.inf)]
+        for k in (1, 2):
+            if len(node.input) > k and node.input[k]:
+                value = self._scalar(node.input[k])
+                if value is None:
+                    return None
+                bounds[k - 1] = value
+        return bounds[0], bounds[1]
+
+    def _scalar(self, name: str) -> float | None:
+        from onnx import numpy_helper
+
+        for init in self.proto.graph.initializer:
+            if init.name == name:
+                arr = numpy_helper.to_array(init)
+                return float(arr.reshape(-1)[0]) if arr.size == 1 else None
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    arr = numpy_helper.to_array(a.t)
+                    return float(arr.reshape(-1)[0]) if arr.size == 1 else None
+        return None
+
     def origin(self, node: Any) -> Any:
         """The compute node behind a DequantizeLinear <- QuantizeLinear pair (for labels)."""
         for _ in range(8):
@@ -428,7 +483,7 @@ class _Runner:
         except Exception as exc:
             raise UsageError(f"{self.role}: ONNX Runtime failed on the inputs: {_first_line(exc)}; check --inputs "
                              "against the model's input shapes") from None
-        return dict(zip(self.fetched, values))
+        return dict(zip(self.fetched, values, strict=True))
 
     def cast(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self.graph.input_names
@@ -511,6 +566,7 @@ def _divergence(pa: Any, pb: Any, feeds_list: Sequence[Mapping[str, np.ndarray]]
     view_b = {t: gb.seen_as(t) for t in tracked}
     ra = _Runner(ga, [view_a[t] for t in tracked if view_a[t] in ga.producer], "A")
     rb = _Runner(gb, [view_b[t] for t in tracked if view_b[t] in gb.producer], "B")
+    clamp = {t: ga.clamp_of_consumers(t) for t in tracked}
     acc = {t: _Accumulator() for t in tracked}
     skipped: dict[str, dict] = {}
     for feed in feeds_list:
@@ -526,6 +582,9 @@ def _divergence(pa: Any, pb: Any, feeds_list: Sequence[Mapping[str, np.ndarray]]
                 skipped[t] = {"tensor": t, "reason": "not a float tensor in both models"}
             elif x.shape != y.shape:
                 skipped[t] = {"tensor": t, "reason": f"shape {list(x.shape)} in A, {list(y.shape)} in B"}
+            elif clamp[t] is not None:
+                _, lo, hi = clamp[t]
+                acc[t].add(np.clip(x, lo, hi), np.clip(y, lo, hi))
             else:
                 acc[t].add(x, y)
     sqnr = {t: acc[t].sqnr_db() for t in tracked if t not in skipped}
@@ -548,6 +607,7 @@ def _divergence(pa: Any, pb: Any, feeds_list: Sequence[Mapping[str, np.ndarray]]
             "upstream_sqnr_db": level,
             "sqnr_drop_db": _drop(level, sqnr[t]),
             "covers": covers,
+            "compared_after": clamp[t][0] if clamp[t] else None,
         })
     if not rows:
         raise UsageError(f"A and B share {len(common)} tensor name(s) but none with the same shape and a float type in "
@@ -606,7 +666,7 @@ def _check_same_inputs(ga: _Graph, gb: _Graph) -> None:
         sa, sb = ga.input_shapes[name], gb.input_shapes[name]
         if sa is None or sb is None:
             continue
-        if len(sa) != len(sb) or any(x is not None and y is not None and x != y for x, y in zip(sa, sb)):
+        if len(sa) != len(sb) or any(x is not None and y is not None and x != y for x, y in zip(sa, sb, strict=True)):
             raise UsageError(f"input {name!r} is {_dims(sa)} in A and {_dims(sb)} in B: compare two models of one network "
                              "(same input shapes)")
 
@@ -614,7 +674,7 @@ def _check_same_inputs(ga: _Graph, gb: _Graph) -> None:
 def _fits(actual: Sequence[int], expected: Sequence[int | None] | None) -> bool:
     if expected is None:
         return True
-    return len(actual) == len(expected) and all(e is None or a == e for a, e in zip(actual, expected))
+    return len(actual) == len(expected) and all(e is None or a == e for a, e in zip(actual, expected, strict=True))
 
 
 def _dims(shape: Sequence[int | None] | None) -> str:

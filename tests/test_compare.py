@@ -135,10 +135,15 @@ def test_sqnr_cosine_and_drop_are_the_documented_formulas(models):
     # B's value of a tensor is the one its consumers see: after its QuantizeLinear -> DequantizeLinear
     a = intermediate_outputs(models["fp32"], feeds)
     b = intermediate_outputs(models["int8"], feeds)
-    for name in ("/2/Conv_output_0", "logits"):
+    for name in ("/1/Relu_output_0", "/2/Conv_output_0", "logits"):
         ref = a[name].astype(np.float64)
         seen = b[name + "_DequantizeLinear_Output"] if name + "_DequantizeLinear_Output" in b else b[name]
         other = seen.astype(np.float64)
+        if name == "/2/Conv_output_0":  # consumed only by a Relu: compared after it
+            assert rows[name]["compared_after"] == "Relu"
+            ref, other = np.maximum(ref, 0.0), np.maximum(other, 0.0)
+        else:
+            assert rows[name]["compared_after"] is None
         expected = 10 * np.log10((ref**2).sum() / ((ref - other) ** 2).sum())
         assert rows[name]["sqnr_db"] == pytest.approx(expected, abs=1e-6)
         cos = (ref * other).sum() / np.sqrt((ref**2).sum() * (other**2).sum())
@@ -179,8 +184,8 @@ def test_relus_folded_by_the_quantizer_are_covered_by_their_row(models):
 
 def test_largest_drop_names_the_layer_that_breaks_int8(models):
     feeds = _feeds(4)
-    fp = compare_outputs(models["fp32"], models["broken_fp32"], feeds)
-    assert fp["max_abs_error"] == 0.0  # the huge weights sit on a dead channel: invisible in fp32
+    relu1 = intermediate_outputs(models["broken_fp32"], feeds, names=["/1/Relu_output_0"])["/1/Relu_output_0"]
+    assert not relu1[:, :, 3].any()  # the huge weights multiply a dead channel: no effect in fp32
     rows = per_node_divergence(models["broken_fp32"], models["broken_int8"], feeds)
     top = ranked(rows, 3)
     assert top[0]["node"] == "/2/Conv"
@@ -226,6 +231,10 @@ def test_output_metrics_match_by_name(models):
     assert 0.0 < out["rel_error"] < 0.1
     assert out["cosine"] > 0.99
     assert out["top1_agreement"] is not None and out["top1_agreement"] >= 0.75
+    renamed = onnx.load(str(models["int8"]))
+    renamed.graph.node[-1].output[0] = renamed.graph.output[0].name = "scores"
+    with pytest.raises(UsageError, match=r"no output name in common \(A: \['logits'\], B: \['scores'\]\)"):
+        compare_outputs(models["fp32"], renamed, _feeds(1))
 
 
 # ---------------------------------------------------------------- inputs
@@ -295,7 +304,9 @@ def runs(models) -> dict[str, subprocess.CompletedProcess]:
         "torch": (models["fp32"].name, "weights.pt"),
         "not_onnx": (models["fp32"].name, "notonnx.onnx"),
         "no_common": (models["fp32"].name, "renamed.onnx", "--per-node"),
+        "bad_inputs": (models["fp32"].name, models["int8"].name, "--inputs", "small.npz"),
     }
+    np.savez(d / "small.npz", **{"input/x": x[:, :, :, :8]})
     (d / "weights.pt").write_bytes(b"\x80\x02" + bytes(16))
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {k: pool.submit(_cli, *args, cwd=d) for k, args in cases.items()}
@@ -313,7 +324,7 @@ def test_cli_per_node_json_uses_the_exports_verify_npz(runs):
     assert pn["matched_tensors"] == pn["a_float_tensors"] == 9 == len(pn["nodes"])
     assert len(pn["top"]) == 3 and pn["threshold_db"] == 20.0 and pn["first_below_threshold"] is None
     assert set(pn["nodes"][0]) == {"tensor", "op", "node", "sqnr_db", "cosine", "max_abs_error", "upstream_sqnr_db",
-                                   "sqnr_drop_db", "covers"}
+                                   "sqnr_drop_db", "covers", "compared_after"}
     drops = [t["sqnr_drop_db"] for t in pn["top"]]
     assert drops == sorted(drops, reverse=True)
 
@@ -334,6 +345,7 @@ def test_cli_table_names_the_culprit(runs):
     ("torch", 2, "use the export's fp32 ONNX"),
     ("not_onnx", 2, "B: notonnx.onnx is not an ONNX file"),
     ("no_common", 2, "A and B share no tensor names"),
+    ("bad_inputs", 2, "--inputs small.npz: input 'x' has shape [6, 1, 3, 8, 16]; the model expects [1,3,16,16]"),
 ])
 def test_cli_errors_are_one_line(runs, case, code, message):
     r = runs[case]

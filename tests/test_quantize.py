@@ -171,3 +171,62 @@ def test_json_report_carries_quantization_fields(tmp_path):
     for key in ("dtypes", "nodes", "float_nodes", "calibration", "fidelity", "size_bytes"):
         assert key in art
     assert (tmp_path / "calibration.json").is_file()
+
+
+class _Fragile(__import__("torch").nn.Module):
+    """Channel 0 of conv1 sits near 1e5 and conv2 scales it back down by 1e5: exact in float, but
+    the per-tensor int8 range of conv1's output is then set by that channel, so every other channel
+    rounds to 0 on its way into conv2."""
+
+    def __init__(self) -> None:
+        import torch
+        from torch import nn
+
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 10)
+        with torch.no_grad():
+            self.conv1.bias[0] = 1e5
+            self.conv2.weight[:, 0] *= 1e-5
+            self.fc.weight *= 10
+
+    def forward(self, x):
+        import torch
+
+        y = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_accuracy_guard_keeps_the_breaking_layer_in_float(tmp_path):
+    model = _Fragile().eval()
+    plain = edgepack.export(model, output_dir=tmp_path / "plain", input_shape="1x1x8x8", calib=CALIB, int8=True)
+    before = _art(plain, "int8")
+    assert before["ok"] and before["fidelity"]["cosine"] < 0.99  # int8 is broken ...
+    assert "fidelity is poor" in before.get("warning", "")  # ... and without a target we only warn
+
+    guarded = edgepack.export(model, output_dir=tmp_path / "guarded", input_shape="1x1x8x8", calib=CALIB, int8=True,
+                              min_cosine=0.999)
+    art = _art(guarded, "int8")
+    assert art["ok"], art["error"]
+    assert art["fidelity"]["cosine"] >= 0.999
+    fp32 = onnx.load(str(tmp_path / "guarded" / _art(guarded, "fp32")["path"]))
+    conv2 = [n for n in fp32.graph.node if n.op_type == "Conv"][1]
+    relu2 = next(n for n in fp32.graph.node if n.input and n.input[0] == conv2.output[0])
+    # the first node kept in float is the layer we broke (ONNX Runtime fuses its ReLU into it, so
+    # the sensitivity ranking may name either)
+    assert art["float_nodes"][0] in (conv2.name, relu2.name)
+    # repairing it needs the outlier tensor's whole path in float: conv1, its ReLU, conv2 (+ its ReLU)
+    conv1 = [n for n in fp32.graph.node if n.op_type == "Conv"][0]
+    assert {conv1.name, conv2.name} <= set(art["float_nodes"]) and len(art["float_nodes"]) <= 4
+    assert art["precision"] == "int8" and art["nodes"]["quantized"] >= 1  # the classifier head stays int8
+    assert art["guard"][0]["cosine"] < 0.99 and art["guard"][-1]["cosine"] >= 0.999
+    assert art["guard"][1]["kept_in_float"]["node"] == art["float_nodes"][0]
+
+
+def test_accuracy_guard_reports_failure_when_target_unreachable(tmp_path):
+    report = edgepack.export(PT2, output_dir=tmp_path, calib=CALIB, int8=True, min_cosine=1.0)
+    art = _art(report, "int8")
+    assert not art["ok"] and art["exit_code"] == 3 and "misses the target" in art["error"]
+    assert (tmp_path / art["path"]).exists() and report["exit_code"] == 3
