@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import onnx_ir as ir
+
 
 @dataclass
 class PassResult:
@@ -26,3 +28,21 @@ class PassResult:
             "skipped": list(self.skipped),
             **({"extra": dict(self.extra)} if self.extra else {}),
         }
+
+
+class UniqueNames:
+    """Fresh value names for what a pass adds (initializers, node outputs), unique in the graph."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self.used = {v.name for v in graph.initializers.values()} | {v.name for v in graph.inputs}
+        for node in graph:
+            self.used.update(o.name for o in node.outputs if o.name)
+            self.used.update(i.name for i in node.inputs if i is not None and i.name)
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        return name

@@ -16,33 +16,14 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgepack.converters import PassResult
+from edgepack.converters import PassResult, UniqueNames
 
 _ABSORBING_PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
 
 
-class _Names:
-    """Fresh, unique value names for the initializers and values this pass creates."""
-
-    def __init__(self, graph: ir.Graph) -> None:
-        self.used = {v.name for v in graph.initializers.values()}
-        for node in graph:
-            self.used.update(o.name for o in node.outputs if o.name)
-            self.used.update(i.name for i in node.inputs if i is not None and i.name)
-        self.used.update(v.name for v in graph.inputs)
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name
-
-
 def fold_batchnorm(model: ir.Model) -> PassResult:
     graph = model.graph
-    names = _Names(graph)
+    names = UniqueNames(graph)
     result = PassResult("fold_batchnorm", False, {"into_producer": 0, "into_consumer": 0, "to_mul_add": 0, "kept": 0})
     for bn in [n for n in graph if n.op_type == "BatchNormalization" and n.domain == ""]:
         label = _label(bn)
@@ -194,7 +175,7 @@ def _matmul_bias(add: ir.Node) -> tuple[ir.Node | None, np.ndarray | None]:
 # ---------------------------------------------------------------- rewrites
 
 
-def _fold_into_producer(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndarray, names: _Names) -> str:
+def _fold_into_producer(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndarray, names: UniqueNames) -> str:
     producer = bn.inputs[0].producer()
     op = producer.op_type
     if op == "Conv":
@@ -237,7 +218,7 @@ def _fold_into_producer(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndarr
     return producer.name
 
 
-def _fold_into_consumers(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndarray, names: _Names) -> str:
+def _fold_into_consumers(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndarray, names: UniqueNames) -> str:
     into = []
     for use in list(bn.outputs[0].uses()):
         node = use.node
@@ -268,7 +249,7 @@ def _fold_into_consumers(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndar
     return ", ".join(into)
 
 
-def _to_mul_add(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndarray, rank: int, names: _Names) -> None:
+def _to_mul_add(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndarray, rank: int, names: UniqueNames) -> None:
     shape = (-1,) + (1,) * (rank - 2)
     x, base = bn.inputs[0], _label(bn)
     # The constants take X's type: since opset 15 scale/bias may be float while X is float16.
@@ -314,7 +295,7 @@ def _bias_or_zeros(node: ir.Node, index: int, n: int) -> np.ndarray:
     return np.zeros(n)
 
 
-def _new_init(graph: ir.Graph, array: np.ndarray, names: _Names, base: str, like: np.ndarray) -> ir.Value:
+def _new_init(graph: ir.Graph, array: np.ndarray, names: UniqueNames, base: str, like: np.ndarray) -> ir.Value:
     value = ir.Value(name=names.fresh(base), const_value=ir.tensor(np.ascontiguousarray(array, dtype=like.dtype)))
     value.shape = ir.Shape(array.shape)
     value.type = ir.TensorType(ir.DataType.from_numpy(like.dtype))
@@ -322,7 +303,7 @@ def _new_init(graph: ir.Graph, array: np.ndarray, names: _Names, base: str, like
     return value
 
 
-def _set_input(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, names: _Names, like: np.ndarray | None = None) -> None:
+def _set_input(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, names: UniqueNames, like: np.ndarray | None = None) -> None:
     """Give `node` a new constant at input `index` (a fresh initializer, so shared weights stay intact)."""
     old = node.inputs[index] if len(node.inputs) > index else None
     ref = like if like is not None else _const(old)

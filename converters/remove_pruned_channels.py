@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from edgepack.converters import PassResult
+from edgepack.converters import PassResult, UniqueNames
 from edgepack.errors import UsageError
 
 MIXING = ("Conv", "Gemm", "MatMul", "ConvTranspose")
@@ -571,21 +571,6 @@ def _decide(an: Analysis) -> None:
 # ---------------------------------------------------------------- step 3: rewrite
 
 
-class _Names:
-    def __init__(self, graph: ir.Graph) -> None:
-        self.used = set(graph.initializers) | {v.name for v in graph.inputs}
-        for node in graph:
-            self.used.update(o.name for o in node.outputs if o.name)
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name
-
-
 def remove_pruned_channels(model: ir.Model, *, approx: bool = False, round_channels: int = 1) -> PassResult:
     from edgepack.model_stats import count_macs, count_params
 
@@ -724,7 +709,7 @@ def _sparsity(graph: ir.Graph) -> list[dict]:
 
 def _rewrite(model: ir.Model, an: Analysis, keep: dict[ir.Value, np.ndarray]) -> None:
     graph = model.graph
-    names = _Names(graph)
+    names = UniqueNames(graph)
     for node in list(graph):
         op = node.op_type
         out = node.outputs[0] if node.outputs else None
@@ -778,7 +763,7 @@ def _rewrite(model: ir.Model, an: Analysis, keep: dict[ir.Value, np.ndarray]) ->
         graph.remove([back, tr, first], safe=True)
 
 
-def _rewrite_mixing(graph: ir.Graph, node: ir.Node, an: Analysis, keep: dict, names: _Names) -> None:
+def _rewrite_mixing(graph: ir.Graph, node: ir.Node, an: Analysis, keep: dict, names: UniqueNames) -> None:
     x, out = node.inputs[0], node.outputs[0]
     kin, kout = keep[x], keep[out]
     cin, cout = an.info[x].count, an.info[out].count
@@ -835,7 +820,7 @@ def _rewrite_mixing(graph: ir.Graph, node: ir.Node, an: Analysis, keep: dict, na
     node.replace_input_with(1, _init(graph, names, np.ascontiguousarray(new_w).astype(dtype), node.inputs[1].name))
 
 
-def _set_bias(graph: ir.Graph, node: ir.Node, index: int, bias: np.ndarray, dtype: np.dtype, names: _Names) -> None:
+def _set_bias(graph: ir.Graph, node: ir.Node, index: int, bias: np.ndarray, dtype: np.dtype, names: UniqueNames) -> None:
     if len(node.inputs) <= index:
         node.resize_inputs(index + 1)
     node.replace_input_with(index, _init(graph, names, bias.astype(dtype), f"{node.name}_bias"))
@@ -848,7 +833,7 @@ def _slice_operand(arr: np.ndarray, out_rank: int, c_old: int, kept: np.ndarray)
     return np.take(arr, kept, axis=axis)
 
 
-def _rewrite_slice(graph: ir.Graph, node: ir.Node, an: Analysis, keep: dict, names: _Names) -> None:
+def _rewrite_slice(graph: ir.Graph, node: ir.Node, an: Analysis, keep: dict, names: UniqueNames) -> None:
     x = node.inputs[0]
     rank = len(_static_shape(x))
     starts, ends = _const(node.inputs[1]), _const(node.inputs[2])
@@ -867,7 +852,7 @@ def _rewrite_slice(graph: ir.Graph, node: ir.Node, an: Analysis, keep: dict, nam
     node.replace_input_with(2, _init(graph, names, ends, "slice_ends"))
 
 
-def _rewrite_resize_sizes(graph: ir.Graph, node: ir.Node, an: Analysis, keep: dict, names: _Names) -> None:
+def _rewrite_resize_sizes(graph: ir.Graph, node: ir.Node, an: Analysis, keep: dict, names: UniqueNames) -> None:
     """Resize by target sizes: the sizes name the channel count too."""
     out = node.outputs[0]
     old_c, new_c = an.info[out].count, len(keep[out])
@@ -881,7 +866,7 @@ def _rewrite_resize_sizes(graph: ir.Graph, node: ir.Node, an: Analysis, keep: di
         node.replace_input_with(3, _init(graph, names, sizes, "resize_sizes"))
 
 
-def _init(graph: ir.Graph, names: _Names, array: np.ndarray, base: str) -> ir.Value:
+def _init(graph: ir.Graph, names: UniqueNames, array: np.ndarray, base: str) -> ir.Value:
     array = np.ascontiguousarray(array)
     value = ir.Value(name=names.fresh(f"{base}_slim"), const_value=ir.tensor(array))
     value.shape = ir.Shape(array.shape)
