@@ -50,6 +50,7 @@ def export(
     min_cosine: float | None = None,
     min_top1: float | None = None,
     eval_data: str | Path | None = None,
+    tflite_nchw_input: bool = False,
     console: Any = None,
 ) -> dict:
     """Export and verify; returns the report (also written to OUTDIR/report.json).
@@ -86,6 +87,7 @@ def export(
         min_cosine=min_cosine,
         min_top1=min_top1,
         eval_data=Path(eval_data) if eval_data is not None else None,
+        tflite_nchw_io=tflite_nchw_input,
     )
     return run_export(model_or_path, options, console)
 

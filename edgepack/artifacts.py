@@ -89,15 +89,22 @@ def build_artifact(ctx: ExportContext, fmt: str, precision: str) -> dict:
         check_buildable(fmt, precision)
         path = ctx.out_dir / f"{ctx.name}.{precision}.{FORMATS[fmt].extension}"
         try:
-            files, details = _export_onnx_precision(ctx, path, precision)
+            if fmt == "tflite":
+                files, details = _export_tflite(ctx, path, precision)
+            else:
+                files, details = _export_onnx_precision(ctx, path, precision)
         except OSError as exc:
             raise OutputError(f"cannot write {path} ({exc.strerror or exc}); free space or choose another folder with -o") from None
         entry.update(details)
         entry["path"] = path.name
         entry["files"] = [file_entry(f, ctx.out_dir) for f in files]
         entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
-        entry["inputs"], entry["outputs"] = _io_of_file(path, entry["inputs"], entry["outputs"])
-        entry["fidelity"] = verify_onnx(path, ctx, precision)
+        if fmt == "tflite":
+            entry["inputs"], entry["outputs"] = details.pop("io")
+            entry["fidelity"] = verify_tflite(path, ctx, precision, entry["inputs"], entry["outputs"])
+        else:
+            entry["inputs"], entry["outputs"] = _io_of_file(path, entry["inputs"], entry["outputs"])
+            entry["fidelity"] = verify_onnx(path, ctx, precision)
         if precision == "int8" and not ctx.already_quantized and _missed(entry["fidelity"]):
             from edgepack.accuracy_guard import repair_int8
 
@@ -109,7 +116,9 @@ def build_artifact(ctx: ExportContext, fmt: str, precision: str) -> dict:
             entry["files"] = [file_entry(f, ctx.out_dir) for f in files]
             entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
         if ctx.eval_set is not None:
-            entry["accuracy"] = {"top1": _eval_onnx(path, ctx.eval_set), "samples": len(ctx.eval_set.y)}
+            top1 = (_eval_tflite(path, ctx.eval_set, entry["inputs"], entry["outputs"]) if fmt == "tflite"
+                    else _eval_onnx(path, ctx.eval_set))
+            entry["accuracy"] = {"top1": top1, "samples": len(ctx.eval_set.y)}
         _check(entry, precision)
         entry["ok"] = True
     except EdgepackError as exc:
@@ -158,7 +167,58 @@ def _int8_details(result: Int8Result, ctx: ExportContext, full_integer: bool) ->
     }
 
 
+def _export_tflite(ctx: ExportContext, path: Path, precision: str) -> tuple[list[Path], dict]:
+    from edgepack.converters.export_tflite import export_tflite
+
+    result = export_tflite(ctx.model, path, precision, nchw_io=ctx.options.tflite_nchw_io)
+    return result.files, {
+        "weights_precision": "fp16" if precision == "fp16" else "fp32",
+        "compute_precision": "fp32",
+        "dtypes": {"weights": "float16 (DEQUANTIZE to float32 at load)" if precision == "fp16" else "float32",
+                   "activations": "float32", "io": "float32"},
+        "op_census": result.op_census,
+        "transposes": result.transposes,
+        "io": (result.inputs, result.outputs),
+    }
+
+
 # ---------------------------------------------------------------- verification
+
+
+def _tflite_runner(path: Path, inputs: list[dict], outputs: list[dict]) -> Callable:
+    """Run a TFLite artifact on ONNX-layout feeds; outputs come back in ONNX layout."""
+    from edgepack.converters.export_tflite import to_onnx_layout, to_stored
+
+    session = get_runtime("litert").load(path)
+    in_perm = {d["name"]: d["perm"] for d in inputs}
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        got = session.run({k: to_stored(v, in_perm[k]) for k, v in feed.items()})
+        return [to_onnx_layout(got[d["name"]], d["perm"]).astype(np.float32) for d in outputs]
+
+    return run
+
+
+def verify_tflite(path: Path, ctx: ExportContext, precision: str, inputs: list[dict], outputs: list[dict]) -> dict:
+    runtime = get_runtime("litert")
+    try:
+        run = _tflite_runner(path, inputs, outputs)
+        actual = run_all(run, ctx.vset)
+    except Exception as exc:  # the artifact itself is broken: it cannot be verified
+        raise VerificationFailed(f"LiteRT cannot run {path.name}: {str(exc).splitlines()[0][:300]}; "
+                                 "the artifact is kept for inspection") from None
+    result = compare(ctx.reference, actual, [d["name"] for d in outputs])
+    mode = "approx" if ctx.options.prune_approx else "exact"
+    # fp16 TFLite computes in fp32 (weights dequantized once): judged by the fp16 tolerance.
+    tol, enforced = tolerance_for(precision, mode, ctx.options.fp32_tolerance if precision == "fp32" else None)
+    result["tolerance"] = {"rel_error": tol, "enforced": enforced}
+    result["samples"] = ctx.vset.count
+    result["runtime"] = f"{runtime.name} {runtime.version()}"
+    return result
+
+
+def _eval_tflite(path: Path, eval_set: EvalSet, inputs: list[dict], outputs: list[dict]) -> float:
+    return eval_set.accuracy(_tflite_runner(path, inputs, outputs))
 
 
 def verify_onnx(path: Path, ctx: ExportContext, precision: str) -> dict:

@@ -21,8 +21,8 @@ class FormatCapability:
 
 FORMATS: dict[str, FormatCapability] = {
     "onnx": FormatCapability("onnx", "onnx", ("fp32", "fp16", "int8", "int8-weights"), built=True),
-    "tflite": FormatCapability("tflite", "tflite", ("fp32", "fp16", "int8", "int8-weights"), built=False,
-                               note="TFLite writer not built yet"),
+    "tflite": FormatCapability("tflite", "tflite", ("fp32", "fp16"), built=True,
+                               note="int8 and int8-weights TFLite are not built yet"),
     "ncnn": FormatCapability("ncnn", "param", ("fp32", "fp16", "int8"), built=False,
                              note="ncnn exporter not built yet"),
 }
@@ -53,5 +53,6 @@ def check_buildable(fmt: str, precision: str) -> FormatCapability:
     if precision not in cap.precisions:
         raise UnsupportedError(
             f"format {fmt!r} does not support precision {precision!r} yet; it supports: {', '.join(cap.precisions)}"
+            + (f" ({cap.note})" if cap.note else "")
         )
     return cap

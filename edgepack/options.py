@@ -126,6 +126,7 @@ class ExportOptions:
     min_cosine: float | None = None
     min_top1: float | None = None
     eval_data: Path | None = None
+    tflite_nchw_io: bool = False
 
     @property
     def precisions(self) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ class Runtime(Protocol):
 ADAPTERS: dict[str, str] = {
     "onnxruntime": "edgepack.runtimes.ort:OnnxRuntime",
     "torch": "edgepack.runtimes.torch_eager:TorchEager",
+    "litert": "edgepack.runtimes.litert:LiteRt",
 }
 
 

@@ -128,7 +128,7 @@ BAD_INPUTS = {
 GOOD_RUNS = {
     "two-named-inputs": ["export", "{two_inputs.pt}", "--allow-pickle", "-o", "OUT", "--input-shape", "image:1x3x16x16",
                          "--input-shape", "depth:1x1x8x8"],
-    "onnx-and-tflite": ["export", "{pickled.pt}", "--allow-pickle", "--format", "onnx,tflite", "-o", "OUT", *SHAPE],
+    "onnx-and-ncnn": ["export", "{pickled.pt}", "--allow-pickle", "--format", "onnx,ncnn", "-o", "OUT", *SHAPE],
     "preprocessing": ["export", "{pickled.pt}", "--allow-pickle", "-o", "OUT", *SHAPE, "--mean", "0.5", "--std", "0.25", "--bgr"],
     "example-json": ["export", str(EXAMPLE), "--calib", str(EXAMPLE_CALIB), "-o", "OUT", "--json"],
     "debug-traceback": ["export", "{empty.pt}", "-o", "OUT", "--debug"],
@@ -216,16 +216,16 @@ def test_two_named_input_shapes(runs):
 
 
 def test_unbuilt_format_fails_only_its_artifact_with_exit_4(runs):
-    run = runs["onnx-and-tflite"]
+    run = runs["onnx-and-ncnn"]
     assert run.code == 4
     report = json.loads((run.out / "report.json").read_text())
-    onnx_art, tflite_art = report["artifacts"]
+    onnx_art, ncnn_art = report["artifacts"]
     assert (onnx_art["format"], onnx_art["ok"]) == ("onnx", True)
     assert (run.out / onnx_art["path"]).is_file() and onnx_art["fidelity"]["rel_error"] <= 1e-4
-    assert (tflite_art["format"], tflite_art["ok"], tflite_art["path"], tflite_art["exit_code"]) == ("tflite", False, None, 4)
-    assert "supported formats: onnx" in tflite_art["error"]
+    assert (ncnn_art["format"], ncnn_art["ok"], ncnn_art["path"], ncnn_art["exit_code"]) == ("ncnn", False, None, 4)
+    assert "supported formats: onnx, tflite" in ncnn_art["error"]
     assert report["exit_code"] == 4 and report["ok"] is False
-    assert not list(run.out.glob("*.tflite")) and not list(run.out.glob(".*.tmp"))
+    assert not list(run.out.glob("*.param")) and not list(run.out.glob(".*.tmp"))
 
 
 # ------------------------------------------------------------------ E: CLI basics and the shipped example

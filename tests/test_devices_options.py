@@ -68,5 +68,8 @@ def test_export_options_validation(tmp_path):
 def test_capability_table():
     assert parse_formats("onnx,tflite") == ("onnx", "tflite")
     assert check_buildable("onnx", "fp32").built
-    with pytest.raises(UnsupportedError, match="supported formats: onnx"):
-        check_buildable("tflite", "fp32")
+    assert check_buildable("tflite", "fp16").built
+    with pytest.raises(UnsupportedError, match="supported formats: onnx, tflite"):
+        check_buildable("ncnn", "fp32")
+    with pytest.raises(UnsupportedError, match="does not support precision 'int8'"):
+        check_buildable("tflite", "int8")

@@ -1,0 +1,239 @@
+"""Lowerings for shape and data-movement ops, with axes remapped to the stored layout. A
+Transpose only relabels the layout; a Flatten of a permuted tensor records the feature order so
+the next Gemm/MatMul permutes its weights instead of the activations being transposed."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+
+from edgepack.converters.export_tflite.graph import NHWC, TVal, identity, unsupported
+from edgepack.converters.export_tflite.registry import Ctx, lowering
+
+INT_MAX = 2**31 - 1
+
+
+def plain_features(ctx: Ctx, tv: TVal, name: str) -> TVal:
+    """A flattened tensor back in ONNX feature order (one GATHER)."""
+    if tv.feature_perm is None:
+        return tv
+    order = np.argsort(np.array(tv.feature_perm))
+    shape = ctx.g.shape_of(tv.index)
+    out = ctx.g.tensor(name + "_onnx_order", shape)
+    ctx.g.op("GATHER", [tv.index, ctx.int_const(order, name + "_feature_order")], [out],
+             ctx.g.options("GatherOptions", axis=1))
+    return TVal(out, tv.perm)
+
+
+def _flatten_order(onnx_dims: tuple[int, ...], perm: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Stored feature j of the flattened tensor = ONNX feature order[j]; None when identical."""
+    order = np.arange(math.prod(onnx_dims[1:])).reshape(onnx_dims[1:]).transpose([p - 1 for p in perm[1:]]).reshape(-1)
+    return None if (order == np.arange(order.size)).all() else tuple(int(i) for i in order)
+
+
+def _only_ones_move(dims: tuple[int, ...], perm: tuple[int, ...]) -> bool:
+    """True when the layout permutes only size-1 axes, so the data order equals ONNX's."""
+    moved = [a for a in perm if dims[a] != 1]
+    return moved == sorted(moved)
+
+
+def _ones_tail(shape: tuple[int, ...]) -> bool:
+    return len(shape) >= 3 and all(d == 1 for d in shape[2:])
+
+
+def reshape_to(ctx: Ctx, node: ir.Node, x: TVal, in_dims: tuple[int, ...], out_value: ir.Value) -> None:
+    out_dims = ctx.shape(out_value)
+    g = ctx.g
+    if x.feature_perm is not None:
+        if len(out_dims) == 2 and out_dims == in_dims:
+            return ctx.alias(out_value, x)
+        x = plain_features(ctx, x, out_value.name)
+    rank_in = len(in_dims)
+    if x.perm != identity(rank_in) and not _only_ones_move(in_dims, x.perm):
+        if len(out_dims) == 2 and out_dims[0] == in_dims[0] and x.perm[0] == 0:
+            out = ctx.out(out_value, identity(2), feature_perm=_flatten_order(in_dims, x.perm))
+            g.op("RESHAPE", [x.index, ctx.int_const(list(out_dims), out_value.name + "_shape")], [out.index],
+                 g.options("ReshapeOptions", newShape=list(out_dims)))
+            return
+        x = ctx.as_perm(x, identity(rank_in), node.inputs[0].name + "_plain")
+    perm = NHWC[len(out_dims)] if (_ones_tail(out_dims) and len(out_dims) in NHWC) else identity(len(out_dims))
+    out = ctx.out(out_value, perm)
+    stored = g.shape_of(out.index)
+    g.op("RESHAPE", [x.index, ctx.int_const(stored, out_value.name + "_shape")], [out.index],
+         g.options("ReshapeOptions", newShape=stored))
+
+
+@lowering("Reshape")
+def reshape(ctx: Ctx, node: ir.Node) -> None:
+    from edgepack.converters.remove_pruned_channels import _match_shuffle
+
+    shuffle = _match_shuffle(node)
+    if shuffle is not None:
+        return _channel_shuffle(ctx, *shuffle)
+    reshape_to(ctx, node, ctx.val(node.inputs[0], node), ctx.shape(node.inputs[0]), node.outputs[0])
+
+
+@lowering("Flatten", "Squeeze", "Unsqueeze")
+def flatten_like(ctx: Ctx, node: ir.Node) -> None:
+    reshape_to(ctx, node, ctx.val(node.inputs[0], node), ctx.shape(node.inputs[0]), node.outputs[0])
+
+
+def _channel_shuffle(ctx: Ctx, first: ir.Node, tr: ir.Node, back: ir.Node, perm: np.ndarray) -> None:
+    """Reshape-Transpose-Reshape channel shuffle = one GATHER on the channel axis (no TRANSPOSE)."""
+    ctx.skip.update({id(tr), id(back)})
+    x = ctx.val(first.inputs[0], first)
+    out = ctx.out(back.outputs[0], x.perm)
+    ctx.g.op("GATHER", [x.index, ctx.int_const(perm, back.name + "_shuffle")], [out.index],
+             ctx.g.options("GatherOptions", axis=x.stored_axis(1)))
+
+
+@lowering("Transpose")
+def transpose(ctx: Ctx, node: ir.Node) -> None:
+    x = ctx.val(node.inputs[0], node)
+    if x.feature_perm is not None:
+        x = plain_features(ctx, x, node.inputs[0].name)
+    t = list(node.attributes.get_ints("perm", list(range(len(x.perm)))[::-1]))
+    ctx.alias(node.outputs[0], TVal(x.index, tuple(t.index(p) for p in x.perm)))
+
+
+@lowering("Gather")
+def gather(ctx: Ctx, node: ir.Node) -> None:
+    indices = ctx.const(node.inputs[1])
+    x = ctx.val(node.inputs[0], node)
+    if indices is None or indices.ndim != 1:
+        raise unsupported(node, "gathers with non-constant or multi-dimensional indices")
+    x = plain_features(ctx, x, node.inputs[0].name)
+    axis = x.stored_axis(node.attributes.get_int("axis", 0))
+    out = ctx.out(node.outputs[0], x.perm)
+    ctx.g.op("GATHER", [x.index, ctx.int_const(indices, node.name + "_indices")], [out.index],
+             ctx.g.options("GatherOptions", axis=axis))
+
+
+@lowering("Concat")
+def concat(ctx: Ctx, node: ir.Node) -> None:
+    vals = [plain_features(ctx, ctx.val(v, node), v.name) for v in node.inputs]
+    perm = vals[0].perm
+    vals = [ctx.as_perm(v, perm, f"{node.name}_in{i}") for i, v in enumerate(vals)]
+    axis = vals[0].stored_axis(node.attributes.get_int("axis", 1))
+    out = ctx.out(node.outputs[0], perm)
+    ctx.g.op("CONCATENATION", [v.index for v in vals], [out.index], ctx.g.options("ConcatenationOptions", axis=axis))
+
+
+@lowering("Split")
+def split(ctx: Ctx, node: ir.Node) -> None:
+    x = plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name)
+    onnx_axis = node.attributes.get_int("axis", 0) % len(x.perm)
+    sizes = [ctx.shape(o)[onnx_axis] for o in node.outputs]
+    outs = [ctx.out(o, x.perm) for o in node.outputs]
+    ctx.g.op("SPLIT_V", [x.index, ctx.int_const(sizes, node.name + "_sizes"), ctx.int_const(x.stored_axis(onnx_axis), node.name + "_axis")],
+             [o.index for o in outs], ctx.g.options("SplitVOptions", numSplits=len(outs)))
+
+
+@lowering("Slice")
+def slice_op(ctx: Ctx, node: ir.Node) -> None:
+    x = plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name)
+    dims = ctx.shape(node.inputs[0])
+    rank = len(dims)
+    starts, ends = ctx.const(node.inputs[1]), ctx.const(node.inputs[2])
+    axes = ctx.const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else np.arange(len(starts))
+    steps = ctx.const(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else np.ones(len(starts), np.int64)
+    if starts is None or ends is None or axes is None or steps is None:
+        raise unsupported(node, "has non-constant starts/ends/axes/steps")
+    begin, end, stride = [0] * rank, list(dims), [1] * rank
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        a = int(a) % rank
+        if st <= 0:
+            raise unsupported(node, "has a non-positive step")
+        b, e2, _ = slice(int(max(min(s, INT_MAX), -INT_MAX)), int(max(min(e, INT_MAX), -INT_MAX)), int(st)).indices(dims[a])
+        begin[a], end[a], stride[a] = b, e2, int(st)
+    order = list(x.perm)
+    out = ctx.out(node.outputs[0], x.perm)
+    ctx.g.op("STRIDED_SLICE", [x.index, ctx.int_const([begin[a] for a in order], node.name + "_begin"),
+                               ctx.int_const([end[a] for a in order], node.name + "_end"),
+                               ctx.int_const([stride[a] for a in order], node.name + "_strides")],
+             [out.index], ctx.g.options("StridedSliceOptions"))
+
+
+@lowering("Pad")
+def pad(ctx: Ctx, node: ir.Node) -> None:
+    x = plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name)
+    pads = ctx.const(node.inputs[1])
+    if pads is None or (len(node.inputs) > 3 and node.inputs[3] is not None):
+        raise unsupported(node, "has non-constant pads or an axes input")
+    value = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros(())
+    rank = len(x.perm)
+    pairs = np.array([[pads[a], pads[a + rank]] for a in x.perm], np.int32)
+    mode = node.attributes.get_string("mode", "constant")
+    out = ctx.out(node.outputs[0], x.perm)
+    g = ctx.g
+    if mode == "constant" and float(value) == 0.0:
+        g.op("PAD", [x.index, g.const(pairs, node.name + "_paddings")], [out.index], g.options("PadOptions"))
+    elif mode == "constant":
+        g.op("PADV2", [x.index, g.const(pairs, node.name + "_paddings"), g.const(np.array(value, np.float32), node.name + "_value")],
+             [out.index], g.options("PadV2Options"))
+    elif mode == "reflect":
+        g.op("MIRROR_PAD", [x.index, g.const(pairs, node.name + "_paddings")], [out.index],
+             g.options("MirrorPadOptions", mode=g.s.MirrorPadMode.REFLECT))
+    else:
+        raise unsupported(node, f"uses mode={mode!r} (constant and reflect are supported)")
+
+
+@lowering("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum")
+def reduce(ctx: Ctx, node: ir.Node) -> None:
+    x = plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name)
+    rank = len(x.perm)
+    axes = node.attributes.get_ints("axes", None)
+    if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+        arr = ctx.const(node.inputs[1])
+        if arr is None:
+            raise unsupported(node, "has non-constant axes")
+        axes = arr.tolist()
+    axes = [a % rank for a in (axes if axes is not None else range(rank))]
+    keep = bool(node.attributes.get_int("keepdims", 1))
+    if keep:
+        perm = x.perm
+    else:
+        kept = [a for a in x.perm if a not in axes]
+        perm = tuple(sorted(kept).index(a) for a in kept)
+    out = ctx.out(node.outputs[0], perm)
+    builtin = {"ReduceMean": "MEAN", "ReduceMax": "REDUCE_MAX", "ReduceMin": "REDUCE_MIN", "ReduceSum": "SUM"}[node.op_type]
+    ctx.g.op(builtin, [x.index, ctx.int_const(sorted(x.stored_axis(a) for a in axes), node.name + "_axes")], [out.index],
+             ctx.g.options("ReducerOptions", keepDims=keep))
+
+
+@lowering("Resize", "Upsample")
+def resize(ctx: Ctx, node: ir.Node) -> None:
+    x = ctx.as_perm(ctx.val(node.inputs[0], node), NHWC[4], node.inputs[0].name + "_nhwc")
+    out_dims = ctx.shape(node.outputs[0])
+    in_dims = ctx.shape(node.inputs[0])
+    if len(out_dims) != 4 or out_dims[:2] != in_dims[:2]:
+        raise unsupported(node, "resizes other than the two spatial axes of a 4-D tensor")
+    mode = node.attributes.get_string("mode", "nearest")
+    coord = node.attributes.get_string("coordinate_transformation_mode", "half_pixel")
+    nearest = node.attributes.get_string("nearest_mode", "round_prefer_floor")
+    g = ctx.g
+    out = ctx.out(node.outputs[0], NHWC[4])
+    size = ctx.int_const(list(out_dims[2:]), node.name + "_size")
+    if mode == "nearest":
+        if coord == "asymmetric" and nearest == "floor":
+            opts = g.options("ResizeNearestNeighborOptions", alignCorners=False, halfPixelCenters=False)
+        elif coord in ("half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn") and nearest in ("round_prefer_ceil", "floor"):
+            opts = g.options("ResizeNearestNeighborOptions", alignCorners=False, halfPixelCenters=True)
+        elif coord == "align_corners":
+            opts = g.options("ResizeNearestNeighborOptions", alignCorners=True, halfPixelCenters=False)
+        else:
+            raise unsupported(node, f"uses nearest with coordinate_transformation_mode={coord!r}, nearest_mode={nearest!r}")
+        g.op("RESIZE_NEAREST_NEIGHBOR", [x.index, size], [out.index], opts)
+    elif mode == "linear":
+        if coord in ("half_pixel", "pytorch_half_pixel"):
+            opts = g.options("ResizeBilinearOptions", alignCorners=False, halfPixelCenters=True)
+        elif coord == "align_corners":
+            opts = g.options("ResizeBilinearOptions", alignCorners=True, halfPixelCenters=False)
+        elif coord == "asymmetric":
+            opts = g.options("ResizeBilinearOptions", alignCorners=False, halfPixelCenters=False)
+        else:
+            raise unsupported(node, f"uses linear with coordinate_transformation_mode={coord!r}")
+        g.op("RESIZE_BILINEAR", [x.index, size], [out.index], opts)
+    else:
+        raise unsupported(node, f"uses mode={mode!r} (nearest and linear are supported)")

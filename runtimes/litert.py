@@ -1,0 +1,59 @@
+"""LiteRT (TFLite) adapter: `ai-edge-litert`'s interpreter, falling back to `tflite-runtime` on
+devices that only have that. XNNPACK is on by default (the interpreter's default delegate)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _interpreter_class() -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter
+    except ImportError:
+        from tflite_runtime.interpreter import Interpreter  # the older runtime package
+
+        return Interpreter
+
+
+class LiteRtSession:
+    def __init__(self, interpreter: Any) -> None:
+        self._it = interpreter
+        self._it.allocate_tensors()
+        self._inputs = self._it.get_input_details()
+        self._outputs = self._it.get_output_details()
+        self.input_names = [d["name"] for d in self._inputs]
+        self.output_names = [d["name"] for d in self._outputs]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for d in self._inputs:
+            self._it.set_tensor(d["index"], np.ascontiguousarray(feeds[d["name"]], dtype=d["dtype"]))
+        self._it.invoke()
+        return {d["name"]: self._it.get_tensor(d["index"]).copy() for d in self._outputs}
+
+
+class LiteRt:
+    name = "litert"
+
+    def version(self) -> str:
+        from importlib import metadata
+
+        for dist in ("ai-edge-litert", "tflite-runtime"):
+            try:
+                return f"{dist} {metadata.version(dist)}"
+            except metadata.PackageNotFoundError:
+                continue
+        return "unknown"
+
+    def load(self, artifact: Any, *, threads: int | None = None, optimize: bool = True) -> LiteRtSession:
+        """optimize=False turns the XNNPACK delegate off (reference kernels)."""
+        kwargs: dict[str, Any] = {"num_threads": threads or 1}
+        if not optimize:
+            from ai_edge_litert.interpreter import OpResolverType
+
+            kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        return LiteRtSession(_interpreter_class()(model_path=str(Path(artifact)), **kwargs))
