@@ -160,11 +160,6 @@ def count_quantized_nodes(model) -> tuple[int, int]:
     return quantized, floating
 
 
-def is_quantized(model) -> bool:
-    """Already quantized (QDQ, QOperator or integer ops): keep its own quantization."""
-    return any(n.op_type in QUANTIZED_OPS for n in model.graph.node)
-
-
 def load_ranges(cache_path: Path) -> dict[str, tuple[float, float]]:
     """{tensor name: (min, max)} from the calibration file (ONNX Runtime's calibration cache)."""
     from onnxruntime.quantization.calibrate import load_tensors_data

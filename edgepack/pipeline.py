@@ -24,7 +24,7 @@ from edgepack.calib import load_samples
 from edgepack.converters import PassResult
 from edgepack.converters.cleanup_graph import cleanup_graph
 from edgepack.artifacts import CALIBRATION_NAME, EvalSet, ExportContext, build_artifact
-from edgepack.converters.quantize_int8 import is_quantized
+from edgepack.converters.quantize_int8 import QUANTIZED_OPS
 from edgepack.converters.fold_batchnorm import fold_batchnorm
 from edgepack.converters.remove_pruned_channels import remove_pruned_channels
 from edgepack.devices import DeviceProfile, load_profile
@@ -145,10 +145,10 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
 
     output_names = [v.name for v in model.graph.outputs]
     save_verification(out_dir / VERIFY_NAME, vset, reference, output_names)
-    already_quantized = is_quantized(ir.to_proto(model))
+    already_quantized = any(n.op_type in QUANTIZED_OPS for n in model.graph)
     precisions = _precisions(options, already_quantized, warnings)
     calib_feeds = _calibration_feeds(calib, vset, shapes, options, warnings) if "int8" in precisions else None
-    eval_set = _load_eval(options, specs, source, warnings) if options.eval_data else None
+    eval_set = _load_eval(options, specs, source) if options.eval_data else None
     ctx = ExportContext(model, options.name or _default_name(source), out_dir, vset, reference, output_names, options,
                         calib_feeds, already_quantized, eval_set)
     artifacts = []
@@ -160,13 +160,12 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
         if art.get("warning"):
             warnings.append(f"{art['path']}: {art['warning']}")
             steps.warn(warnings[-1])
-    name = ctx.name
 
     report = {
         "schema_version": report_mod.SCHEMA_VERSION,
         "provenance": report_mod.provenance({"verification": options.seed}),
         "model": {
-            "name": name,
+            "name": ctx.name,
             "source_path": str(source.path) if source.path else None,
             "source_format": source.kind,
             "exporter": exporter,
@@ -393,7 +392,7 @@ def _calibration_report(ctx: ExportContext, options: ExportOptions) -> dict:
             "note": "float (min, max) per ONNX tensor name; every int8 exporter derives its scales from these ranges"}
 
 
-def _load_eval(options: ExportOptions, specs: list[InputSpec], source: SourceModel, warnings: list[str]) -> EvalSet:
+def _load_eval(options: ExportOptions, specs: list[InputSpec], source: SourceModel) -> EvalSet:
     """--eval DATA.npz with `x` (M, ...) and integer labels `y` (M,); scores the reference too."""
     path = options.eval_data
     if len(specs) != 1:
