@@ -152,6 +152,38 @@ def formats(ops: bool) -> None:
             click.echo("         ONNX ops: any op ONNX Runtime runs (the graph stays ONNX)")
 
 
+@cli.command("compare")
+@click.argument("model_a", metavar="A", type=click.Path(path_type=Path))
+@click.argument("model_b", metavar="B", type=click.Path(path_type=Path))
+@click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), default=None,
+              help="Samples .npz: an export's verify.npz, or one (S, ...) array per input name. Default: the "
+                   "verify.npz beside A, else 4 seeded N(0,1) samples.")
+@click.option("--per-node", is_flag=True,
+              help="Compare every tensor A and B share (same ONNX name): SQNR, cosine, max abs error, and the SQNR each "
+                   "node loses; show the nodes that lose most and the first node below 20 dB SQNR (a common int8 rule "
+                   "of thumb).")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Nodes to show with --per-node.")
+@click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True,
+              help="At most N samples for --per-node (intermediate tensors are large).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the random samples.")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON to stdout.")
+@_debug_option
+def compare_command(model_a: Path, model_b: Path, inputs_path: Path | None, per_node: bool, top: int, samples: int,
+                    seed: int, as_json: bool) -> None:
+    """Compare ONNX model B with reference A (e.g. OUT/model.fp32.onnx and OUT/model.int8.onnx), both run
+    in ONNX Runtime with optimizations off, to find the layer that breaks int8."""
+    from rich.console import Console
+
+    from edgepack.compare import compare_models, render
+    from edgepack.report import to_json_text
+
+    result = compare_models(model_a, model_b, inputs=inputs_path, per_node=per_node, samples=samples, seed=seed, top=top)
+    if as_json:
+        click.echo(to_json_text(result), nl=False)
+        return
+    render(result, Console(highlight=False, width=None if sys.stdout.isatty() else 160))
+
+
 @cli.command()
 @click.argument("name", required=False)
 def devices(name: str | None) -> None:

@@ -6,7 +6,10 @@ the graph.
 
 Layout: image tensors are NHWC inside; weights are converted at export time; axis attributes are
 remapped; Transpose only relabels; a Flatten before Gemm/MatMul permutes that layer's weights.
-Image inputs and 4-D outputs are NHWC unless `nchw_io` (one TRANSPOSE at each)."""
+Image inputs are NHWC, and so are the 4-D outputs of convolutional graphs, unless `nchw_io` (then
+one TRANSPOSE at each); 3-D signals that 1-D convolutions read or write are NWC; an output already
+in ONNX order (`x.permute(0, 2, 3, 1)` at the end of a head, say) stays so; every other input and
+output keeps its ONNX shape. The report records each one's layout and perm."""
 from __future__ import annotations
 
 from collections import Counter
@@ -16,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from edgepack.converters.export_tflite.graph import NHWC, TfliteGraph, TVal, identity, unsupported
+from edgepack.converters.export_tflite.graph import NHWC, TfliteGraph, TVal, _np_type, identity, unsupported
 from edgepack.converters.export_tflite.registry import LOWERINGS, Ctx, _load_all, supported_ops
 from edgepack.fsutil import atomic_path
 
@@ -38,8 +41,7 @@ def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool 
     ctx = Ctx(model, graph)
     ins = []
     for value in model.graph.inputs:
-        shape = ctx.shape(value)
-        perm = NHWC[4] if len(shape) == 4 and not nchw_io else identity(len(shape))
+        perm = _input_perm(ctx, value, nchw_io)
         tv = ctx.out(value, perm)
         graph.inputs.append(tv.index)
         ins.append(_describe(value.name, graph.shape_of(tv.index), perm))
@@ -55,6 +57,7 @@ def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool 
         tv = _output_value(ctx, value, nchw_io)
         graph.outputs.append(tv.index)
         outs.append(_describe(value.name, graph.shape_of(tv.index), tv.perm))
+    graph.drop_unused()
     data = graph.serialize(description="edgepack")
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -63,21 +66,51 @@ def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool 
     return TfliteExport([path], ins, outs, dict(sorted(census.items())), graph.transposes)
 
 
+def _input_perm(ctx: Ctx, value: ir.Value, nchw_io: bool) -> tuple[int, ...]:
+    """Images (4-D) are NHWC; a 3-D input with channels that a 1-D convolution reads is NWC; any
+    other input keeps its ONNX shape. `nchw_io` keeps every input in ONNX layout."""
+    shape = ctx.shape(value)
+    if nchw_io:
+        return identity(len(shape))
+    if len(shape) == 4:
+        return NHWC[4]
+    if len(shape) == 3 and shape[1] > 1 and any(use.node.op_type == "Conv" for use in value.uses()):
+        return NHWC[3]
+    return identity(len(shape))
+
+
 def _output_value(ctx: Ctx, value: ir.Value, nchw_io: bool) -> TVal:
+    """An output already stored channels-last (NHWC, NWC) or in ONNX order stays so (no TRANSPOSE);
+    any other is made NHWC if 4-D, else ONNX order. With `nchw_io` every output is in ONNX order."""
     from edgepack.converters.export_tflite.ops_shape import plain_features
 
     tv = ctx.values.get(value.name)
     if tv is None:
         raise unsupported(value.producer() or _Fake(value), "produces a graph output that was not lowered")
     rank = len(tv.perm)
-    want = NHWC[4] if rank == 4 and not nchw_io else identity(rank)
+    if nchw_io:
+        want = identity(rank)
+    elif tv.perm in (identity(rank), NHWC.get(rank)):
+        want = tv.perm
+    else:
+        want = NHWC[4] if rank == 4 else identity(rank)
     fixed = plain_features(ctx, tv, value.name)
     fixed = ctx.as_perm(fixed, want, value.name + "_out")
-    if fixed.index != tv.index:  # the graph output keeps the ONNX name
-        old = ctx.g.tensors[tv.index]
-        ctx.g.names.discard(value.name)
-        old.name = ctx.g._unique(value.name + "_internal")
-        ctx.g.tensors[fixed.index].name = value.name
+    g = ctx.g
+    if g.name_of(fixed.index) == value.name:
+        return fixed
+    # The graph output keeps the ONNX name. The tensor holding it may be named otherwise (a
+    # relayout, or an alias: Identity, a relabelling Transpose), and may be a graph input or
+    # another output already: then a RESHAPE copies it.
+    if fixed.index in g.inputs or fixed.index in g.outputs or g.data_of(fixed.index) is not None:
+        copy = g.tensor(value.name + "_copy", g.shape_of(fixed.index), _np_type(g.tensors[fixed.index].type))
+        g.reshape(fixed.index, copy)
+        fixed = TVal(copy, fixed.perm)
+    for i, t in enumerate(g.tensors):
+        if t.name == value.name and i not in g.inputs:  # the ONNX value's own tensor, now internal
+            t.name = g._unique(value.name + "_internal")
+    g.tensors[fixed.index].name = value.name
+    g.names.add(value.name)
     return fixed
 
 
@@ -86,8 +119,11 @@ class _Fake:
         self.op_type, self.name = "graph output", value.name
 
 
+_LAYOUTS = {2: {(0, 1): "NC"}, 3: {NHWC[3]: "NWC", (0, 1, 2): "NCW"}, 4: {NHWC[4]: "NHWC", (0, 1, 2, 3): "NCHW"}}
+
+
 def _describe(name: str, shape: list[int], perm: tuple[int, ...]) -> dict:
-    layout = {4: {NHWC[4]: "NHWC", (0, 1, 2, 3): "NCHW"}}.get(len(perm), {}).get(tuple(perm))
+    layout = _LAYOUTS.get(len(perm), {}).get(tuple(perm))
     return {"name": name, "shape": shape, "layout": layout, "perm": list(perm), "dtype": "float32"}
 
 

@@ -125,20 +125,74 @@ class TfliteGraph:
         return obj
 
     def transpose(self, index: int, perm: tuple[int, ...], name: str) -> int:
+        """Stored axes reordered: folded at export time for a constant, a RESHAPE when only size-1
+        axes move (same data order), else one TRANSPOSE (counted)."""
+        data = self.data_of(index)
+        if data is not None:
+            return self._buffer_tensor(np.ascontiguousarray(data.transpose(perm)), name)
         shape = self.shape_of(index)
         out = self.tensor(name, [shape[p] for p in perm], _np_type(self.tensors[index].type))
+        moved = [p for p in perm if shape[p] != 1]
+        if moved == sorted(moved):
+            self.reshape(index, out)
+            return out
         self.op("TRANSPOSE", [index, self.const(np.array(perm, np.int32), name + "_perm")], [out],
                 self.options("TransposeOptions"))
         self.transposes += 1
         return out
 
+    def reshape(self, index: int, out: int) -> None:
+        """RESHAPE `index` into the (already created) tensor `out`, whose shape says the new one."""
+        shape = self.shape_of(out)
+        self.op("RESHAPE", [index, self.const(np.array(shape, np.int32), self.name_of(out) + "_shape")], [out],
+                self.options("ReshapeOptions", newShape=shape))
+
+    def data_of(self, index: int) -> np.ndarray | None:
+        """The array of a constant tensor (one with a buffer), else None."""
+        t = self.tensors[index]
+        if not t.buffer or self.buffers[t.buffer].data is None:
+            return None
+        raw = np.asarray(self.buffers[t.buffer].data, np.uint8).tobytes()
+        return np.frombuffer(raw, dtype=_np_type(t.type)).reshape(t.shape)
+
     def relayout(self, tv: TVal, perm: tuple[int, ...], name: str) -> TVal:
-        """The same ONNX value stored with axes `perm`; one TRANSPOSE when it differs."""
+        """The same ONNX value stored with axes `perm` (see `transpose`: folded, RESHAPE or TRANSPOSE)."""
         if tv.perm == perm:
             return tv
         # stored_new axis i = ONNX axis perm[i] = stored_old axis tv.perm.index(perm[i])
         order = tuple(tv.perm.index(p) for p in perm)
         return TVal(self.transpose(tv.index, order, name), perm)
+
+    def drop_unused(self) -> int:
+        """Remove the operators whose outputs nothing reads (left behind when a pattern such as GELU
+        replaced the ops after them), then the tensors and buffers no one references; returns how
+        many operators were removed. Tensor indices change: call it last, before serialising."""
+        needed = set(self.outputs)
+        kept = []
+        for op in reversed(self.operators):
+            if any(o in needed for o in op.outputs):
+                kept.append(op)
+                needed.update(i for i in op.inputs if i >= 0)
+        kept_ids = {id(op) for op in kept}
+        dropped = [op for op in self.operators if id(op) not in kept_ids]
+        transpose = self.opcodes.get(self.s.BuiltinOperator.TRANSPOSE)
+        self.transposes -= sum(op.opcodeIndex == transpose for op in dropped)
+        self.operators = kept[::-1]
+        used = sorted({*self.inputs, *self.outputs, *(i for op in self.operators for i in [*op.inputs, *op.outputs] if i >= 0)})
+        new_index = {old: new for new, old in enumerate(used)}
+        self.tensors = [self.tensors[i] for i in used]
+        self.inputs = [new_index[i] for i in self.inputs]
+        self.outputs = [new_index[i] for i in self.outputs]
+        for op in self.operators:
+            op.inputs = [new_index[i] if i >= 0 else i for i in op.inputs]
+            op.outputs = [new_index[i] for i in op.outputs]
+        buffers = sorted({0, *(t.buffer for t in self.tensors)})
+        new_buffer = {old: new for new, old in enumerate(buffers)}
+        self.buffers = [self.buffers[b] for b in buffers]
+        for t in self.tensors:
+            t.buffer = new_buffer[t.buffer]
+        self.names = {t.name for t in self.tensors}
+        return len(dropped)
 
     # ---------------------------------------------------------------- serialise
 
@@ -181,13 +235,24 @@ def _types() -> dict:
 
 
 _TYPES = _types()
-_OP_VERSIONS: dict[int, int] = {}
+
+
+def _op_versions() -> dict[int, int]:
+    """Builtins whose kernels are registered from a version above 1."""
+    from ai_edge_litert import schema_py_generated as s
+
+    return {s.BuiltinOperator.BROADCAST_TO: 2}
+
+
+_OP_VERSIONS = _op_versions()
 
 
 def unsupported(node, why: str) -> UnsupportedError:
     from edgepack.converters.export_tflite.registry import supported_ops
 
+    outputs = getattr(node, "outputs", None)
+    label = repr(node.name) if node.name or not outputs else f"(unnamed, output {outputs[0].name!r})"
     return UnsupportedError(
-        f"TFLite export: {node.op_type} node {node.name!r} {why}; supported ops: {', '.join(supported_ops())}; "
+        f"TFLite export: {node.op_type} node {label} {why}; supported ops: {', '.join(supported_ops())}; "
         "use --format onnx for this model"
     )

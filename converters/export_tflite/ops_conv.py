@@ -7,6 +7,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgepack.converters.export_tflite.graph import NHWC, TVal, identity, unsupported
+from edgepack.converters.export_tflite.ops_shape import plain_features
 from edgepack.converters.export_tflite.registry import Ctx, lowering
 
 NHWC4 = NHWC[4]
@@ -16,28 +17,42 @@ def _ints(node: ir.Node, name: str, default: list[int]) -> list[int]:
     return list(node.attributes.get_ints(name, default) or default)
 
 
-def _padding(node: ir.Node, in_hw: tuple[int, int], kernel: list[int], strides: list[int], dilations: list[int],
-             out_hw: tuple[int, int]) -> tuple[str, list[tuple[int, int]]]:
-    """("SAME"|"VALID", explicit [(before, after)] per spatial dim still needed before the op)."""
+def _explicit_pads(node: ir.Node, in_hw: tuple[int, int], kernel: list[int], strides: list[int],
+                   dilations: list[int], out_hw: tuple[int, int]) -> list[tuple[int, int]]:
+    """(before, after) per spatial dim so that a VALID op gives the ONNX output size; the after side
+    grows when ceil_mode needs a last, partial window."""
     auto = node.attributes.get_string("auto_pad", "NOTSET")
     pads = _ints(node, "pads", [0] * 4)
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads = []
-        for i in range(2):
-            total = max((out_hw[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in_hw[i], 0)
+    pairs = []
+    for i in range(2):
+        need = (out_hw[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in_hw[i]
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            total = max(need, 0)
             small = total // 2
-            pads.append((small, total - small) if auto == "SAME_UPPER" else (total - small, small))
-        pairs = pads
-    else:
-        pairs = [(pads[0], pads[2]), (pads[1], pads[3])]
-    if all(p == (0, 0) for p in pairs):
-        return "VALID", []
-    same = []
+            pairs.append((small, total - small) if auto == "SAME_UPPER" else (total - small, small))
+        else:
+            pairs.append((pads[i], max(pads[i + 2], need - pads[i])))
+    return pairs
+
+
+def _is_same(pairs: list[tuple[int, int]], in_hw: tuple[int, int], kernel: list[int], strides: list[int],
+             dilations: list[int], out_hw: tuple[int, int]) -> bool:
+    """True when TFLite's SAME padding pads exactly `pairs` and gives the ONNX output size."""
     for i in range(2):
         out = math.ceil(in_hw[i] / strides[i])
         total = max((out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in_hw[i], 0)
-        same.append((total // 2, total - total // 2))
-    if pairs == same and tuple(out_hw) == tuple(math.ceil(in_hw[i] / strides[i]) for i in range(2)):
+        if out != out_hw[i] or tuple(pairs[i]) != (total // 2, total - total // 2):
+            return False
+    return True
+
+
+def _padding(node: ir.Node, in_hw: tuple[int, int], kernel: list[int], strides: list[int], dilations: list[int],
+             out_hw: tuple[int, int]) -> tuple[str, list[tuple[int, int]]]:
+    """("SAME"|"VALID", explicit [(before, after)] per spatial dim still needed before the op)."""
+    pairs = _explicit_pads(node, in_hw, kernel, strides, dilations, out_hw)
+    if all(p == (0, 0) for p in pairs):
+        return "VALID", []
+    if _is_same(pairs, in_hw, kernel, strides, dilations, out_hw):
         return "SAME", []
     return "VALID", pairs
 
@@ -161,31 +176,50 @@ def _conv1d(ctx: Ctx, node: ir.Node, w: np.ndarray, b: np.ndarray | None) -> Non
 
 @lowering("ConvTranspose")
 def conv_transpose(ctx: Ctx, node: ir.Node) -> None:
+    """TRANSPOSE_CONV with VALID padding to the full size, then SLICE off the pads and ADD the bias.
+    Grouped: SPLIT the channels, one TRANSPOSE_CONV per group, CONCATENATION."""
     g = ctx.g
     w = ctx.const(node.inputs[1])
-    if w is None or w.ndim != 4 or node.attributes.get_int("group", 1) != 1:
-        raise unsupported(node, "is not a 2-D ConvTranspose with constant weights and group 1")
+    if w is None or w.ndim != 4:
+        raise unsupported(node, "is not a 2-D ConvTranspose with constant weights")
     if any(d != 1 for d in _ints(node, "dilations", [1, 1])):
         raise unsupported(node, "has dilations")
+    group = node.attributes.get_int("group", 1)
     b = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
     x = ctx.as_perm(ctx.val(node.inputs[0], node), NHWC4, node.inputs[0].name + "_nhwc")
-    n, h, wd, _ = g.shape_of(x.index)
+    n, h, wd, cin = g.shape_of(x.index)
     strides = _ints(node, "strides", [1, 1])
     k = w.shape[2:]
     opad = _ints(node, "output_padding", [0, 0])
-    full = [n, (h - 1) * strides[0] + k[0] + opad[0], (wd - 1) * strides[1] + k[1] + opad[1], w.shape[1]]
+    full = [n, (h - 1) * strides[0] + k[0] + opad[0], (wd - 1) * strides[1] + k[1] + opad[1], w.shape[1] * group]
     onnx_out = ctx.shape(node.outputs[0])
     pads = _ints(node, "pads", [0, 0, 0, 0])
-    if node.attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+    auto = node.attributes.get_string("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
         total = [full[1] - onnx_out[2], full[2] - onnx_out[3]]
-        pads = [total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2]
+        small = [t // 2 for t in total]
+        begin = small if auto == "SAME_UPPER" else [t - s for t, s in zip(total, small)]
+        pads = begin + [t - b for t, b in zip(total, begin)]
     cropped = pads[0] or pads[1] or full[1:3] != list(onnx_out[2:])
     y = g.tensor(node.name + "_full", full) if cropped or b is not None else None
     out = ctx.out(node.outputs[0], NHWC4)
     target = y if y is not None else out.index
-    g.op("TRANSPOSE_CONV", [ctx.int_const(full, node.name + "_output_shape"),
-                            ctx.weight(w.transpose(1, 2, 3, 0), node.name + "_weights"), x.index], [target],
-         g.options("TransposeConvOptions", padding=g.s.Padding.VALID, strideH=strides[0], strideW=strides[1]))
+    opts = g.options("TransposeConvOptions", padding=g.s.Padding.VALID, strideH=strides[0], strideW=strides[1])
+    if group == 1:
+        g.op("TRANSPOSE_CONV", [ctx.int_const(full, node.name + "_output_shape"),
+                                ctx.weight(w.transpose(1, 2, 3, 0), node.name + "_weights"), x.index], [target], opts)
+    else:
+        cin_g, cout_g = cin // group, w.shape[1]
+        parts = [g.tensor(f"{node.name}_group{i}_in", [n, h, wd, cin_g]) for i in range(group)]
+        g.op("SPLIT", [ctx.int_const(3, node.name + "_axis"), x.index], parts, g.options("SplitOptions", numSplits=group))
+        outs = []
+        for i, part in enumerate(parts):
+            o = g.tensor(f"{node.name}_group{i}", full[:3] + [cout_g])
+            g.op("TRANSPOSE_CONV", [ctx.int_const(full[:3] + [cout_g], f"{node.name}_output_shape{i}"),
+                                    ctx.weight(w[i * cin_g:(i + 1) * cin_g].transpose(1, 2, 3, 0), f"{node.name}_weights{i}"),
+                                    part], [o], opts)
+            outs.append(o)
+        g.op("CONCATENATION", outs, [target], g.options("ConcatenationOptions", axis=3))
     if y is None:
         return
     if cropped:
@@ -215,27 +249,55 @@ def gemm(ctx: Ctx, node: ir.Node) -> None:
 
 @lowering("MatMul")
 def matmul(ctx: Ctx, node: ir.Node) -> None:
+    """A constant 2-D right operand: FULLY_CONNECTED (with the bias of a following Add, as PyTorch
+    exports Linear on 3-D inputs). Two activations: BATCH_MATMUL; an operand stored with its last
+    two axes swapped (a relabelled Transpose) is read with adjX/adjY instead of transposed."""
     w = ctx.const(node.inputs[1])
     a = ctx.val(node.inputs[0], node)
     if w is not None and w.ndim == 2:
-        return _fully_connected(ctx, node, a, w.T, None)
-    b = ctx.val(node.inputs[1], node)
-    rank = len(ctx.shape(node.outputs[0]))
-    a = ctx.as_perm(a, identity(len(a.perm)), node.inputs[0].name + "_plain")
-    b = ctx.as_perm(b, identity(len(b.perm)), node.inputs[1].name + "_plain")
-    out = ctx.out(node.outputs[0], identity(rank))
-    ctx.g.op("BATCH_MATMUL", [a.index, b.index], [out.index], ctx.g.options("BatchMatMulOptions", adjX=False, adjY=False))
+        bias, last = _bias_add(ctx, node, w.shape[1])
+        return _fully_connected(ctx, node, a, w.T, bias, last)
+    operands = []
+    for value in node.inputs[:2]:
+        tv = plain_features(ctx, ctx.val(value, node), value.name)
+        rank = len(tv.perm)
+        swapped = identity(rank)[:-2] + (rank - 1, rank - 2)
+        if rank >= 2 and tv.perm == swapped:
+            operands.append((tv, True))
+        else:
+            operands.append((ctx.as_perm(tv, identity(rank), value.name + "_plain"), False))
+    (a, adj_x), (b, adj_y) = operands
+    out = ctx.out(node.outputs[0], identity(len(ctx.shape(node.outputs[0]))))
+    ctx.g.op("BATCH_MATMUL", [a.index, b.index], [out.index], ctx.g.options("BatchMatMulOptions", adjX=adj_x, adjY=adj_y))
 
 
-def _fully_connected(ctx: Ctx, node: ir.Node, a: TVal, w: np.ndarray, bias: np.ndarray | None) -> None:
-    """w: (out, in) in ONNX feature order; reordered when `a` stores its features permuted."""
+def _bias_add(ctx: Ctx, node: ir.Node, features: int) -> tuple[np.ndarray | None, ir.Node]:
+    """(bias, Add node) when the MatMul's only consumer adds a constant per-output-feature vector."""
+    out = node.outputs[0]
+    if out.name in ctx.outputs or len(out.uses()) != 1:
+        return None, node
+    add = out.uses()[0].node
+    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or ctx.shape(add.outputs[0]) != ctx.shape(out):
+        return None, node
+    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    c = ctx.const(other)
+    if c is None or c.size != features or (c.ndim and c.shape[-1] != features):
+        return None, node
+    ctx.skip.add(id(add))
+    return c.reshape(-1).astype(np.float32), add
+
+
+def _fully_connected(ctx: Ctx, node: ir.Node, a: TVal, w: np.ndarray, bias: np.ndarray | None,
+                     last: ir.Node | None = None) -> None:
+    """w: (out, in) in ONNX feature order; reordered when `a` stores its features permuted.
+    `last`: the node whose output this op produces (an Add folded in as the bias), default `node`."""
     rank = len(a.perm)
     if rank == 2 and a.feature_perm is not None:
         w = w[:, list(a.feature_perm)]
     elif a.perm != identity(rank):
         if a.perm[-1] != rank - 1:
             a = ctx.as_perm(a, identity(rank), node.inputs[0].name + "_plain")
-    act, produced = _act(ctx, node)
+    act, produced = _act(ctx, last or node)
     out_perm = a.perm if rank > 2 else identity(2)
     out = ctx.out(produced, out_perm)
     inputs = [a.index, ctx.weight(w, node.name + "_weights")]
@@ -245,8 +307,10 @@ def _fully_connected(ctx: Ctx, node: ir.Node, a: TVal, w: np.ndarray, bias: np.n
 
 
 def _pool(ctx: Ctx, node: ir.Node, builtin: str) -> None:
-    if node.attributes.get_int("ceil_mode", 0):
-        raise unsupported(node, "uses ceil_mode=1")
+    """MAX_POOL_2D / AVERAGE_POOL_2D. SAME padding when it pads exactly like ONNX (TFLite leaves padded
+    cells out of the window: -inf for max, not counted for average); otherwise an explicit PAD and
+    VALID, and for an average whose divisor is not the full window (count_include_pad=0, ceil_mode)
+    one MUL by a constant kernel_area / divisor map."""
     kernel = _ints(node, "kernel_shape", [1, 1])
     if len(kernel) != 2:
         raise unsupported(node, "is not a 2-D pool")
@@ -254,15 +318,47 @@ def _pool(ctx: Ctx, node: ir.Node, builtin: str) -> None:
     if any(d != 1 for d in dil):
         raise unsupported(node, "has dilations")
     x = ctx.as_perm(ctx.val(node.inputs[0], node), NHWC4, node.inputs[0].name + "_nhwc")
-    padding, pairs = _padding(node, ctx.shape(node.inputs[0])[2:], kernel, strides, [1, 1], ctx.shape(node.outputs[0])[2:])
-    if pairs and builtin == "AVERAGE_POOL_2D" and not node.attributes.get_int("count_include_pad", 0):
-        raise unsupported(node, "pads asymmetrically with count_include_pad=0 (TFLite averages SAME padding only)")
-    x = _pad_input(ctx, x, pairs, node.name, value=-3.4e38 if builtin == "MAX_POOL_2D" else 0.0)
+    in_hw, out_hw = ctx.shape(node.inputs[0])[2:], ctx.shape(node.outputs[0])[2:]
+    pairs = _explicit_pads(node, in_hw, kernel, strides, [1, 1], out_hw)
+    padded = any(p != (0, 0) for p in pairs)
+    same = padded and _is_same(pairs, in_hw, kernel, strides, [1, 1], out_hw)
+    include_pad = bool(node.attributes.get_int("count_include_pad", 0))
+    padding, scale = "VALID", None
+    if same and (builtin == "MAX_POOL_2D" or not include_pad):
+        padding = "SAME"
+    elif padded:
+        x = _pad_input(ctx, x, pairs, node.name, value=-3.4e38 if builtin == "MAX_POOL_2D" else 0.0)
+        if builtin == "AVERAGE_POOL_2D":
+            scale = _average_scale(node, in_hw, kernel, strides, pairs, out_hw, include_pad)
     act, produced = _act(ctx, node)
     out = ctx.out(produced, NHWC4)
-    ctx.g.op(builtin, [x.index], [out.index],
-             ctx.g.options("Pool2DOptions", padding=getattr(ctx.g.s.Padding, padding), strideH=strides[0], strideW=strides[1],
-                           filterHeight=kernel[0], filterWidth=kernel[1], fusedActivationFunction=act))
+    g = ctx.g
+    pooled = out.index if scale is None else g.tensor(node.name + "_window_mean", g.shape_of(out.index))
+    g.op(builtin, [x.index], [pooled],
+         g.options("Pool2DOptions", padding=getattr(g.s.Padding, padding), strideH=strides[0], strideW=strides[1],
+                   filterHeight=kernel[0], filterWidth=kernel[1],
+                   fusedActivationFunction=act if scale is None else g.s.ActivationFunctionType.NONE))
+    if scale is not None:
+        g.op("MUL", [pooled, g.const(scale, node.name + "_divisor_fix")], [out.index],
+             g.options("MulOptions", fusedActivationFunction=act))
+
+
+def _average_scale(node: ir.Node, in_hw, kernel, strides, pairs, out_hw, include_pad: bool) -> np.ndarray | None:
+    """(1, H', W', 1) kernel_area / divisor, the divisor as ONNX (and PyTorch) count it: the window
+    cells inside the input (count_include_pad=0) or inside input + pads (=1; a ceil_mode window
+    reaching past the pads counts only up to them). None when every window divides by its area."""
+    pads = _ints(node, "pads", [0] * 4)
+    if node.attributes.get_string("auto_pad", "NOTSET") != "NOTSET":
+        pads = [pairs[0][0], pairs[1][0], pairs[0][1], pairs[1][1]]
+    counts = []
+    for i in range(2):
+        start = np.arange(out_hw[i]) * strides[i] - pairs[i][0]
+        lo, hi = (-pads[i], in_hw[i] + pads[i + 2]) if include_pad else (0, in_hw[i])
+        counts.append(np.minimum(start + kernel[i], hi) - np.maximum(start, lo))
+    divisor = np.outer(counts[0], counts[1]).astype(np.float32)
+    if (divisor == kernel[0] * kernel[1]).all():
+        return None
+    return (kernel[0] * kernel[1] / divisor).reshape(1, out_hw[0], out_hw[1], 1).astype(np.float32)
 
 
 @lowering("MaxPool")

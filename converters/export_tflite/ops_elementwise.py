@@ -1,10 +1,13 @@
 """Lowerings for element-wise ops and activations (layout-agnostic: outputs keep the input's)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx_ir as ir
 
 from edgepack.converters.export_tflite.graph import TVal, identity, unsupported
+from edgepack.converters.export_tflite.ops_shape import plain_features
 from edgepack.converters.export_tflite.registry import Ctx, activation_kind, lowering
 
 _BINARY = {"Add": ("ADD", "AddOptions"), "Sub": ("SUB", "SubOptions"), "Mul": ("MUL", "MulOptions"),
@@ -22,18 +25,23 @@ def _const_in_layout(array: np.ndarray, rank: int, perm: tuple[int, ...]) -> np.
     return np.ascontiguousarray(a.transpose(perm))
 
 
-def _operand(ctx: Ctx, node: ir.Node, value: ir.Value, rank: int, perm: tuple[int, ...]) -> int:
+def _operand(ctx: Ctx, node: ir.Node, value: ir.Value, rank: int, perm: tuple[int, ...],
+             feature_perm: tuple[int, ...] | None) -> int:
     array = ctx.const(value)
     if array is not None:
-        return ctx.g.const(_const_in_layout(array, rank, perm), f"{node.name}_{value.name}")
+        array = _const_in_layout(array, rank, perm)
+        if feature_perm is not None and array.shape[-1] > 1:  # a per-feature constant, in stored feature order
+            array = np.ascontiguousarray(array[..., list(feature_perm)])
+        return ctx.g.const(array, f"{node.name}_{value.name}")
     tv = ctx.val(value, node)
+    if tv.feature_perm != feature_perm:
+        tv = plain_features(ctx, tv, value.name)
     if len(tv.perm) == rank:
         return ctx.as_perm(tv, perm, value.name + "_relayout").index
     plain = ctx.as_perm(tv, identity(len(tv.perm)), value.name + "_plain")  # lower rank: broadcast like ONNX
     shape = [1] * (rank - len(tv.perm)) + ctx.g.shape_of(plain.index)
     expanded = ctx.g.tensor(value.name + "_expanded", shape)
-    ctx.g.op("RESHAPE", [plain.index, ctx.int_const(shape, value.name + "_shape")], [expanded],
-             ctx.g.options("ReshapeOptions", newShape=shape))
+    ctx.g.reshape(plain.index, expanded)
     if perm == identity(rank):
         return expanded
     return ctx.g.transpose(expanded, perm, value.name + "_expanded_t")
@@ -41,6 +49,9 @@ def _operand(ctx: Ctx, node: ir.Node, value: ir.Value, rank: int, perm: tuple[in
 
 @lowering(*_BINARY)
 def binary(ctx: Ctx, node: ir.Node) -> None:
+    """Output in the layout of the full-rank activation operand; constants are laid out to match at
+    export time. Flattened image features (feature_perm) stay permuted when every activation operand
+    shares that order; per-feature constants are reordered to it."""
     builtin, options = _BINARY[node.op_type]
     rank = len(ctx.shape(node.outputs[0]))
     acts = [ctx.values.get(v.name) for v in node.inputs[:2] if ctx.const(v) is None]
@@ -48,16 +59,16 @@ def binary(ctx: Ctx, node: ir.Node) -> None:
         raise unsupported(node, "has inputs no supported op produced")
     full = [a for a in acts if len(a.perm) == rank]
     perm = full[0].perm if full else identity(rank)
-    if rank == 2 and full and full[0].feature_perm is not None:
-        raise unsupported(node, "combines a flattened image tensor element-wise (only Gemm/MatMul may follow a Flatten)")
-    inputs = [_operand(ctx, node, v, rank, perm) for v in node.inputs[:2]]
+    orders = {a.feature_perm for a in acts}
+    feature_perm = orders.pop() if len(orders) == 1 and len(full) == len(acts) else None
+    inputs = [_operand(ctx, node, v, rank, perm, feature_perm) for v in node.inputs[:2]]
     act, produced = ctx.g.s.ActivationFunctionType.NONE, node.outputs[0]
     if builtin in _FUSED_BINARY:
         fused = ctx.fusable_activation(node)
         if fused is not None:
             act, produced = getattr(ctx.g.s.ActivationFunctionType, fused[0]), fused[1].outputs[0]
             ctx.skip.add(id(fused[1]))
-    out = ctx.out(produced, perm)
+    out = ctx.out(produced, perm, feature_perm=feature_perm)
     opts = ctx.g.options(options, fusedActivationFunction=act) if builtin in _FUSED_BINARY else ctx.g.options(options)
     ctx.g.op(builtin, inputs, [out.index], opts)
 
@@ -89,9 +100,72 @@ def hard_swish(ctx: Ctx, node: ir.Node) -> None:
     _unary(ctx, node, "HARD_SWISH")
 
 
-@lowering("Exp", "Sqrt", "Neg", "Abs")
+@lowering("Exp", "Sqrt", "Neg", "Abs", "Log")
 def simple_unary(ctx: Ctx, node: ir.Node) -> None:
     _unary(ctx, node, node.op_type.upper())
+
+
+@lowering("Reciprocal")
+def reciprocal(ctx: Ctx, node: ir.Node) -> None:
+    x = ctx.val(node.inputs[0], node)
+    out = ctx.out(node.outputs[0], x.perm, feature_perm=x.feature_perm)
+    ctx.g.op("DIV", [ctx.g.const(np.ones([1] * len(x.perm), np.float32), node.name + "_one"), x.index], [out.index],
+             ctx.g.options("DivOptions"))
+
+
+@lowering("Erf")
+def erf(ctx: Ctx, node: ir.Node) -> None:
+    """TFLite has no ERF; the exact GELU that PyTorch exports around it, x * 0.5 * (1 + erf(x / sqrt 2)),
+    becomes one GELU (the scaling op before the Erf is left unused and dropped)."""
+    gelu = _match_gelu(ctx, node)
+    if gelu is None:
+        raise unsupported(node, "is not part of an exact GELU, x * 0.5 * (1 + erf(x / sqrt(2))) (TFLite has no ERF)")
+    x_value, skipped, last = gelu
+    ctx.skip.update(id(n) for n in skipped)
+    x = ctx.val(x_value, node)
+    out = ctx.out(last.outputs[0], x.perm, feature_perm=x.feature_perm)
+    ctx.g.op("GELU", [x.index], [out.index], ctx.g.options("GeluOptions", approximate=False))
+
+
+def _match_gelu(ctx: Ctx, erf_node: ir.Node) -> tuple[ir.Value, list[ir.Node], ir.Node] | None:
+    """(x, the nodes after the Erf that GELU replaces, the last of them) for the exact-GELU pattern."""
+    scale_node = erf_node.inputs[0].producer()
+    if scale_node is None or scale_node.op_type not in ("Div", "Mul"):
+        return None
+    c = ctx.const(scale_node.inputs[1])
+    want = math.sqrt(2.0) if scale_node.op_type == "Div" else 1 / math.sqrt(2.0)
+    if c is None or c.size != 1 or not np.isclose(float(c.reshape(())), want, rtol=1e-5):
+        return None
+    x = scale_node.inputs[0]
+
+    def only_use(value: ir.Value) -> ir.Node | None:
+        uses = value.uses()
+        return uses[0].node if len(uses) == 1 and value.name not in ctx.outputs else None
+
+    add = only_use(erf_node.outputs[0])
+    if add is None or add.op_type != "Add" or not _is_const(ctx, add, 1.0):
+        return None
+    chain, half, times_x = [add], False, False  # then Mul by 0.5 and Mul by x, in either order
+    while not (half and times_x):
+        mul = only_use(chain[-1].outputs[0])
+        if mul is None or mul.op_type != "Mul":
+            return None
+        other = [v for v in mul.inputs if v is not chain[-1].outputs[0]]
+        if len(other) != 1:
+            return None
+        if not half and _is_const(ctx, mul, 0.5):
+            half = True
+        elif not times_x and other[0] is x:
+            times_x = True
+        else:
+            return None
+        chain.append(mul)
+    return x, chain, chain[-1]
+
+
+def _is_const(ctx: Ctx, node: ir.Node, value: float) -> bool:
+    consts = [ctx.const(v) for v in node.inputs]
+    return any(c is not None and c.size == 1 and float(c.reshape(())) == value for c in consts)
 
 
 @lowering("LeakyRelu")
@@ -148,22 +222,56 @@ def prelu(ctx: Ctx, node: ir.Node) -> None:
     x = ctx.val(node.inputs[0], node)
     rank = len(x.perm)
     alpha = _const_in_layout(slope, rank, x.perm)
+    if x.feature_perm is not None and alpha.shape[-1] > 1:
+        alpha = alpha[..., list(x.feature_perm)]
     alpha = alpha.reshape(alpha.shape[1:]) if alpha.shape[0] == 1 else alpha
     out = ctx.out(node.outputs[0], x.perm, feature_perm=x.feature_perm)
-    ctx.g.op("PRELU", [x.index, ctx.g.const(alpha, node.name + "_alpha")], [out.index])
+    ctx.g.op("PRELU", [x.index, ctx.g.const(np.ascontiguousarray(alpha), node.name + "_alpha")], [out.index])
 
 
-@lowering("Softmax")
+@lowering("Softmax", "LogSoftmax")
 def softmax(ctx: Ctx, node: ir.Node) -> None:
-    """TFLite's SOFTMAX works on the last stored axis: relabel or transpose so the axis is last."""
+    """TFLite's SOFTMAX / LOG_SOFTMAX work on the last stored axis. On another stored axis (the W axis
+    of an NHWC tensor, say) they are written out along that axis, x - max then exp / sum (or minus
+    log sum): five or six ops and no TRANSPOSE."""
     x = ctx.val(node.inputs[0], node)
     rank = len(x.perm)
-    axis = node.attributes.get_int("axis", -1) % rank
-    if x.stored_axis(axis) != rank - 1:
-        perm = tuple(a for a in x.perm if a != axis) + (axis,)
-        x = ctx.as_perm(x, perm, node.inputs[0].name + "_softmax_last")
-    out = ctx.out(node.outputs[0], x.perm)
-    ctx.g.op("SOFTMAX", [x.index], [out.index], ctx.g.options("SoftmaxOptions", beta=1.0))
+    axis = node.attributes.get_int("axis", -1 if _opset(ctx) >= 13 else 1) % rank
+    if _opset(ctx) < 13 and axis != rank - 1:
+        raise unsupported(node, f"is an opset-{_opset(ctx)} {node.op_type} over axes {axis}.. flattened (opset 13+ or the last axis only)")
+    # Softmax over all features of a flattened map does not care about their order: it stays permuted.
+    feature_perm = x.feature_perm if rank == 2 and axis == 1 else None
+    if x.feature_perm is not None and feature_perm is None:
+        x = plain_features(ctx, x, node.inputs[0].name)
+    out = ctx.out(node.outputs[0], x.perm, feature_perm=feature_perm)
+    g = ctx.g
+    log = node.op_type == "LogSoftmax"
+    stored = x.stored_axis(axis)
+    if stored == rank - 1:
+        if log:
+            g.op("LOG_SOFTMAX", [x.index], [out.index], g.options("LogSoftmaxOptions"))
+        else:
+            g.op("SOFTMAX", [x.index], [out.index], g.options("SoftmaxOptions", beta=1.0))
+        return
+    shape = g.shape_of(x.index)
+    reduced = [1 if i == stored else d for i, d in enumerate(shape)]
+    axes = ctx.int_const([stored], node.name + "_axis")
+    peak, shifted, exp, total = (g.tensor(f"{node.name}_{k}", s) for k, s in
+                                 (("max", reduced), ("shifted", shape), ("exp", shape), ("sum", reduced)))
+    g.op("REDUCE_MAX", [x.index, axes], [peak], g.options("ReducerOptions", keepDims=True))
+    g.op("SUB", [x.index, peak], [shifted], g.options("SubOptions"))
+    g.op("EXP", [shifted], [exp])
+    g.op("SUM", [exp, axes], [total], g.options("ReducerOptions", keepDims=True))
+    if log:
+        log_total = g.tensor(node.name + "_log_sum", reduced)
+        g.op("LOG", [total], [log_total])
+        g.op("SUB", [shifted, log_total], [out.index], g.options("SubOptions"))
+    else:
+        g.op("DIV", [exp, total], [out.index], g.options("DivOptions"))
+
+
+def _opset(ctx: Ctx) -> int:
+    return ctx.model.opset_imports.get("", ctx.model.opset_imports.get("ai.onnx", 18))
 
 
 @lowering("Identity", "Dropout")

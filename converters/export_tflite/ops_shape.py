@@ -1,6 +1,8 @@
 """Lowerings for shape and data-movement ops, with axes remapped to the stored layout. A
-Transpose only relabels the layout; a Flatten of a permuted tensor records the feature order so
-the next Gemm/MatMul permutes its weights instead of the activations being transposed."""
+Transpose only relabels the layout; a Reshape that merges or splits axes stored side by side is one
+RESHAPE in the layout that leaves the data in place ((N, C, H, W) NHWC -> (N, C, H*W) NWC); a
+Flatten of a permuted tensor records the feature order so the next Gemm/MatMul permutes its
+weights instead of the activations being transposed."""
 from __future__ import annotations
 
 import math
@@ -9,7 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgepack.converters.export_tflite.graph import NHWC, TVal, identity, unsupported
-from edgepack.converters.export_tflite.registry import Ctx, lowering
+from edgepack.converters.export_tflite.registry import Ctx, default_perm, lowering
 
 INT_MAX = 2**31 - 1
 
@@ -32,10 +34,49 @@ def _flatten_order(onnx_dims: tuple[int, ...], perm: tuple[int, ...]) -> tuple[i
     return None if (order == np.arange(order.size)).all() else tuple(int(i) for i in order)
 
 
-def _only_ones_move(dims: tuple[int, ...], perm: tuple[int, ...]) -> bool:
-    """True when the layout permutes only size-1 axes, so the data order equals ONNX's."""
-    moved = [a for a in perm if dims[a] != 1]
-    return moved == sorted(moved)
+def _groups(in_dims: tuple[int, ...], out_dims: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
+    """A reshape as groups (ONNX input axes, ONNX output axes) with equal sizes, size-1 axes left
+    out: (N, C, H, W) -> (N, C, H*W) is [([1], [1]), ([2, 3], [2])] (N = 1 is left out)."""
+    ins = [a for a, d in enumerate(in_dims) if d != 1]
+    outs = [a for a, d in enumerate(out_dims) if d != 1]
+    groups, i, j = [], 0, 0
+    try:
+        while i < len(ins) or j < len(outs):
+            gi, go = [ins[i]], [outs[j]]
+            pi, po = in_dims[ins[i]], out_dims[outs[j]]
+            i, j = i + 1, j + 1
+            while pi != po:
+                if pi < po:
+                    gi.append(ins[i])
+                    pi, i = pi * in_dims[ins[i]], i + 1
+                else:
+                    go.append(outs[j])
+                    po, j = po * out_dims[outs[j]], j + 1
+            groups.append((gi, go))
+    except IndexError:
+        return None
+    return groups
+
+
+def _reshape_perm(in_dims: tuple[int, ...], perm: tuple[int, ...], out_dims: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The layout in which a RESHAPE of the stored tensor gives ONNX's reshape, or None when the
+    data must move. It exists when every group of merged/split axes is stored contiguous and in
+    ONNX order: (N, C, H, W) stored NHWC -> (N, C, H*W) is stored (N, H*W, C), layout NWC."""
+    groups = _groups(in_dims, out_dims)
+    if groups is None:
+        return None
+    pos = {a: k for k, a in enumerate(a for a in perm if in_dims[a] != 1)}
+    for gi, _ in groups:
+        if [pos[a] for a in gi] != list(range(pos[gi[0]], pos[gi[0]] + len(gi))):
+            return None
+    order = [a for _, go in sorted(groups, key=lambda g: pos[g[0][0]]) for a in go]  # non-1 output axes, as stored
+    rank = len(out_dims)
+    nice = (default_perm(rank), identity(rank)) if rank == 4 or _ones_tail(out_dims) else (identity(rank), default_perm(rank))
+    for cand in nice:
+        if [a for a in cand if out_dims[a] != 1] == order:
+            return cand
+    rest = iter(order)  # size-1 axes where ONNX has them, the others in stored order
+    return tuple(a if out_dims[a] == 1 else next(rest) for a in range(rank))
 
 
 def _ones_tail(shape: tuple[int, ...]) -> bool:
@@ -43,25 +84,25 @@ def _ones_tail(shape: tuple[int, ...]) -> bool:
 
 
 def reshape_to(ctx: Ctx, node: ir.Node, x: TVal, in_dims: tuple[int, ...], out_value: ir.Value) -> None:
+    """One RESHAPE of the stored tensor, in the layout that needs no data movement (`_reshape_perm`);
+    a flatten to (N, features) that would need one records the feature order instead (the next
+    Gemm/MatMul permutes its weights); otherwise a TRANSPOSE to ONNX layout first."""
     out_dims = ctx.shape(out_value)
     g = ctx.g
     if x.feature_perm is not None:
         if len(out_dims) == 2 and out_dims == in_dims:
             return ctx.alias(out_value, x)
         x = plain_features(ctx, x, out_value.name)
-    rank_in = len(in_dims)
-    if x.perm != identity(rank_in) and not _only_ones_move(in_dims, x.perm):
+    perm = _reshape_perm(in_dims, x.perm, out_dims)
+    if perm is None:
         if len(out_dims) == 2 and out_dims[0] == in_dims[0] and x.perm[0] == 0:
             out = ctx.out(out_value, identity(2), feature_perm=_flatten_order(in_dims, x.perm))
-            g.op("RESHAPE", [x.index, ctx.int_const(list(out_dims), out_value.name + "_shape")], [out.index],
-                 g.options("ReshapeOptions", newShape=list(out_dims)))
+            g.reshape(x.index, out.index)
             return
-        x = ctx.as_perm(x, identity(rank_in), node.inputs[0].name + "_plain")
-    perm = NHWC[len(out_dims)] if (_ones_tail(out_dims) and len(out_dims) in NHWC) else identity(len(out_dims))
+        x = ctx.as_perm(x, identity(len(in_dims)), node.inputs[0].name + "_plain")
+        perm = _reshape_perm(in_dims, x.perm, out_dims)
     out = ctx.out(out_value, perm)
-    stored = g.shape_of(out.index)
-    g.op("RESHAPE", [x.index, ctx.int_const(stored, out_value.name + "_shape")], [out.index],
-         g.options("ReshapeOptions", newShape=stored))
+    g.reshape(x.index, out.index)
 
 
 @lowering("Reshape")
@@ -99,15 +140,28 @@ def transpose(ctx: Ctx, node: ir.Node) -> None:
 
 @lowering("Gather")
 def gather(ctx: Ctx, node: ir.Node) -> None:
+    """Constant indices along one axis; a scalar index drops the axis (x[:, 0])."""
     indices = ctx.const(node.inputs[1])
     x = ctx.val(node.inputs[0], node)
-    if indices is None or indices.ndim != 1:
+    if indices is None or indices.ndim > 1:
         raise unsupported(node, "gathers with non-constant or multi-dimensional indices")
     x = plain_features(ctx, x, node.inputs[0].name)
-    axis = x.stored_axis(node.attributes.get_int("axis", 0))
-    out = ctx.out(node.outputs[0], x.perm)
-    ctx.g.op("GATHER", [x.index, ctx.int_const(indices, node.name + "_indices")], [out.index],
+    onnx_axis = node.attributes.get_int("axis", 0) % len(x.perm)
+    indices = indices % ctx.shape(node.inputs[0])[onnx_axis]  # negative indices count from the end
+    axis = x.stored_axis(onnx_axis)
+    if indices.ndim == 1:
+        out = ctx.out(node.outputs[0], x.perm)
+        ctx.g.op("GATHER", [x.index, ctx.int_const(indices, node.name + "_indices")], [out.index],
+                 ctx.g.options("GatherOptions", axis=axis))
+        return
+    # Constants are written at least 1-D, so a scalar index keeps the axis: GATHER one, RESHAPE it away.
+    kept = [a for a in x.perm if a != onnx_axis]
+    out = ctx.out(node.outputs[0], tuple(a - (a > onnx_axis) for a in kept))
+    shape = ctx.g.shape_of(x.index)
+    one = ctx.g.tensor(node.name + "_one", shape[:axis] + [1] + shape[axis + 1:])
+    ctx.g.op("GATHER", [x.index, ctx.int_const(indices.reshape(1), node.name + "_indices")], [one],
              ctx.g.options("GatherOptions", axis=axis))
+    ctx.g.reshape(one, out.index)
 
 
 @lowering("Concat")
@@ -179,8 +233,13 @@ def pad(ctx: Ctx, node: ir.Node) -> None:
         raise unsupported(node, f"uses mode={mode!r} (constant and reflect are supported)")
 
 
-@lowering("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum")
+_REDUCERS = {"ReduceMean": "MEAN", "ReduceMax": "REDUCE_MAX", "ReduceMin": "REDUCE_MIN", "ReduceSum": "SUM",
+             "ReduceL2": "SUM"}
+
+
+@lowering(*_REDUCERS)
 def reduce(ctx: Ctx, node: ir.Node) -> None:
+    """Axes remapped to the stored layout; ReduceL2 is MUL(x, x), SUM, SQRT."""
     x = plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name)
     rank = len(x.perm)
     axes = node.attributes.get_ints("axes", None)
@@ -188,8 +247,10 @@ def reduce(ctx: Ctx, node: ir.Node) -> None:
         arr = ctx.const(node.inputs[1])
         if arr is None:
             raise unsupported(node, "has non-constant axes")
-        axes = arr.tolist()
-    axes = [a % rank for a in (axes if axes is not None else range(rank))]
+        axes = arr.reshape(-1).tolist()
+    if not axes and node.attributes.get_int("noop_with_empty_axes", 0):
+        return ctx.alias(node.outputs[0], x)
+    axes = [a % rank for a in (axes if axes else range(rank))]
     keep = bool(node.attributes.get_int("keepdims", 1))
     if keep:
         perm = x.perm
@@ -197,9 +258,29 @@ def reduce(ctx: Ctx, node: ir.Node) -> None:
         kept = [a for a in x.perm if a not in axes]
         perm = tuple(sorted(kept).index(a) for a in kept)
     out = ctx.out(node.outputs[0], perm)
-    builtin = {"ReduceMean": "MEAN", "ReduceMax": "REDUCE_MAX", "ReduceMin": "REDUCE_MIN", "ReduceSum": "SUM"}[node.op_type]
-    ctx.g.op(builtin, [x.index, ctx.int_const(sorted(x.stored_axis(a) for a in axes), node.name + "_axes")], [out.index],
-             ctx.g.options("ReducerOptions", keepDims=keep))
+    g = ctx.g
+    source, target = x.index, out.index
+    if node.op_type == "ReduceL2":
+        source = g.tensor(node.name + "_squared", g.shape_of(x.index))
+        g.op("MUL", [x.index, x.index], [source], g.options("MulOptions"))
+        target = g.tensor(node.name + "_sum", g.shape_of(out.index))
+    g.op(_REDUCERS[node.op_type], [source, ctx.int_const(sorted(x.stored_axis(a) for a in axes), node.name + "_axes")],
+         [target], g.options("ReducerOptions", keepDims=keep))
+    if node.op_type == "ReduceL2":
+        g.op("SQRT", [target], [out.index])
+
+
+@lowering("Expand")
+def expand(ctx: Ctx, node: ir.Node) -> None:
+    """BROADCAST_TO the output's stored shape (the same rank: the layout carries over)."""
+    x = plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name)
+    if len(x.perm) != len(ctx.shape(node.outputs[0])):
+        raise unsupported(node, "expands to a higher rank (same-rank Expand only)")
+    if ctx.shape(node.inputs[0]) == ctx.shape(node.outputs[0]):
+        return ctx.alias(node.outputs[0], x)
+    out = ctx.out(node.outputs[0], x.perm)
+    ctx.g.op("BROADCAST_TO", [x.index, ctx.int_const(ctx.g.shape_of(out.index), node.name + "_shape")], [out.index],
+             ctx.g.options("BroadcastToOptions"))
 
 
 @lowering("Resize", "Upsample")
@@ -212,18 +293,25 @@ def resize(ctx: Ctx, node: ir.Node) -> None:
     mode = node.attributes.get_string("mode", "nearest")
     coord = node.attributes.get_string("coordinate_transformation_mode", "half_pixel")
     nearest = node.attributes.get_string("nearest_mode", "round_prefer_floor")
+    if node.attributes.get_int("antialias", 0) and mode != "nearest" and any(o < i for o, i in zip(out_dims[2:], in_dims[2:])):
+        raise unsupported(node, "downscales with antialias=1 (TFLite resizes without an antialiasing filter)")
+    if coord == "pytorch_half_pixel" and any(o == 1 < i for o, i in zip(out_dims[2:], in_dims[2:])):
+        raise unsupported(node, "resizes an axis to length 1 with pytorch_half_pixel (TFLite samples the centre, not pixel 0)")
     g = ctx.g
     out = ctx.out(node.outputs[0], NHWC[4])
     size = ctx.int_const(list(out_dims[2:]), node.name + "_size")
     if mode == "nearest":
-        if coord == "asymmetric" and nearest == "floor":
-            opts = g.options("ResizeNearestNeighborOptions", alignCorners=False, halfPixelCenters=False)
-        elif coord in ("half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn") and nearest in ("round_prefer_ceil", "floor"):
-            opts = g.options("ResizeNearestNeighborOptions", alignCorners=False, halfPixelCenters=True)
-        elif coord == "align_corners":
-            opts = g.options("ResizeNearestNeighborOptions", alignCorners=True, halfPixelCenters=False)
-        else:
-            raise unsupported(node, f"uses nearest with coordinate_transformation_mode={coord!r}, nearest_mode={nearest!r}")
+        # TFLite picks floor(out * scale) (asymmetric), floor((out + 0.5) * scale) (half pixel
+        # centres) or round-half-up(out * (in - 1) / (out - 1)) (align corners): only the ONNX
+        # modes that pick the same source pixel for every size are taken.
+        exact = {("asymmetric", "floor"): (False, False), ("half_pixel", "round_prefer_ceil"): (False, True),
+                 ("pytorch_half_pixel", "round_prefer_ceil"): (False, True), ("tf_half_pixel_for_nn", "floor"): (False, True),
+                 ("align_corners", "round_prefer_ceil"): (True, False)}
+        if (coord, nearest) not in exact:
+            raise unsupported(node, f"uses nearest with coordinate_transformation_mode={coord!r}, nearest_mode={nearest!r} "
+                                    f"(supported: {', '.join(f'{c}/{n}' for c, n in exact)})")
+        align, half = exact[coord, nearest]
+        opts = g.options("ResizeNearestNeighborOptions", alignCorners=align, halfPixelCenters=half)
         g.op("RESIZE_NEAREST_NEIGHBOR", [x.index, size], [out.index], opts)
     elif mode == "linear":
         if coord in ("half_pixel", "pytorch_half_pixel"):
