@@ -51,6 +51,7 @@ def export(
     min_top1: float | None = None,
     eval_data: str | Path | None = None,
     tflite_nchw_input: bool = False,
+    int8_io: bool = False,
     console: Any = None,
 ) -> dict:
     """Export and verify; returns the report (also written to OUTDIR/report.json).
@@ -88,6 +89,7 @@ def export(
         min_top1=min_top1,
         eval_data=Path(eval_data) if eval_data is not None else None,
         tflite_nchw_io=tflite_nchw_input,
+        int8_io=int8_io,
     )
     return run_export(model_or_path, options, console)
 

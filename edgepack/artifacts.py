@@ -170,6 +170,8 @@ def _int8_details(result: Int8Result, ctx: ExportContext, full_integer: bool) ->
 def _export_tflite(ctx: ExportContext, path: Path, precision: str) -> tuple[list[Path], dict]:
     from edgepack.converters.export_tflite import export_tflite
 
+    if precision == "int8":
+        return _export_tflite_int8(ctx, path)
     result = export_tflite(ctx.model, path, precision, nchw_io=ctx.options.tflite_nchw_io)
     return result.files, {
         "weights_precision": "fp16" if precision == "fp16" else "fp32",
@@ -182,6 +184,39 @@ def _export_tflite(ctx: ExportContext, path: Path, precision: str) -> tuple[list
     }
 
 
+def _export_tflite_int8(ctx: ExportContext, path: Path) -> tuple[list[Path], dict]:
+    """Full-integer TFLite from the same calibration file as the int8 ONNX (calibrated here if the
+    ONNX int8 was not requested); tensors that exist only in the TFLite graph get the range measured
+    on the float TFLite graph over the same calibration samples."""
+    import tempfile
+
+    from edgepack.converters.export_tflite import Int8Ranges, export_tflite
+    from edgepack.converters.export_tflite.quantize import measure_ranges
+    from edgepack.converters.quantize_int8 import load_ranges
+
+    opts = ctx.options
+    with tempfile.TemporaryDirectory(prefix="edgepack-tflite-") as tmp:
+        if not ctx.calibration_path.is_file():
+            quantize_int8(ctx.fp32_proto, Path(tmp) / "calibrate.onnx", cache_path=ctx.calibration_path,
+                          method=opts.calib_method, calib_feeds=ctx.calib_feeds)
+        float_path = Path(tmp) / "float.tflite"
+        float_graph = export_tflite(ctx.model, float_path, "fp32", nchw_io=opts.tflite_nchw_io)
+        measured = measure_ranges(float_path, ctx.calib_feeds or [], {d["name"]: d["perm"] for d in float_graph.inputs})
+    ranges = Int8Ranges(load_ranges(ctx.calibration_path), measured, int8_io=opts.int8_io)
+    result = export_tflite(ctx.model, path, "int8", nchw_io=opts.tflite_nchw_io, int8=ranges)
+    io = "int8 (scale and zero point in inputs/outputs)" if opts.int8_io else "float32 (one QUANTIZE per input, DEQUANTIZE per output)"
+    return result.files, {
+        "weights_precision": "int8", "compute_precision": "int8",
+        "dtypes": {"weights": "int8 (per output channel, symmetric); bias int32", "activations": "int8", "io": io},
+        "op_census": result.op_census,
+        "transposes": result.transposes,
+        "constrained_ranges": result.constrained,
+        "calibration": {"file": CALIBRATION_NAME, "method": opts.calib_method, "samples": len(ctx.calib_feeds or [])},
+        "float_nodes": [],
+        "io": (result.inputs, result.outputs),
+    }
+
+
 # ---------------------------------------------------------------- verification
 
 
@@ -190,13 +225,30 @@ def _tflite_runner(path: Path, inputs: list[dict], outputs: list[dict]) -> Calla
     from edgepack.converters.export_tflite import to_onnx_layout, to_stored
 
     session = get_runtime("litert").load(path)
-    in_perm = {d["name"]: d["perm"] for d in inputs}
+    ins = {d["name"]: d for d in inputs}
+
+    def quantize(x: np.ndarray, d: dict) -> np.ndarray:  # int8 IO (--int8-io)
+        if "scale" not in d:
+            return x
+        return np.clip(np.round(x / d["scale"]) + d["zero_point"], -128, 127).astype(np.int8)
+
+    def dequantize(y: np.ndarray, d: dict) -> np.ndarray:
+        return (y.astype(np.float32) - d["zero_point"]) * d["scale"] if "scale" in d else y.astype(np.float32)
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        got = session.run({k: to_stored(v, in_perm[k]) for k, v in feed.items()})
-        return [to_onnx_layout(got[d["name"]], d["perm"]).astype(np.float32) for d in outputs]
+        got = session.run({k: quantize(to_stored(v, ins[k]["perm"]), ins[k]) for k, v in feed.items()})
+        return [to_onnx_layout(dequantize(got[d["name"]], d), d["perm"]) for d in outputs]
 
     return run
+
+
+def run_artifact(ctx: ExportContext, entry: dict) -> Callable:
+    """A function running a built artifact on ONNX-layout feeds, returning outputs in ONNX layout."""
+    path = ctx.out_dir / entry["path"]
+    if entry["format"] == "tflite":
+        return _tflite_runner(path, entry["inputs"], entry["outputs"])
+    session = get_runtime("onnxruntime").load(path)
+    return lambda feed: [session.run(feed)[n].astype(np.float32) for n in ctx.output_names]
 
 
 def verify_tflite(path: Path, ctx: ExportContext, precision: str, inputs: list[dict], outputs: list[dict]) -> dict:

@@ -78,6 +78,7 @@ def cli() -> None:
               help=".npz with x and y (labels): report each artifact's top-1 accuracy.")
 @click.option("--tflite-nchw-input", "tflite_nchw_io", is_flag=True,
               help="TFLite: keep NCHW image inputs and 4-D outputs (one TRANSPOSE at each) instead of NHWC.")
+@click.option("--int8-io", is_flag=True, help="int8 TFLite: int8 inputs and outputs (scale and zero point in the report).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
 @_debug_option
 def export(model: Path, output_dir: Path, formats: str, target: str, input_shapes: tuple[str, ...], name: str | None,
@@ -86,7 +87,7 @@ def export(model: Path, output_dir: Path, formats: str, target: str, input_shape
            no_prune: bool, prune_approx: bool, round_channels: int, int8: bool, fp16: bool, int8_weights_only: bool,
            fp16_io: bool, calib_method: str, calib_samples: int | None, resize: str | None, crop: str | None,
            min_cosine: float | None, min_top1: float | None, eval_data: Path | None, tflite_nchw_io: bool,
-           as_json: bool) -> None:
+           int8_io: bool, as_json: bool) -> None:
     """Export MODEL (.pt, .pt2, TorchScript or .onnx) and verify every artifact."""
     from rich.console import Console
 
@@ -122,6 +123,7 @@ def export(model: Path, output_dir: Path, formats: str, target: str, input_shape
         min_top1=min_top1,
         eval_data=eval_data,
         tflite_nchw_io=tflite_nchw_io,
+        int8_io=int8_io,
     )
     err = _stderr_console()
     report = run_export(model, options, console=err)

@@ -156,6 +156,7 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
         for precision in precisions:
             with steps(f"artifact:{fmt}.{precision}", f"export + verify {fmt} {precision}"):
                 artifacts.append(build_artifact(ctx, fmt, precision))
+    _int8_agreement(ctx, artifacts)
     for art in artifacts:
         if art.get("warning"):
             warnings.append(f"{art['path']}: {art['warning']}")
@@ -384,6 +385,21 @@ def _calibration_feeds(calib: dict[str, np.ndarray] | None, vset: VerificationSe
         warnings.append(f"only {n} calibration samples (after holding out {vset.count} for verification); "
                         f"{RECOMMENDED_SAMPLES} or more are recommended for stable int8 ranges")
     return [{name: calib[name][order[i : i + batch]].reshape(shapes[name]) for name in shapes} for i in range(0, n, batch)]
+
+
+def _int8_agreement(ctx: ExportContext, artifacts: list[dict]) -> None:
+    """How closely each non-ONNX int8 artifact agrees with the int8 ONNX from the same calibration."""
+    from edgepack.artifacts import run_artifact
+    from edgepack.verify import compare
+
+    base = next((a for a in artifacts if a["format"] == "onnx" and a["precision"] == "int8" and a["ok"]), None)
+    if base is None:
+        return
+    reference = run_all(run_artifact(ctx, base), ctx.vset)
+    for art in artifacts:
+        if art["precision"] == "int8" and art["format"] != "onnx" and art["ok"]:
+            metrics = compare(reference, run_all(run_artifact(ctx, art), ctx.vset), ctx.output_names)
+            art["agreement_with_onnx_int8"] = {k: metrics.get(k) for k in ("max_abs_error", "cosine", "top1_agreement")}
 
 
 def _calibration_report(ctx: ExportContext, options: ExportOptions) -> dict:

@@ -13,7 +13,7 @@ output keeps its ONNX shape. The report records each one's layout and perm."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +33,15 @@ class TfliteExport:
     outputs: list[dict]
     op_census: dict[str, int]
     transposes: int
+    constrained: list[dict] = field(default_factory=list)  # int8: ranges a kernel constraint changed
 
 
-def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool = False) -> TfliteExport:
+def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool = False,
+                  int8: "Int8Ranges | None" = None) -> TfliteExport:
+    """`int8`: the calibrated ranges for a full-integer graph (precision "int8"), see quantize.py."""
     _load_all()
+    if precision == "int8" and int8 is None:
+        raise ValueError("int8 TFLite needs calibrated ranges")
     graph = TfliteGraph(fp16_weights=precision == "fp16")
     ctx = Ctx(model, graph)
     ins = []
@@ -57,13 +62,34 @@ def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool 
         tv = _output_value(ctx, value, nchw_io)
         graph.outputs.append(tv.index)
         outs.append(_describe(value.name, graph.shape_of(tv.index), tv.perm))
+    constrained: list[dict] = []
+    if precision == "int8":
+        from edgepack.converters.export_tflite.quantize import quantize_graph
+
+        constrained = quantize_graph(graph, int8.onnx, int8.measured, int8_io=int8.int8_io).constrained
+        for row in ins + outs:
+            if not int8.int8_io:
+                continue
+            q = graph.tensors[_index_by_name(graph, row["name"])].quantization
+            row.update({"dtype": "int8", "scale": q.scale[0], "zero_point": q.zeroPoint[0]})
     graph.drop_unused()
     data = graph.serialize(description="edgepack")
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     census = Counter(_op_name(graph, op) for op in graph.operators)
-    return TfliteExport([path], ins, outs, dict(sorted(census.items())), graph.transposes)
+    return TfliteExport([path], ins, outs, dict(sorted(census.items())), graph.transposes, constrained)
+
+
+@dataclass(frozen=True)
+class Int8Ranges:
+    onnx: dict[str, tuple[float, float]]  # calibration.json: ONNX tensor name -> (min, max)
+    measured: dict[str, tuple[float, float]]  # TFLite-only tensors, measured on the float TFLite graph
+    int8_io: bool = False
+
+
+def _index_by_name(graph: TfliteGraph, name: str) -> int:
+    return next(i for i, t in enumerate(graph.tensors) if t.name == name and (i in graph.inputs or i in graph.outputs))
 
 
 def _input_perm(ctx: Ctx, value: ir.Value, nchw_io: bool) -> tuple[int, ...]:

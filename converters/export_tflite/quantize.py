@@ -1,0 +1,249 @@
+"""Full-integer int8 for the TFLite graph, from the one calibration of the ONNX graph.
+
+The float TFLite graph is built first (same lowerings as fp32), then rewritten in place:
+- every float activation tensor becomes int8 with a per-tensor scale and zero point derived from
+  its calibrated range. Tensors named like an ONNX tensor take that tensor's range from
+  `calibration.json` (the single source of truth, shared with the int8 ONNX); tensors that exist
+  only in the TFLite graph (e.g. the output of a PAD the layout needed) take the range measured
+  by running the float TFLite graph on the same calibration samples;
+- TFLite's kernel constraints are honoured: ops that move data without computing (pooling, concat,
+  reshape, pad, slice, gather, resize, split) share one scale between inputs and output (the union
+  of their ranges), and LOGISTIC / SOFTMAX / TANH outputs take their fixed scales; every range a
+  constraint changed is reported;
+- weights of CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and TRANSPOSE_CONV are int8 per output
+  channel (symmetric, zero point 0), biases int32 with scale = input scale x weight scale; other
+  float constants are int8 per tensor;
+- one QUANTIZE at each float input and one DEQUANTIZE at each float output (`int8_io` makes the
+  model's inputs and outputs int8 instead).
+
+Written by hand because the only tools that do this (TensorFlow's converter, litert-torch's PT2E
+path) need TensorFlow or leave QUANTIZE/DEQUANTIZE pairs inside the graph."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.converters.export_tflite.graph import TfliteGraph
+
+SAME_SCALE = {"MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "CONCATENATION", "GATHER", "STRIDED_SLICE", "SLICE",
+              "SPLIT_V", "SPLIT", "PAD", "PADV2", "TRANSPOSE", "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR",
+              "MIRROR_PAD", "REDUCE_MAX", "REDUCE_MIN", "SQUEEZE", "EXPAND_DIMS", "MAXIMUM", "MINIMUM"}
+FIXED = {"LOGISTIC": (1.0 / 256.0, -128), "SOFTMAX": (1.0 / 256.0, -128), "TANH": (1.0 / 128.0, 0)}
+PER_CHANNEL_WEIGHTS = {"CONV_2D": (1, 0), "DEPTHWISE_CONV_2D": (1, 3), "FULLY_CONNECTED": (1, 0),
+                       "TRANSPOSE_CONV": (1, 0)}  # op -> (weight input index, channel axis)
+BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2}
+
+
+@dataclass
+class QuantReport:
+    constrained: list[dict] = field(default_factory=list)  # ranges a kernel constraint changed
+
+
+def _qparams(lo: float, hi: float) -> tuple[float, int]:
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi - lo < 1e-12:
+        return 1.0, 0
+    scale = (hi - lo) / 255.0
+    zp = int(np.clip(round(-128 - lo / scale), -128, 127))
+    return float(scale), zp
+
+
+def measure_ranges(tflite_path: Path, feeds: list[dict[str, np.ndarray]], in_perm: dict[str, list[int]]) -> dict[str, tuple[float, float]]:
+    """Min/max of every float tensor of the float TFLite graph over the calibration feeds."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    import warnings
+
+    with warnings.catch_warnings():  # it warns that keeping every tensor is a debugging aid: that is the point here
+        warnings.simplefilter("ignore")
+        it = Interpreter(model_path=str(tflite_path), experimental_preserve_all_tensors=True, num_threads=2)
+    it.allocate_tensors()
+    details = [d for d in it.get_tensor_details() if d["dtype"] == np.float32]
+    ranges: dict[str, tuple[float, float]] = {}
+    inputs = it.get_input_details()
+    for feed in feeds:
+        for d in inputs:
+            it.set_tensor(d["index"], np.ascontiguousarray(feed[d["name"]].transpose(in_perm[d["name"]])))
+        it.invoke()
+        for d in details:
+            try:
+                value = it.get_tensor(d["index"])
+            except ValueError:  # constants and tensors without data
+                continue
+            if value.size == 0:
+                continue
+            lo, hi = float(value.min()), float(value.max())
+            old = ranges.get(d["name"])
+            ranges[d["name"]] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    return ranges
+
+
+def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float]],
+                   measured: dict[str, tuple[float, float]], *, int8_io: bool = False) -> QuantReport:
+    s = graph.s
+    report = QuantReport()
+    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    code_of = {i: c for c, i in graph.opcodes.items()}
+    ops = [(names[code_of[op.opcodeIndex]], op) for op in graph.operators]
+    consts = {i for i, t in enumerate(graph.tensors) if t.buffer != 0}
+    float_acts = {i for i, t in enumerate(graph.tensors) if t.type == s.TensorType.FLOAT32 and i not in consts}
+
+    # 1. ranges per activation tensor
+    rng: dict[int, tuple[float, float]] = {}
+    for i in float_acts:
+        name = graph.tensors[i].name
+        r = onnx_ranges.get(name) or measured.get(name)
+        if r is not None:
+            rng[i] = r
+    # 2. constraints: union-find of tensors that must share one scale
+    parent = {i: i for i in float_acts}
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for name, op in ops:
+        if name in SAME_SCALE:
+            data_in = [i for i in op.inputs if i in float_acts]
+            for t in data_in + [o for o in op.outputs if o in float_acts]:
+                a, b = find(t), find(op.outputs[0])
+                if a != b:
+                    parent[a] = b
+    groups: dict[int, list[int]] = {}
+    for i in float_acts:
+        groups.setdefault(find(i), []).append(i)
+    qp: dict[int, tuple[float, int]] = {}
+    for members in groups.values():
+        known = [rng[m] for m in members if m in rng]
+        if not known:
+            continue
+        lo, hi = min(r[0] for r in known), max(r[1] for r in known)
+        params = _qparams(lo, hi)
+        for m in members:
+            qp[m] = params
+            if m in rng and len(members) > 1 and (rng[m][0] > lo + 1e-9 or rng[m][1] < hi - 1e-9):
+                report.constrained.append({"tensor": graph.tensors[m].name, "calibrated": list(rng[m]),
+                                           "used": [lo, hi], "why": "shares one scale with the tensors it is moved to/from"})
+    for name, op in ops:
+        if name in FIXED:
+            out = op.outputs[0]
+            if out in qp and qp[out] != FIXED[name]:
+                report.constrained.append({"tensor": graph.tensors[out].name, "used_scale": FIXED[name][0],
+                                           "why": f"{name} output has a fixed int8 scale"})
+            qp[out] = FIXED[name]
+    missing = [graph.tensors[i].name for i in float_acts if i not in qp]
+    if missing:
+        raise ValueError(f"no calibrated range for TFLite tensors {missing[:5]}")
+    # 3. weights and biases
+    requant: dict[int, int] = {}  # const tensor -> already rewritten
+    for name, op in ops:
+        if name in PER_CHANNEL_WEIGHTS:
+            w_idx, axis = PER_CHANNEL_WEIGHTS[name]
+            w = op.inputs[w_idx]
+            data_in = op.inputs[2] if name == "TRANSPOSE_CONV" else op.inputs[0]
+            w_scales = _quantize_weight(graph, w, axis) if w not in requant else requant[w]
+            requant[w] = w_scales
+            b_in = BIAS_INPUT.get(name)
+            if b_in is not None and len(op.inputs) > b_in and op.inputs[b_in] >= 0:
+                _quantize_bias(graph, op.inputs[b_in], qp[data_in][0] * w_scales)
+    for name, op in ops:  # float constants of same-scale ops (pad values, clip bounds) use the data's scale
+        if name in SAME_SCALE and op.inputs and op.inputs[0] in qp:
+            scale, zp = qp[op.inputs[0]]
+            for i in op.inputs[1:]:
+                if i in consts and graph.tensors[i].type == s.TensorType.FLOAT32 and i not in requant:
+                    arr = _buffer_array(graph, i)
+                    _set_buffer(graph, i, np.clip(np.round(arr / scale) + zp, -128, 127).astype(np.int8))
+                    _set_quant(graph, i, [scale], [zp])
+                    requant[i] = np.array([scale])
+    for i in sorted(consts):
+        t = graph.tensors[i]
+        if t.type == s.TensorType.FLOAT32 and i not in requant and t.quantization is None:
+            arr = _buffer_array(graph, i)
+            scale, zp = _qparams(float(arr.min()), float(arr.max()))
+            _set_buffer(graph, i, np.clip(np.round(arr / scale) + zp, -128, 127).astype(np.int8))
+            _set_quant(graph, i, [scale], [zp])
+    # 4. activations
+    for i, (scale, zp) in qp.items():
+        graph.tensors[i].type = s.TensorType.INT8
+        _set_quant(graph, i, [scale], [zp])
+    # 5. IO
+    if not int8_io:
+        _float_io(graph)
+    return report
+
+
+def _quantize_weight(graph: TfliteGraph, index: int, axis: int) -> np.ndarray:
+    arr = _buffer_array(graph, index)
+    moved = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1)
+    amax = np.abs(moved).max(axis=1)
+    scales = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float64)
+    shape = [1] * arr.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(arr / scales.reshape(shape)), -127, 127).astype(np.int8)
+    _set_buffer(graph, index, q)
+    _set_quant(graph, index, scales.tolist(), [0] * len(scales), axis=axis)
+    return scales
+
+
+def _quantize_bias(graph: TfliteGraph, index: int, scales: np.ndarray) -> None:
+    arr = _buffer_array(graph, index).astype(np.float64)
+    scales = np.broadcast_to(scales, arr.shape)
+    q = np.clip(np.round(arr / scales), -(2**31), 2**31 - 1).astype(np.int32)
+    _set_buffer(graph, index, q)
+    graph.tensors[index].type = graph.s.TensorType.INT32
+    _set_quant(graph, index, scales.tolist(), [0] * len(scales), axis=0)
+
+
+def _buffer_array(graph: TfliteGraph, index: int) -> np.ndarray:
+    t = graph.tensors[index]
+    data = np.asarray(graph.buffers[t.buffer].data, dtype=np.uint8).tobytes()
+    return np.frombuffer(data, dtype=np.float32).reshape(t.shape)
+
+
+def _set_buffer(graph: TfliteGraph, index: int, array: np.ndarray) -> None:
+    t = graph.tensors[index]
+    graph.buffers[t.buffer].data = np.frombuffer(np.ascontiguousarray(array).tobytes(), dtype=np.uint8)
+    t.type = {np.dtype(np.int8): graph.s.TensorType.INT8, np.dtype(np.int32): graph.s.TensorType.INT32}[array.dtype]
+
+
+def _set_quant(graph: TfliteGraph, index: int, scales: list[float], zps: list[int], axis: int = 0) -> None:
+    q = graph.s.QuantizationParametersT()
+    q.scale = [float(x) for x in scales]
+    q.zeroPoint = [int(z) for z in zps]
+    q.quantizedDimension = axis
+    graph.tensors[index].quantization = q
+
+
+def _rename_int8(graph: TfliteGraph, index: int) -> str:
+    """Give an int8 IO tensor a new name and free its ONNX name for the float tensor beside it."""
+    t = graph.tensors[index]
+    name = t.name
+    t.name = graph._unique(name + "_int8")
+    graph.names.discard(name)
+    return name
+
+
+def _float_io(graph: TfliteGraph) -> None:
+    """Float inputs/outputs: one QUANTIZE after each input, one DEQUANTIZE before each output."""
+    s = graph.s
+    first: list = []
+    for pos, i in enumerate(list(graph.inputs)):
+        t = graph.tensors[i]
+        if t.type != s.TensorType.INT8:
+            continue
+        f = graph.tensor(_rename_int8(graph, i), t.shape, np.float32)
+        graph.inputs[pos] = f
+        graph.op("QUANTIZE", [f], [i])
+        first.append(graph.operators.pop())
+    graph.operators[:0] = first
+    for pos, i in enumerate(list(graph.outputs)):
+        t = graph.tensors[i]
+        if t.type != s.TensorType.INT8:
+            continue
+        f = graph.tensor(_rename_int8(graph, i), t.shape, np.float32)
+        graph.outputs[pos] = f
+        graph.op("DEQUANTIZE", [i], [f])

@@ -1,0 +1,127 @@
+"""Full-integer int8 TFLite from the one calibration: digits accuracy, agreement with the int8
+ONNX, op census (one QUANTIZE per input, one DEQUANTIZE per output, nothing else), int8 IO, and a
+small op matrix."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import edgepack
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+PT2, CALIB, TEST = EXAMPLES / "digits_cnn.pt2", EXAMPLES / "digits_calib.npy", EXAMPLES / "digits_test.npz"
+
+
+def _art(report: dict, fmt: str, precision: str) -> dict:
+    return next(a for a in report["artifacts"] if a["format"] == fmt and a["precision"] == precision)
+
+
+def _tensor_types(path: Path) -> dict[str, tuple[int, int]]:
+    """name -> (TensorType, number of quantization scales) of every tensor in the flatbuffer."""
+    from ai_edge_litert import schema_py_generated as s
+
+    model = s.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    out = {}
+    for t in model.subgraphs[0].tensors:
+        scales = 0 if t.quantization is None or t.quantization.scale is None else len(t.quantization.scale)
+        out[t.name.decode() if isinstance(t.name, bytes) else t.name] = (t.type, scales)
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits8")
+    report = edgepack.export(PT2, output_dir=out, calib=CALIB, int8=True, formats=("onnx", "tflite"), eval_data=TEST)
+    return out, report
+
+
+def test_digits_int8_tflite_accuracy_and_agreement_with_int8_onnx(digits):
+    out, report = digits
+    art = _art(report, "tflite", "int8")
+    assert art["ok"], art["error"]
+    assert report["evaluation"]["reference_top1"] - art["accuracy"]["top1"] <= 0.01
+    agreement = art["agreement_with_onnx_int8"]
+    assert agreement["top1_agreement"] >= 0.99 and agreement["cosine"] >= 0.999
+    assert art["fidelity"]["cosine"] >= 0.99
+
+
+def test_int8_census_and_full_integer_tensors(digits):
+    out, report = digits
+    art = _art(report, "tflite", "int8")
+    census = art["op_census"]
+    assert census.get("QUANTIZE", 0) == 1 and census.get("DEQUANTIZE", 0) == 1  # one input, one output
+    assert census.get("TRANSPOSE", 0) == 0 and art["transposes"] == 0
+    from ai_edge_litert import schema_py_generated as s
+
+    types = _tensor_types(out / art["path"])
+    floats = [n for n, (t, _) in types.items() if t == s.TensorType.FLOAT32]
+    assert sorted(floats) == ["output", "x"]  # only the float IO around QUANTIZE / DEQUANTIZE
+    per_channel = [n for n, (t, k) in types.items() if t == s.TensorType.INT8 and k > 1]
+    assert len(per_channel) == 4  # 3 conv filters + the fully connected weights, one scale per output channel
+    assert art["calibration"]["file"] == "calibration.json"
+
+
+def test_int8_io_records_scale_and_zero_point(tmp_path):
+    report = edgepack.export(PT2, output_dir=tmp_path, calib=CALIB, int8=True, int8_io=True, formats=("tflite",))
+    art = _art(report, "tflite", "int8")
+    assert art["ok"], art["error"]
+    assert "QUANTIZE" not in art["op_census"] and "DEQUANTIZE" not in art["op_census"]
+    x = art["inputs"][0]
+    assert x["dtype"] == "int8" and x["scale"] > 0 and -128 <= x["zero_point"] <= 127
+    assert art["outputs"][0]["dtype"] == "int8"
+
+
+class _Block(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor):
+        y = torch.relu(self.conv(x))
+        k = self.kind
+        if k == "relu6_depthwise":
+            y = nn.functional.relu6(self.dw(y))
+        elif k == "residual_add":
+            y = y + self.pw(y)
+        elif k == "concat":
+            y = torch.cat([y, self.pw(y)], 1)[:, :8]
+        elif k == "pools":
+            y = nn.functional.interpolate(nn.functional.max_pool2d(y, 2) + nn.functional.avg_pool2d(y, 2), scale_factor=2.0)
+        elif k == "sigmoid_hardswish":
+            y = nn.functional.hardswish(y) * torch.sigmoid(self.pw(y))
+        elif k == "se":
+            y = y * torch.sigmoid(self.pw(y.mean((2, 3), keepdim=True)))
+        y = nn.functional.max_pool2d(y, 2)
+        if k == "softmax":
+            return torch.softmax(self.fc(y.flatten(1)), 1)
+        if k == "two_outputs":
+            return self.fc(y.flatten(1)), y
+        return self.fc(y.flatten(1))
+
+
+@pytest.mark.parametrize("kind", ["relu6_depthwise", "residual_add", "concat", "pools", "sigmoid_hardswish", "se",
+                                  "softmax", "two_outputs"])
+def test_int8_op_matrix(kind, tmp_path):
+    torch.manual_seed(0)
+    model = _Block(kind).eval()
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(0).standard_normal((150, 3, 16, 16), dtype=np.float32))
+    report = edgepack.export(model, output_dir=tmp_path / "out", input_shape="1x3x16x16", calib=calib, int8=True,
+                             formats=("onnx", "tflite"))
+    art = _art(report, "tflite", "int8")
+    assert art["ok"], art["error"]
+    n_io = len(art["inputs"]) + len(art["outputs"])
+    assert art["op_census"].get("QUANTIZE", 0) + art["op_census"].get("DEQUANTIZE", 0) == n_io
+    assert art["op_census"].get("TRANSPOSE", 0) == 0
+    assert art["fidelity"]["cosine"] >= 0.98, art["fidelity"]
+    assert art["agreement_with_onnx_int8"]["cosine"] >= 0.98
+    if kind == "softmax":  # TFLite's fixed output scale for SOFTMAX is recorded as a constraint when it differs
+        assert all("why" in c for c in art["constrained_ranges"])
