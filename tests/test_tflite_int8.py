@@ -97,6 +97,8 @@ class _Block(nn.Module):
             y = nn.functional.interpolate(nn.functional.max_pool2d(y, 2) + nn.functional.avg_pool2d(y, 2), scale_factor=2.0)
         elif k == "sigmoid_hardswish":
             y = nn.functional.hardswish(y) * torch.sigmoid(self.pw(y))
+        elif k == "maxpool_padded":  # PADV2 with -FLT_MAX before MAX_POOL_2D must not set the scale
+            y = nn.functional.interpolate(nn.functional.max_pool2d(y, 3, 2, 1), scale_factor=2.0)
         elif k == "se":
             y = y * torch.sigmoid(self.pw(y.mean((2, 3), keepdim=True)))
         y = nn.functional.max_pool2d(y, 2)
@@ -107,7 +109,7 @@ class _Block(nn.Module):
         return self.fc(y.flatten(1))
 
 
-@pytest.mark.parametrize("kind", ["relu6_depthwise", "residual_add", "concat", "pools", "sigmoid_hardswish", "se",
+@pytest.mark.parametrize("kind", ["relu6_depthwise", "residual_add", "concat", "pools", "maxpool_padded", "sigmoid_hardswish", "se",
                                   "softmax", "two_outputs"])
 def test_int8_op_matrix(kind, tmp_path):
     torch.manual_seed(0)

@@ -97,6 +97,9 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
         r = onnx_ranges.get(name) or measured.get(name)
         if r is not None:
             rng[i] = r
+    for name, op in ops:  # a PADV2 output holds the pad value (-FLT_MAX before a max pool): not a range
+        if name == "PADV2":
+            rng.pop(op.outputs[0], None)
     # 2. constraints: union-find of tensors that must share one scale
     parent = {i: i for i in float_acts}
 
