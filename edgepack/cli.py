@@ -91,42 +91,22 @@ def export(model: Path, output_dir: Path, formats: str, target: str, input_shape
     """Export MODEL (.pt, .pt2, TorchScript or .onnx) and verify every artifact."""
     from rich.console import Console
 
-    from edgepack.options import ExportOptions, InputSpec, Preprocessing, parse_floats, parse_size
-    from edgepack.pipeline import run_export
+    from edgepack.options import parse_floats, parse_size
     from edgepack.report import render_table, to_json_text
 
-    options = ExportOptions(
-        output_dir=output_dir,
-        formats=formats,
-        target=target,
-        inputs=tuple(InputSpec.parse(s) for s in input_shapes),
-        name=name,
-        allow_pickle=allow_pickle,
-        arch=arch,
-        calib=calib,
-        preprocessing=Preprocessing(mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), scale=scale,
-                                    bgr=bgr, layout=layout, resize=parse_size(resize, "--resize"),
-                                    crop=parse_size(crop, "--crop")),
-        opset=opset,
-        seed=seed,
-        fp32_tolerance=tolerance,
-        prune=not no_prune,
-        prune_approx=prune_approx,
-        round_channels=round_channels,
-        int8=int8,
-        fp16=fp16,
-        int8_weights_only=int8_weights_only,
-        fp16_io=fp16_io,
-        calib_method=calib_method,
-        calib_samples=calib_samples,
-        min_cosine=min_cosine,
-        min_top1=min_top1,
-        eval_data=eval_data,
-        tflite_nchw_io=tflite_nchw_io,
-        int8_io=int8_io,
-    )
+    import edgepack
+
     err = _stderr_console()
-    report = run_export(model, options, console=err)
+    report = edgepack.export(
+        model, output_dir=output_dir, input_shape=list(input_shapes) or None, formats=formats, target=target, name=name,
+        allow_pickle=allow_pickle, arch=arch, calib=calib, mean=parse_floats(mean, "--mean"),
+        std=parse_floats(std, "--std"), scale=scale, bgr=bgr, layout=layout, resize=parse_size(resize, "--resize"),
+        crop=parse_size(crop, "--crop"), opset=opset, seed=seed, tolerance=tolerance, prune=not no_prune,
+        prune_approx=prune_approx, round_channels=round_channels, int8=int8, fp16=fp16,
+        int8_weights_only=int8_weights_only, fp16_io=fp16_io, calib_method=calib_method, calib_samples=calib_samples,
+        min_cosine=min_cosine, min_top1=min_top1, eval_data=eval_data, tflite_nchw_input=tflite_nchw_io,
+        int8_io=int8_io, console=err,
+    )
     out = err if as_json else Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     render_table(report, out)
     if as_json:
