@@ -216,7 +216,9 @@ class TfliteGraph:
         model.subgraphs = [sub]
         model.buffers = self.buffers
         model.description = description
-        builder = flatbuffers.Builder(1024 * 1024)
+        # Sized for every weight up front: growing by doubling copies the whole buffer each time.
+        weights = sum(len(b.data) for b in self.buffers if b.data is not None)
+        builder = flatbuffers.Builder(weights + 4 * 1024 * 1024)
         builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
         return bytes(builder.Output())
 
