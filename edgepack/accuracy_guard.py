@@ -32,7 +32,7 @@ class Repair:
 
 
 def repair_int8(ctx: "ExportContext", path: Path, fidelity: dict) -> Repair:
-    from edgepack.artifacts import _missed, verify_onnx
+    from edgepack.artifacts import _missed, verify_artifact
     from edgepack.compare import per_node_divergence
 
     fp32 = ctx.fp32_proto
@@ -61,7 +61,7 @@ def repair_int8(ctx: "ExportContext", path: Path, fidelity: dict) -> Repair:
             excluded.extend(n for n in _fused_activation_inputs(fp32, name, excluded) if n not in excluded)
         result = quantize_int8(fp32, path, cache_path=ctx.calibration_path, method=ctx.options.calib_method,
                                calib_feeds=ctx.calib_feeds, nodes_to_exclude=excluded)
-        fidelity = verify_onnx(path, ctx, "int8")
+        fidelity = verify_artifact(ctx, {"path": path.name, "format": "onnx"}, "int8")
         history.append(_step(excluded, fidelity, worst))
         if not _missed(fidelity):
             break

@@ -101,10 +101,9 @@ def build_artifact(ctx: ExportContext, fmt: str, precision: str) -> dict:
         entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
         if fmt == "tflite":
             entry["inputs"], entry["outputs"] = details.pop("io")
-            entry["fidelity"] = verify_tflite(path, ctx, precision, entry["inputs"], entry["outputs"])
         else:
             entry["inputs"], entry["outputs"] = _io_of_file(path, entry["inputs"], entry["outputs"])
-            entry["fidelity"] = verify_onnx(path, ctx, precision)
+        entry["fidelity"] = verify_artifact(ctx, entry, precision)
         if precision == "int8" and not ctx.already_quantized and _missed(entry["fidelity"]):
             from edgepack.accuracy_guard import repair_int8
 
@@ -116,9 +115,7 @@ def build_artifact(ctx: ExportContext, fmt: str, precision: str) -> dict:
             entry["files"] = [file_entry(f, ctx.out_dir) for f in files]
             entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
         if ctx.eval_set is not None:
-            top1 = (_eval_tflite(path, ctx.eval_set, entry["inputs"], entry["outputs"]) if fmt == "tflite"
-                    else _eval_onnx(path, ctx.eval_set))
-            entry["accuracy"] = {"top1": top1, "samples": len(ctx.eval_set.y)}
+            entry["accuracy"] = {"top1": ctx.eval_set.accuracy(run_artifact(ctx, entry)), "samples": len(ctx.eval_set.y)}
         _check(entry, precision)
         entry["ok"] = True
     except EdgepackError as exc:
@@ -251,40 +248,22 @@ def run_artifact(ctx: ExportContext, entry: dict) -> Callable:
     return lambda feed: [session.run(feed)[n].astype(np.float32) for n in ctx.output_names]
 
 
-def verify_tflite(path: Path, ctx: ExportContext, precision: str, inputs: list[dict], outputs: list[dict]) -> dict:
-    runtime = get_runtime("litert")
+def verify_artifact(ctx: ExportContext, entry: dict, precision: str) -> dict:
+    """Run the artifact on the verification set in its runtime and compare with the reference.
+    Every non-fp32 artifact is held to the user's --min-cosine / --min-top1 when given."""
+    tflite = entry["format"] == "tflite"
+    runtime = get_runtime("litert" if tflite else "onnxruntime")
     try:
-        run = _tflite_runner(path, inputs, outputs)
-        actual = run_all(run, ctx.vset)
+        actual = run_all(run_artifact(ctx, entry), ctx.vset)
     except Exception as exc:  # the artifact itself is broken: it cannot be verified
-        raise VerificationFailed(f"LiteRT cannot run {path.name}: {str(exc).splitlines()[0][:300]}; "
-                                 "the artifact is kept for inspection") from None
-    result = compare(ctx.reference, actual, [d["name"] for d in outputs])
-    mode = "approx" if ctx.options.prune_approx else "exact"
-    # fp16 TFLite computes in fp32 (weights dequantized once): judged by the fp16 tolerance.
-    tol, enforced = tolerance_for(precision, mode, ctx.options.fp32_tolerance if precision == "fp32" else None)
-    result["tolerance"] = {"rel_error": tol, "enforced": enforced}
-    result["samples"] = ctx.vset.count
-    result["runtime"] = f"{runtime.name} {runtime.version()}"
-    return result
-
-
-def _eval_tflite(path: Path, eval_set: EvalSet, inputs: list[dict], outputs: list[dict]) -> float:
-    return eval_set.accuracy(_tflite_runner(path, inputs, outputs))
-
-
-def verify_onnx(path: Path, ctx: ExportContext, precision: str) -> dict:
-    runtime = get_runtime("onnxruntime")
-    try:
-        session = runtime.load(path)
-        actual = run_all(lambda feed: [session.run(feed)[n].astype(np.float32) for n in ctx.output_names], ctx.vset)
-    except Exception as exc:  # the artifact itself is broken: it cannot be verified
+        why = str(exc).splitlines()[0][:300] if tflite else ort_message(exc)
         raise VerificationFailed(
-            f"ONNX Runtime cannot run {path.name}: {ort_message(exc)}; the artifact is kept for inspection"
+            f"{'LiteRT' if tflite else 'ONNX Runtime'} cannot run {entry['path']}: {why}; the artifact is kept for inspection"
         ) from None
     result = compare(ctx.reference, actual, ctx.output_names)
     opts = ctx.options
     mode = "approx" if opts.prune_approx else "exact"
+    # fp16 TFLite computes in fp32 (weights dequantized once): it is judged by the fp16 tolerance too.
     tol, enforced = tolerance_for(precision, mode, opts.fp32_tolerance if precision == "fp32" else None)
     result["tolerance"] = {"rel_error": tol, "enforced": enforced}
     if precision != "fp32" and (opts.min_cosine is not None or opts.min_top1 is not None):
@@ -335,11 +314,6 @@ def _check(entry: dict, precision: str) -> None:
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
-
-
-def _eval_onnx(path: Path, eval_set: EvalSet) -> float:
-    session = get_runtime("onnxruntime").load(path)
-    return eval_set.accuracy(lambda feed: list(session.run(feed).values()))
 
 
 # ---------------------------------------------------------------- description

@@ -158,17 +158,13 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
             scale, zp = qp[op.inputs[0]]
             for i in op.inputs[1:]:
                 if i in consts and graph.tensors[i].type == s.TensorType.FLOAT32 and i not in requant:
-                    arr = _buffer_array(graph, i)
-                    _set_buffer(graph, i, np.clip(np.round(arr / scale) + zp, -128, 127).astype(np.int8))
-                    _set_quant(graph, i, [scale], [zp])
+                    _quantize_per_tensor(graph, i, scale, zp)
                     requant[i] = np.array([scale])
     for i in sorted(consts):
         t = graph.tensors[i]
         if t.type == s.TensorType.FLOAT32 and i not in requant and t.quantization is None:
             arr = _buffer_array(graph, i)
-            scale, zp = _qparams(float(arr.min()), float(arr.max()))
-            _set_buffer(graph, i, np.clip(np.round(arr / scale) + zp, -128, 127).astype(np.int8))
-            _set_quant(graph, i, [scale], [zp])
+            _quantize_per_tensor(graph, i, *_qparams(float(arr.min()), float(arr.max())))
     # 4. activations
     for i, (scale, zp) in qp.items():
         graph.tensors[i].type = s.TensorType.INT8
@@ -190,6 +186,12 @@ def _quantize_weight(graph: TfliteGraph, index: int, axis: int) -> np.ndarray:
     _set_buffer(graph, index, q)
     _set_quant(graph, index, scales.tolist(), [0] * len(scales), axis=axis)
     return scales
+
+
+def _quantize_per_tensor(graph: TfliteGraph, index: int, scale: float, zp: int) -> None:
+    arr = _buffer_array(graph, index)
+    _set_buffer(graph, index, np.clip(np.round(arr / scale) + zp, -128, 127).astype(np.int8))
+    _set_quant(graph, index, [scale], [zp])
 
 
 def _quantize_bias(graph: TfliteGraph, index: int, scales: np.ndarray) -> None:
