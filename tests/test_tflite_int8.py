@@ -127,3 +127,79 @@ def test_int8_op_matrix(kind, tmp_path):
     assert art["agreement_with_onnx_int8"]["cosine"] >= 0.98
     if kind == "softmax":  # TFLite's fixed output scale for SOFTMAX is recorded as a constraint when it differs
         assert all("why" in c for c in art["constrained_ranges"])
+
+
+def _ops(path: Path) -> list[tuple[str, list[int], list[int]]]:
+    """(op name, input tensor types, output tensor types) in graph order."""
+    from ai_edge_litert import schema_py_generated as s
+
+    model = s.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    g = model.subgraphs[0]
+    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [c.builtinCode for c in model.operatorCodes]
+    return [(names[codes[op.opcodeIndex]], [g.tensors[i].type for i in op.inputs if i >= 0],
+             [g.tensors[i].type for i in op.outputs]) for op in g.operators]
+
+
+def test_float_node_in_the_middle_gets_dequantize_and_quantize_borders(tmp_path):
+    """A node the accuracy guard keeps in float stays a float op (float weights) between one
+    DEQUANTIZE and one QUANTIZE; everything else stays int8, and the result still matches fp32."""
+    import onnx_ir as ir
+    from ai_edge_litert import schema_py_generated as s
+
+    from edgepack.converters.export_tflite import Int8Ranges, export_tflite
+    from edgepack.converters.export_tflite.quantize import measure_ranges
+    from edgepack.converters.quantize_int8 import load_ranges
+    from edgepack.runtimes import get_runtime
+
+    torch.manual_seed(0)
+    model = _Block("residual_add").eval()
+    calib = np.random.default_rng(0).standard_normal((100, 3, 16, 16), dtype=np.float32)
+    np.save(tmp_path / "calib.npy", calib)
+    out = tmp_path / "out"
+    edgepack.export(model, output_dir=out, input_shape="1x3x16x16", calib=tmp_path / "calib.npy", int8=True, formats=("onnx",))
+    onnx_model = ir.load(next(out.glob("*.fp32.onnx")))
+    convs = [n.name for n in onnx_model.graph if n.op_type == "Conv"]
+    middle = convs[1]  # the 1x1 conv of the residual branch
+    float_path = tmp_path / "float.tflite"
+    fl = export_tflite(onnx_model, float_path, "fp32")
+    feeds = [{"x": calib[i : i + 1]} for i in range(0, 100, 5)]
+    measured = measure_ranges(float_path, feeds, {d["name"]: d["perm"] for d in fl.inputs})
+    ranges = Int8Ranges(load_ranges(out / "calibration.json"), measured, float_nodes=(middle,))
+    result = export_tflite(onnx_model, tmp_path / "mixed.tflite", "int8", int8=ranges)
+
+    ops = _ops(tmp_path / "mixed.tflite")
+    F, I8 = s.TensorType.FLOAT32, s.TensorType.INT8
+    float_convs = [o for o in ops if o[0] == "CONV_2D" and o[1][0] == F]
+    assert len(float_convs) == 1 and float_convs[0][1][1] == F  # float input, float weights
+    assert sum(o[0] == "CONV_2D" and o[1][0] == I8 for o in ops) == 1  # the other conv stays int8
+    # QUANTIZE: the graph input + the float conv's output; DEQUANTIZE: the float conv's input + the graph output
+    assert result.op_census["QUANTIZE"] == 2 and result.op_census["DEQUANTIZE"] == 2
+    i = ops.index(float_convs[0])
+    assert ops[i - 1][0] == "DEQUANTIZE" and ops[i + 1][0] == "QUANTIZE"
+
+    session = get_runtime("litert").load(tmp_path / "mixed.tflite")
+    x = calib[:1].transpose(0, 2, 3, 1)
+    got = session.run({"x": np.ascontiguousarray(x)})[session.output_names[0]].ravel()
+    want = model(torch.from_numpy(calib[:1])).detach().numpy().ravel()
+    cosine = float(got @ want / np.linalg.norm(got) / np.linalg.norm(want))
+    assert cosine >= 0.98, cosine
+
+
+def test_guard_keeps_tflite_ops_in_float_until_the_target_is_met(tmp_path):
+    """--min-cosine above what full-integer reaches: the guard ranks nodes on the int8 ONNX of the
+    same calibration and rebuilds the TFLite with those nodes in float until the target holds."""
+    from ai_edge_litert import schema_py_generated as s
+
+    report = edgepack.export(PT2, output_dir=tmp_path, calib=CALIB, int8=True, formats=("tflite",), min_cosine=0.99995)
+    art = _art(report, "tflite", "int8")
+    assert art["ok"], art["error"]
+    assert art["float_nodes"] and art["fidelity"]["cosine"] >= 0.99995
+    assert art["guard"][0]["cosine"] < 0.99995 <= art["guard"][-1]["cosine"]
+    # QUANTIZE/DEQUANTIZE only at float IO and at the borders of the float ops
+    for name, ins, outs in _ops(tmp_path / art["path"]):
+        if name == "QUANTIZE":
+            assert ins == [s.TensorType.FLOAT32] and outs == [s.TensorType.INT8]
+        if name == "DEQUANTIZE":
+            assert ins == [s.TensorType.INT8] and outs == [s.TensorType.FLOAT32]
+    assert any(name == "CONV_2D" and ins[0] == s.TensorType.FLOAT32 for name, ins, _ in _ops(tmp_path / art["path"]))

@@ -50,13 +50,20 @@ def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool 
         tv = ctx.out(value, perm)
         graph.inputs.append(tv.index)
         ins.append(_describe(value.name, graph.shape_of(tv.index), perm))
+    by_id = {id(n): n for n in model.graph}
     for node in model.graph:
         if id(node) in ctx.skip:
             continue
         lower = LOWERINGS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if lower is None:
             raise unsupported(node, "has no TFLite lowering")
+        first, skipped = len(graph.operators), set(ctx.skip)
         lower(ctx, node)
+        # which ONNX nodes each new operator came from (fused activations included): the int8 pass
+        # keeps the operators of the accuracy guard's float nodes in float
+        names = {node.name} | {by_id[i].name for i in ctx.skip - skipped if i in by_id}
+        for op in graph.operators[first:]:
+            graph.origin[id(op)] = names
     outs = []
     for value in model.graph.outputs:
         tv = _output_value(ctx, value, nchw_io)
@@ -66,7 +73,8 @@ def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool 
     if precision == "int8":
         from edgepack.converters.export_tflite.quantize import quantize_graph
 
-        constrained = quantize_graph(graph, int8.onnx, int8.measured, int8_io=int8.int8_io).constrained
+        constrained = quantize_graph(graph, int8.onnx, int8.measured, int8_io=int8.int8_io,
+                                     float_nodes=set(int8.float_nodes)).constrained
         for row in ins + outs:
             if not int8.int8_io:
                 continue
@@ -86,6 +94,7 @@ class Int8Ranges:
     onnx: dict[str, tuple[float, float]]  # calibration.json: ONNX tensor name -> (min, max)
     measured: dict[str, tuple[float, float]]  # TFLite-only tensors, measured on the float TFLite graph
     int8_io: bool = False
+    float_nodes: tuple[str, ...] = ()  # ONNX nodes kept in float (the accuracy guard's choice)
 
 
 def _index_by_name(graph: TfliteGraph, name: str) -> int:

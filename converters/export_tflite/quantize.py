@@ -14,7 +14,10 @@ The float TFLite graph is built first (same lowerings as fp32), then rewritten i
   channel (symmetric, zero point 0), biases int32 with scale = input scale x weight scale; other
   float constants are int8 per tensor;
 - one QUANTIZE at each float input and one DEQUANTIZE at each float output (`int8_io` makes the
-  model's inputs and outputs int8 instead).
+  model's inputs and outputs int8 instead);
+- the operators lowered from the accuracy guard's `float_nodes` stay float (weights too), with a
+  DEQUANTIZE before each int8 tensor they read and a QUANTIZE after each tensor of theirs that an
+  int8 operator reads: the only QUANTIZE/DEQUANTIZE inside the graph.
 
 Written by hand because the only tools that do this (TensorFlow's converter, litert-torch's PT2E
 path) need TensorFlow or leave QUANTIZE/DEQUANTIZE pairs inside the graph."""
@@ -81,19 +84,25 @@ def measure_ranges(tflite_path: Path, feeds: list[dict[str, np.ndarray]], in_per
 
 
 def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float]],
-                   measured: dict[str, tuple[float, float]], *, int8_io: bool = False) -> QuantReport:
+                   measured: dict[str, tuple[float, float]], *, int8_io: bool = False,
+                   float_nodes: set[str] | frozenset[str] = frozenset()) -> QuantReport:
     s = graph.s
     report = QuantReport()
+    consts = {i for i, t in enumerate(graph.tensors) if t.buffer != 0}
+    kept_float, range_of, borders = _keep_float(graph, float_nodes, consts) if float_nodes else (set(), {}, set())
     names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
     code_of = {i: c for c, i in graph.opcodes.items()}
-    ops = [(names[code_of[op.opcodeIndex]], op) for op in graph.operators]
-    consts = {i for i, t in enumerate(graph.tensors) if t.buffer != 0}
-    float_acts = {i for i, t in enumerate(graph.tensors) if t.type == s.TensorType.FLOAT32 and i not in consts}
+    ops = [(names[code_of[op.opcodeIndex]], op) for op in graph.operators if id(op) not in kept_float]
+    # tensors (weights too) that only float operators touch, and the float side of each QUANTIZE border
+    float_only = _read_only_by(graph, kept_float) | borders
+    consts -= float_only
+    float_acts = {i for i, t in enumerate(graph.tensors)
+                  if t.type == s.TensorType.FLOAT32 and t.buffer == 0 and i not in float_only}
 
     # 1. ranges per activation tensor
     rng: dict[int, tuple[float, float]] = {}
     for i in float_acts:
-        name = graph.tensors[i].name
+        name = range_of.get(i, graph.tensors[i].name)
         r = onnx_ranges.get(name) or measured.get(name)
         if r is not None:
             rng[i] = r
@@ -173,6 +182,68 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
     if not int8_io:
         _float_io(graph)
     return report
+
+
+def _keep_float(graph: TfliteGraph, float_nodes: set[str] | frozenset[str],
+                consts: set[int]) -> tuple[set[int], dict[int, str], set[int]]:
+    """Mark the operators lowered from `float_nodes` as float and put DEQUANTIZE / QUANTIZE at the
+    borders between them and the int8 operators. Returns the ids of the float operators (the new
+    DEQUANTIZEs included), for each new int8 tensor the name whose range it takes, and the float
+    tensors that a new QUANTIZE reads."""
+    float_ops = {id(op) for op in graph.operators if graph.origin.get(id(op), set()) & set(float_nodes)}
+    if not float_ops:
+        return set(), {}, set()
+    producer = {o: op for op in graph.operators for o in op.outputs}
+    readers: dict[int, list] = {}
+    for op in graph.operators:
+        for i in op.inputs:
+            readers.setdefault(i, []).append(op)
+    graph_inputs = set(graph.inputs)
+
+    def is_float(t: int) -> bool:  # a tensor that stays float: made by a float op, or an input only they read
+        if t in producer:
+            return id(producer[t]) in float_ops
+        return t in graph_inputs and all(id(r) in float_ops for r in readers.get(t, []))
+
+    range_of: dict[int, str] = {}
+    borders: set[int] = set()
+    new_ops: list = []
+    dequantized: dict[int, int] = {}
+    for op in graph.operators:
+        if id(op) in float_ops:
+            for pos, t in enumerate(op.inputs):
+                if t < 0 or t in consts or is_float(t) or graph.tensors[t].type != graph.s.TensorType.FLOAT32:
+                    continue
+                if t not in dequantized:  # an int8 tensor read by a float op: one DEQUANTIZE per tensor
+                    dequantized[t] = graph.tensor(graph.tensors[t].name + "_float", graph.shape_of(t), np.float32)
+                    graph.op("DEQUANTIZE", [t], [dequantized[t]])
+                    deq = graph.operators.pop()
+                    float_ops.add(id(deq))
+                    new_ops.append(deq)
+                op.inputs[pos] = dequantized[t]
+            new_ops.append(op)
+            for t in op.outputs:
+                int8_readers = [r for r in readers.get(t, []) if id(r) not in float_ops]
+                if not int8_readers:
+                    continue
+                q = graph.tensor(graph.tensors[t].name + "_int8", graph.shape_of(t), np.float32)
+                range_of[q] = graph.tensors[t].name
+                borders.add(t)
+                graph.op("QUANTIZE", [t], [q])
+                new_ops.append(graph.operators.pop())
+                for r in int8_readers:
+                    r.inputs = [q if i == t else i for i in r.inputs]
+        else:
+            new_ops.append(op)
+    graph.operators = new_ops
+    return float_ops, range_of, borders
+
+
+def _read_only_by(graph: TfliteGraph, float_ops: set[int]) -> set[int]:
+    """Tensors that only float operators produce or read (they keep float32)."""
+    touched_int8 = {i for op in graph.operators if id(op) not in float_ops for i in [*op.inputs, *op.outputs]}
+    touched_float = {i for op in graph.operators if id(op) in float_ops for i in [*op.inputs, *op.outputs]}
+    return touched_float - touched_int8
 
 
 def _quantize_weight(graph: TfliteGraph, index: int, axis: int) -> np.ndarray:
