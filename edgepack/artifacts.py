@@ -181,6 +181,14 @@ def _export_tflite(ctx: ExportContext, path: Path, precision: str) -> tuple[list
         # start from the nodes the accuracy guard kept in float for the int8 ONNX of this export
         return _export_tflite_int8(ctx, path, ctx.int8_float_nodes)
     result = export_tflite(ctx.model, path, precision, nchw_io=ctx.options.tflite_nchw_io)
+    if precision == "int8-weights":
+        return result.files, {
+            "weights_precision": "int8", "compute_precision": "int8 (dynamic activations)",
+            "dtypes": {"weights": "int8 (per output channel, symmetric) for CONV_2D / FULLY_CONNECTED",
+                       "activations": "float32 (quantized at run time by hybrid kernels)", "io": "float32"},
+            "nodes": {"quantized": result.weights_only["quantized"], "kept_float": result.weights_only["kept_float"]},
+            "op_census": result.op_census, "transposes": result.transposes, "io": (result.inputs, result.outputs),
+        }
     return result.files, {
         "weights_precision": "fp16" if precision == "fp16" else "fp32",
         "compute_precision": "fp32",

@@ -203,3 +203,29 @@ def test_guard_keeps_tflite_ops_in_float_until_the_target_is_met(tmp_path):
         if name == "DEQUANTIZE":
             assert ins == [s.TensorType.INT8] and outs == [s.TensorType.FLOAT32]
     assert any(name == "CONV_2D" and ins[0] == s.TensorType.FLOAT32 for name, ins, _ in _ops(tmp_path / art["path"]))
+
+
+def test_int8_weights_only_tflite_is_dynamic_range(tmp_path):
+    """--int8-weights-only --format tflite: int8 per-channel weights on CONV_2D / FULLY_CONNECTED
+    (hybrid kernels), float activations and IO, no QUANTIZE/DEQUANTIZE; digits accuracy within 1 point."""
+    from ai_edge_litert import schema_py_generated as s
+
+    report = edgepack.export(PT2, output_dir=tmp_path, int8_weights_only=True, formats=("tflite",), eval_data=TEST)
+    art = _art(report, "tflite", "int8-weights")
+    fp32 = _art(report, "tflite", "fp32")
+    assert art["ok"], art["error"]
+    assert art["path"].endswith(".int8-weights.tflite")
+    assert "QUANTIZE" not in art["op_census"] and "DEQUANTIZE" not in art["op_census"]
+    types = _tensor_types(tmp_path / art["path"])
+    int8 = {n for n, (t, k) in types.items() if t == s.TensorType.INT8}
+    # weight tensors of >= 1024 elements become int8 per channel (convs 2 and 3); conv 1 (144) and the
+    # FC (640) keep float weights, as TensorFlow's converter does
+    state = torch.export.load(PT2).state_dict
+    big = [k for k, v in state.items() if k.endswith("weight") and v.dim() >= 2 and v.numel() >= 1024]
+    assert len(big) == 2 and len(int8) == 2 and all(types[n][1] > 1 for n in int8)
+    assert art["nodes"]["quantized"] == 2 and art["nodes"]["kept_float"][0]["ops"] == 2
+    acts = [n for n, (t, _) in types.items() if n in ("x", "output", "relu", "relu_1", "relu_2")]
+    assert all(types[n][0] == s.TensorType.FLOAT32 for n in acts)
+    assert art["size_bytes"] < 0.4 * fp32["size_bytes"]
+    assert report["evaluation"]["reference_top1"] - art["accuracy"]["top1"] <= 0.01
+    assert art["fidelity"]["cosine"] >= 0.999

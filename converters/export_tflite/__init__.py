@@ -34,11 +34,13 @@ class TfliteExport:
     op_census: dict[str, int]
     transposes: int
     constrained: list[dict] = field(default_factory=list)  # int8: ranges a kernel constraint changed
+    weights_only: dict = field(default_factory=dict)  # int8-weights: ops quantized / kept float and why
 
 
 def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool = False,
                   int8: "Int8Ranges | None" = None) -> TfliteExport:
-    """`int8`: the calibrated ranges for a full-integer graph (precision "int8"), see quantize.py."""
+    """precision: fp32, fp16 (float16 weights), int8 (full integer; `int8` gives the calibrated
+    ranges) or int8-weights (dynamic range: int8 weights, float activations). See quantize.py."""
     _load_all()
     if precision == "int8" and int8 is None:
         raise ValueError("int8 TFLite needs calibrated ranges")
@@ -70,6 +72,11 @@ def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool 
         graph.outputs.append(tv.index)
         outs.append(_describe(value.name, graph.shape_of(tv.index), tv.perm))
     constrained: list[dict] = []
+    weights_only: dict = {}
+    if precision == "int8-weights":
+        from edgepack.converters.export_tflite.quantize import quantize_weights_only
+
+        weights_only = quantize_weights_only(graph)
     if precision == "int8":
         from edgepack.converters.export_tflite.quantize import quantize_graph
 
@@ -86,7 +93,7 @@ def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool 
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     census = Counter(_op_name(graph, op) for op in graph.operators)
-    return TfliteExport([path], ins, outs, dict(sorted(census.items())), graph.transposes, constrained)
+    return TfliteExport([path], ins, outs, dict(sorted(census.items())), graph.transposes, constrained, weights_only)
 
 
 @dataclass(frozen=True)
