@@ -231,6 +231,7 @@ def _export_tflite_int8(ctx: ExportContext, path: Path, float_nodes: list[str] =
         "op_census": result.op_census,
         "transposes": result.transposes,
         "constrained_ranges": result.constrained,
+        "float_ops": result.float_ops,
         "calibration": {"file": CALIBRATION_NAME, "method": opts.calib_method, "samples": len(ctx.calib_feeds or [])},
         "float_nodes": list(float_nodes),
         "io": (result.inputs, result.outputs),

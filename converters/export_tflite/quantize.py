@@ -9,8 +9,9 @@ The float TFLite graph is built first (same lowerings as fp32), then rewritten i
   by running the float TFLite graph on the same calibration samples;
 - TFLite's kernel constraints are honoured: ops that move data without computing (pooling, concat,
   reshape, pad, slice, gather, resize, split) share one scale between inputs and output (the union
-  of their ranges), and LOGISTIC / SOFTMAX / TANH outputs take their fixed scales; every range a
-  constraint changed is reported;
+  of their ranges), and LOGISTIC / SOFTMAX / TANH / LOG_SOFTMAX outputs take their fixed scales
+  (and so does every tensor that must share a scale with one); every range a constraint changed
+  is reported;
 - weights of CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and TRANSPOSE_CONV are int8 per output
   channel (symmetric, zero point 0), biases int32 with scale = input scale x weight scale; other
   float constants are int8 per tensor;
@@ -34,12 +35,15 @@ from edgepack.converters.export_tflite.graph import TfliteGraph
 SAME_SCALE = {"MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "CONCATENATION", "GATHER", "STRIDED_SLICE", "SLICE",
               "SPLIT_V", "SPLIT", "PAD", "PADV2", "TRANSPOSE", "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR",
               "MIRROR_PAD", "REDUCE_MAX", "REDUCE_MIN", "SQUEEZE", "EXPAND_DIMS", "MAXIMUM", "MINIMUM"}
-FIXED = {"LOGISTIC": (1.0 / 256.0, -128), "SOFTMAX": (1.0 / 256.0, -128), "TANH": (1.0 / 128.0, 0)}
+FIXED = {"LOGISTIC": (1.0 / 256.0, -128), "SOFTMAX": (1.0 / 256.0, -128), "TANH": (1.0 / 128.0, 0),
+         "LOG_SOFTMAX": (16.0 / 256.0, 127)}
 PER_CHANNEL_WEIGHTS = {"CONV_2D": (1, 0), "DEPTHWISE_CONV_2D": (1, 3), "FULLY_CONNECTED": (1, 0),
                        "TRANSPOSE_CONV": (1, 0)}  # op -> (weight input index, channel axis)
 BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2}
 
 
+# Builtins that LiteRT runs in float only; an int8 graph keeps them float (see _keep_float).
+NO_INT8_KERNEL = {"POW"}
 # Dynamic range: smaller weight tensors stay float (TensorFlow's converter uses the same threshold).
 MIN_WEIGHTS_ELEMENTS = 1024
 HYBRID_WEIGHTS = {"CONV_2D": (1, 0), "FULLY_CONNECTED": (1, 0)}  # op -> (weight input index, channel axis)
@@ -48,6 +52,7 @@ HYBRID_WEIGHTS = {"CONV_2D": (1, 0), "FULLY_CONNECTED": (1, 0)}  # op -> (weight
 @dataclass
 class QuantReport:
     constrained: list[dict] = field(default_factory=list)  # ranges a kernel constraint changed
+    float_ops: list[dict] = field(default_factory=list)  # ops kept float because LiteRT has no int8 kernel
 
 
 def _qparams(lo: float, hi: float) -> tuple[float, int]:
@@ -95,9 +100,14 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
     s = graph.s
     report = QuantReport()
     consts = {i for i, t in enumerate(graph.tensors) if t.buffer != 0}
-    kept_float, range_of, borders = _keep_float(graph, float_nodes, consts) if float_nodes else (set(), {}, set())
     names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
     code_of = {i: c for c, i in graph.opcodes.items()}
+    no_kernel = [op for op in graph.operators if names[code_of[op.opcodeIndex]] in NO_INT8_KERNEL]
+    for op in no_kernel:
+        report.float_ops.append({"op": names[code_of[op.opcodeIndex]], "from": sorted(graph.origin.get(id(op), ())),
+                                 "why": "LiteRT has no int8 kernel for it: kept float between DEQUANTIZE and QUANTIZE"})
+    kept_float, range_of, borders = _keep_float(graph, float_nodes, consts, {id(op) for op in no_kernel})
+    code_of = {i: c for c, i in graph.opcodes.items()}  # _keep_float may have added QUANTIZE / DEQUANTIZE
     ops = [(names[code_of[op.opcodeIndex]], op) for op in graph.operators if id(op) not in kept_float]
     # tensors (weights too) that only float operators touch, and the float side of each QUANTIZE border
     float_only = _read_only_by(graph, kept_float) | borders
@@ -134,9 +144,22 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
     groups: dict[int, list[int]] = {}
     for i in float_acts:
         groups.setdefault(find(i), []).append(i)
+    # a fixed output scale (LOGISTIC, SOFTMAX, ...) holds for every tensor that must share it
+    fixed = {op.outputs[0]: (name, FIXED[name]) for name, op in ops if name in FIXED and op.outputs[0] in float_acts}
     qp: dict[int, tuple[float, int]] = {}
     for members in groups.values():
+        pinned = [fixed[m] for m in members if m in fixed]
         known = [rng[m] for m in members if m in rng]
+        if pinned:
+            op_name, params = pinned[0]
+            for m in members:
+                qp[m] = params
+                if m in rng and _qparams(*rng[m]) != params:
+                    report.constrained.append({"tensor": graph.tensors[m].name, "calibrated": list(rng[m]),
+                                               "used_scale": params[0], "used_zero_point": params[1],
+                                               "why": f"{op_name} output has a fixed int8 scale" + (
+                                                   "" if m in fixed else f", shared with the {op_name} output")})
+            continue
         if not known:
             continue
         lo, hi = min(r[0] for r in known), max(r[1] for r in known)
@@ -146,13 +169,6 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
             if m in rng and len(members) > 1 and (rng[m][0] > lo + 1e-9 or rng[m][1] < hi - 1e-9):
                 report.constrained.append({"tensor": graph.tensors[m].name, "calibrated": list(rng[m]),
                                            "used": [lo, hi], "why": "shares one scale with the tensors it is moved to/from"})
-    for name, op in ops:
-        if name in FIXED:
-            out = op.outputs[0]
-            if out in qp and qp[out] != FIXED[name]:
-                report.constrained.append({"tensor": graph.tensors[out].name, "used_scale": FIXED[name][0],
-                                           "why": f"{name} output has a fixed int8 scale"})
-            qp[out] = FIXED[name]
     missing = [graph.tensors[i].name for i in float_acts if i not in qp]
     if missing:
         raise ValueError(f"no calibrated range for TFLite tensors {missing[:5]}")
@@ -227,13 +243,13 @@ def quantize_weights_only(graph: TfliteGraph) -> dict:
     return {"quantized": quantized, "kept_float": [{"what": k, "ops": n, "why": why[k]} for k, n in kept.items()]}
 
 
-def _keep_float(graph: TfliteGraph, float_nodes: set[str] | frozenset[str],
-                consts: set[int]) -> tuple[set[int], dict[int, str], set[int]]:
+def _keep_float(graph: TfliteGraph, float_nodes: set[str] | frozenset[str], consts: set[int],
+                also: set[int] = frozenset()) -> tuple[set[int], dict[int, str], set[int]]:
     """Mark the operators lowered from `float_nodes` as float and put DEQUANTIZE / QUANTIZE at the
     borders between them and the int8 operators. Returns the ids of the float operators (the new
     DEQUANTIZEs included), for each new int8 tensor the name whose range it takes, and the float
     tensors that a new QUANTIZE reads."""
-    float_ops = {id(op) for op in graph.operators if graph.origin.get(id(op), set()) & set(float_nodes)}
+    float_ops = {id(op) for op in graph.operators if graph.origin.get(id(op), set()) & set(float_nodes)} | set(also)
     if not float_ops:
         return set(), {}, set()
     producer = {o: op for op in graph.operators for o in op.outputs}
@@ -304,7 +320,8 @@ def _quantize_weight(graph: TfliteGraph, index: int, axis: int) -> np.ndarray:
 
 def _quantize_per_tensor(graph: TfliteGraph, index: int, scale: float, zp: int) -> None:
     arr = _buffer_array(graph, index)
-    _set_buffer(graph, index, np.clip(np.round(arr / scale) + zp, -128, 127).astype(np.int8))
+    with np.errstate(over="ignore"):  # a max pool's -FLT_MAX pad value saturates to -128, as it should
+        _set_buffer(graph, index, np.clip(np.round(arr / scale) + zp, -128, 127).astype(np.int8))
     _set_quant(graph, index, [scale], [zp])
 
 
