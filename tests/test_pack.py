@@ -185,7 +185,7 @@ print(json.dumps({"metadata": json.loads(d.get_metadata_json()), "files": d.get_
 
 @pytest.mark.skipif(not TFLITE_SUPPORT_PYTHON,
                     reason="tflite-support pins protobuf<4 and numpy<2, so it lives in a separate venv: set "
-                           "EDGEPACK_TFLITE_SUPPORT_PYTHON to its python (python3.11 -m venv v && v/bin/pip install "
+                           "EDGEPACK_TFLITE_SUPPORT_PYTHON to its python (.ci/run does; by hand: python3.11 -m venv v && v/bin/pip install "
                            "tflite-support==0.4.4 'numpy<2'; needs libusb-1.0-0)")
 def test_metadata_read_by_tflite_support(export_dir, tmp_path):
     """TFLite Support's own MetadataDisplayer parses what we wrote and sees the same fields."""
