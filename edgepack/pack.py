@@ -396,6 +396,7 @@ def build_manifest(report: dict, artifact: dict, choice: str, name: str, options
         "fidelity": {"export": {k: fid.get(k) for k in ("max_abs_error", "rel_error", "cosine", "top1_agreement")},
                      "packed": checks.get("fidelity"), "runtime": checks.get("runtime")},
         "accuracy": checks.get("accuracy"),
+        "accuracy_note": checks.get("accuracy_note"),
         "clustering": clustering,
         "files": [_entry(p, d) for p, d in files.items()],
         "files_note": "sizes and sha256 of the files above as written in the bundle (edgepack.json lists all but itself)",

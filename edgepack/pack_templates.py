@@ -116,7 +116,6 @@ def ios_readme(manifest: dict) -> str:
     name = manifest["name"]
     i, o = _first(manifest, "inputs"), _first(manifest, "outputs")
     n_in = prod(i["shape"])
-    in_swift = "Int8" if i["dtype"] == "int8" else "Float32"
     out_swift = "Int8" if o["dtype"] == "int8" else "Float32"
     convert = "let values = pixels"
     if "scale" in i:
@@ -156,7 +155,6 @@ let scores = {scores}
 let best = scores.indices.max {{ scores[$0] < scores[$1] }}!
 {result}
 ```
-(input type: {in_swift})
 """
 
 
