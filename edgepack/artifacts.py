@@ -18,7 +18,7 @@ from edgepack.converters.export_onnx import export_onnx, to_proto, write_proto
 from edgepack.converters.quantize_int8 import Int8Result, quantize_int8, quantize_int8_weights
 from edgepack.errors import EdgepackError, OutputError, VerificationFailed
 from edgepack.formats import FORMATS, check_buildable
-from edgepack.fsutil import file_entry
+from edgepack.fsutil import deflated_size, file_entry
 from edgepack.options import ExportOptions
 from edgepack.runtimes import get_runtime
 from edgepack.runtimes.ort import ort_message
@@ -101,6 +101,7 @@ def build_artifact(ctx: ExportContext, fmt: str, precision: str) -> dict:
         entry["path"] = path.name
         entry["files"] = [file_entry(f, ctx.out_dir) for f in files]
         entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
+        entry["deflated_bytes"] = sum(deflated_size(f) for f in files)  # what a download of it costs
         if fmt == "tflite":
             entry["inputs"], entry["outputs"] = details.pop("io")
         else:
@@ -124,6 +125,7 @@ def build_artifact(ctx: ExportContext, fmt: str, precision: str) -> dict:
             entry["guard"] = repaired.history
             entry["files"] = [file_entry(f, ctx.out_dir) for f in files]
             entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
+            entry["deflated_bytes"] = sum(deflated_size(f) for f in files)
         if ctx.eval_set is not None:
             entry["accuracy"] = {"top1": ctx.eval_set.accuracy(run_artifact(ctx, entry)), "samples": len(ctx.eval_set.y)}
         _check(entry, precision)
