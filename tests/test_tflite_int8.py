@@ -229,3 +229,77 @@ def test_int8_weights_only_tflite_is_dynamic_range(tmp_path):
     assert art["size_bytes"] < 0.4 * fp32["size_bytes"]
     assert report["evaluation"]["reference_top1"] - art["accuracy"]["top1"] <= 0.01
     assert art["fidelity"]["cosine"] >= 0.999
+
+
+# ---------------------------------------------------------------- the [D1] op matrix in int8
+
+# Single ops (after the matrix's 3x3 conv): |int8 - fp32| <= STEPS quantization steps of the output.
+STEPS = 3.0
+SINGLE_OPS = ["conv-valid", "conv-stride2-pad1-explicit-pad", "conv-dilation2", "conv-depthwise", "conv-depthwise-multiplier2",
+              "conv-grouped2", "conv1d", "conv-transpose-s2-p1-op1", "linear-2d-input", "matmul-param",
+              "matmul-two-activations-adj-y", "flatten-softmax", "flatten-linear-permuted-weights", "add-per-channel-const",
+              "mul-nc11-tensor", "div-nc11-tensor", "add-two-branches", "relu6", "clip-minus0.5-0.7", "leaky-relu",
+              "prelu-per-channel", "sigmoid", "tanh", "hardsigmoid", "hardswish", "gelu-erf", "gelu-tanh",
+              "softmax-4d-channels", "log-softmax-channels", "maxpool-k3-s2-p1", "avgpool-k3-s1-p1-exclude-pad", "mean-hw",
+              "amax-channels", "cat-channels", "split-channels", "slice-step2", "gather-row-3", "channel-shuffle",
+              "squeeze-unsqueeze-se", "pad-constant-value", "pad-reflect", "interpolate-bilinear", "expand"]
+# Written out as several int8 ops (normalisations, softmax over a stored axis, pooling corrections):
+# each rounds again, so the bound is STEPS_PER_OP per int8 op in the graph, and cosine >= 0.98. The
+# normalisations lose most (3.4-4.5 steps per op measured: RSQRT of a small variance in int8).
+STEPS_PER_OP = 5.0
+COMPOSITE_OPS = ["layernorm-tokens", "instance-norm", "l2-normalize-channels", "spatial-softmax-view",
+                 "log-softmax-last-axis", "avgpool-k3-s2-p1-ceil-exclude-pad", "reciprocal"]
+
+
+def _op_case(op_id: str):
+    from test_tflite import OPS, prepare  # the [D1] op matrix (pytest puts tests/ on sys.path)
+
+    _, factory, shape, _ = next(o for o in OPS if o[0] == op_id)
+    torch.manual_seed(0)
+    return prepare(factory()).eval(), [int(d) for d in shape.split("x")], shape
+
+
+def _int8_steps(op_id: str, tmp_path: Path) -> tuple[float, float, dict]:
+    """Export `op_id` int8 with int8 IO; run 8 inputs inside the calibrated range (0.5 x the N(0,1)
+    calibration spread, so no tensor saturates) and return (max error in output steps, cosine, artifact)."""
+    from edgepack.converters.export_tflite import to_onnx_layout, to_stored
+    from edgepack.runtimes import get_runtime
+
+    model, dims, shape = _op_case(op_id)
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal([64, *dims[1:]]).astype(np.float32))
+    report = edgepack.export(model, output_dir=tmp_path / "out", input_shape=shape, calib=tmp_path / "calib.npy", int8=True,
+                             int8_io=True, formats=("tflite",))
+    art = _art(report, "tflite", "int8")
+    assert art["ok"], art["error"]
+    session = get_runtime("litert").load(tmp_path / "out" / art["path"])
+    x_io, y_io = art["inputs"][0], art["outputs"][0]
+    steps, cosines = [], []
+    for k in range(8):
+        x = 0.5 * np.random.default_rng(100 + k).standard_normal(dims).astype(np.float32)
+        q = np.clip(np.round(x / x_io["scale"]) + x_io["zero_point"], -128, 127).astype(np.int8)
+        want = model(torch.from_numpy((q.astype(np.float32) - x_io["zero_point"]) * x_io["scale"]))
+        want = (want[0] if isinstance(want, tuple) else want).detach().numpy()
+        got = session.run({x_io["name"]: to_stored(q, x_io["perm"])})[y_io["name"]]
+        got = to_onnx_layout((got.astype(np.float32) - y_io["zero_point"]) * y_io["scale"], y_io["perm"])
+        steps.append(float(np.abs(got - want).max() / y_io["scale"]))
+        cosines.append(float(got.ravel() @ want.ravel() / (np.linalg.norm(got) * np.linalg.norm(want) + 1e-12)))
+    return max(steps), min(cosines), art
+
+
+@pytest.mark.parametrize("op_id", SINGLE_OPS)
+def test_int8_single_op_within_output_steps(op_id, tmp_path):
+    steps, _, art = _int8_steps(op_id, tmp_path)
+    census = art["op_census"]
+    assert census.get("TRANSPOSE", 0) == 0
+    # int8 IO: no QUANTIZE/DEQUANTIZE at all, except around an op LiteRT has no int8 kernel for
+    borders = census.get("QUANTIZE", 0) + census.get("DEQUANTIZE", 0)
+    assert borders == 2 * len(art["float_ops"]), (census, art["float_ops"])
+    assert steps <= STEPS, f"{op_id}: {steps:.2f} output steps"
+
+
+@pytest.mark.parametrize("op_id", COMPOSITE_OPS)
+def test_int8_composite_op_within_steps_per_op(op_id, tmp_path):
+    steps, cosine, art = _int8_steps(op_id, tmp_path)
+    int8_ops = sum(n for op, n in art["op_census"].items() if op not in ("QUANTIZE", "DEQUANTIZE"))
+    assert steps <= STEPS_PER_OP * int8_ops, f"{op_id}: {steps:.2f} output steps over {int8_ops} ops"
+    assert cosine >= 0.98, f"{op_id}: cosine {cosine:.4f}"
