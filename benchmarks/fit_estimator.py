@@ -24,16 +24,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import least_squares
-
 from edgepack.devices import DeviceProfile, load_profile
 from edgepack.devices.estimate import (
-    LayerFeatures, RuntimeParams, combine, layer_seconds, load_params, numerics, runtime_graph,
+    LayerFeatures,
+    RuntimeParams,
+    combine,
+    layer_seconds,
+    load_params,
+    numerics,
+    runtime_graph,
 )
 from edgepack.devices.layers import LayerTable, load_tables, save_tables
+from scipy.optimize import least_squares
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = Path("/work/shared/reference")
+# copies of ../shared/reference (public measurements; see published/README.md for sources)
+REFERENCE = ROOT / "benchmarks" / "data" / "published"
 TABLES = ROOT / "benchmarks" / "data" / "reference_layers.json"
 PARAMS = ROOT / "devices" / "estimator_params.json"
 BOARDS = {"rpi4": "rpi4", "rpi5": "rpi5", "rpi3": "rpi3", "rpi-zero2w": "rpi-zero2w", "jetson-nano-cpu": "jetson-nano-cpu"}
@@ -86,12 +92,12 @@ def build_tables() -> dict[str, LayerTable]:
     """Rebuild every reference model: torch -> ONNX -> edgepack's cleanup + BN folding -> layer table."""
     import onnx_ir as ir
     import torch
-
-    from benchmarks.reference_models import REFERENCE_MODELS
     from edgepack.converters.cleanup_graph import cleanup_graph
     from edgepack.converters.fold_batchnorm import fold_batchnorm
     from edgepack.converters.torch_to_onnx import torch_to_onnx
     from edgepack.devices.layers import layers_from_onnx
+
+    from benchmarks.reference_models import REFERENCE_MODELS
 
     tables = {}
     for name, (make, shape) in REFERENCE_MODELS.items():
@@ -153,7 +159,7 @@ def fit(problem: Problem, rows: list[Row], free: list[str] | None = None, base: 
     names = RuntimeParams.names()
     free = free or names
     fixed = {k: v for k, v in vars(base).items() if k not in free} if base else {}
-    enc = lambda k, v: v if k.startswith("serial") else np.log(v)  # noqa: E731
+    enc = lambda k, v: v if k.startswith("serial") else np.log(v)
     lo = np.array([enc(k, BOUNDS[k][0]) for k in free])
     hi = np.array([enc(k, BOUNDS[k][1]) for k in free])
     measured = np.log([r.ms for r in rows])
