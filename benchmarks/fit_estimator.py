@@ -64,6 +64,9 @@ LOSS = "soft_l1"  # robust: a few odd rows do not drag the rest
 # Held at a physical limit, not fitted: free, the fit drives them to these bounds anyway (a GEMM at
 # the FMA peak before the width term; depthwise time is all memory; a cache 20x faster than DRAM).
 FIXED = {"gemm_eff": 1.0, "dw_eff": 1.0, "cache_bw": 20.0}
+# LiteRT (XNNPACK): no Winograd; no in-order board in its data (in_order_eff kept at ncnn's value
+# when --write copies it); depthwise efficiency is fitted (EfficientDet is depthwise-heavy).
+LITERT_FIXED = {"gemm_eff": 1.0, "cache_bw": 20.0, "winograd": 1.0, "in_order_eff": 0.7}
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,25 @@ def read_ncnn_rows() -> tuple[list[Row], list[tuple[Row, str]]]:
     return rows, excluded
 
 
+TFLITE_BOARDS = {"Raspberry Pi 4 4GB (Cortex-A72)": "rpi4", "Raspberry Pi 5 8GB (Cortex-A76 2.4GHz)": "rpi5"}
+
+
+def read_litert_rows() -> list[Row]:
+    """TFLite 2.18 benchmark_model with the XNNPACK delegate (mean ms): EfficientDet-Lite0-4 on the RPi 4
+    and 5, fp32 and int8, 1-4 threads; a repeated run is averaged. The TFLite 2.5 Python rows (SSD
+    models, a 1.5 GHz RPi 4, Arm NN) are not used: no rebuilt model and a different runtime build."""
+    runs: dict[tuple, list[float]] = {}
+    with open(REFERENCE / "tflite-published-latency.csv") as f:
+        for r in csv.DictReader(f):
+            board = TFLITE_BOARDS.get(r["device"])
+            if board is None or not r["runtime"].startswith("TFLite 2.18"):
+                continue
+            model, _, precision = r["model"].rpartition("_")
+            precision = precision.lower()
+            runs.setdefault((board, model, precision, int(r["threads"])), []).append(float(r["mean_ms"]))
+    return [Row(b, m, p, t, statistics.mean(v)) for (b, m, p, t), v in sorted(runs.items())]
+
+
 def build_tables() -> dict[str, LayerTable]:
     """Rebuild every reference model: torch -> ONNX -> edgepack's cleanup + BN folding -> layer table."""
     import onnx_ir as ir
@@ -97,13 +119,14 @@ def build_tables() -> dict[str, LayerTable]:
     from edgepack.converters.torch_to_onnx import torch_to_onnx
     from edgepack.devices.layers import layers_from_onnx
 
-    from benchmarks.reference_models import REFERENCE_MODELS
+    from benchmarks.reference_models import LITERT_REFERENCE_MODELS, REFERENCE_MODELS
 
     tables = {}
-    for name, (make, shape) in REFERENCE_MODELS.items():
+    for name, (make, shape) in {**REFERENCE_MODELS, **LITERT_REFERENCE_MODELS}.items():
         module = make().eval()
         with torch.no_grad():
-            n_out = len(module(torch.zeros(shape))) if name in ("mobilenet_ssd", "yolov4-tiny", "blazeface") else 1
+            out = module(torch.zeros(shape))
+        n_out = len(out) if isinstance(out, tuple) else 1
         proto = torch_to_onnx(module, "module", (torch.randn(*shape),), ["input"], [f"out{i}" for i in range(n_out)], 18).model_proto
         model = ir.from_proto(proto)
         for graph_pass in (cleanup_graph, fold_batchnorm, cleanup_graph):
@@ -183,14 +206,15 @@ def fit(problem: Problem, rows: list[Row], free: list[str] | None = None, base: 
     return params_of(best.x)
 
 
-def fit_both(problem: Problem, rows: list[Row]) -> RuntimeParams:
-    """Stage 1: every parameter but in_order_eff on the goal boards (out-of-order A72, A76).
-    Stage 2: in_order_eff alone on the in-order A53 boards, the rest fixed. Other boards
-    (jetson-nano-cpu, A57) are never fitted on: their error is a transfer test."""
+def fit_both(problem: Problem, rows: list[Row], fixed: dict[str, float] | None = None) -> RuntimeParams:
+    """Stage 1: every parameter but in_order_eff (and the `fixed` ones) on the goal boards
+    (out-of-order A72, A76). Stage 2: in_order_eff alone on the in-order A53 boards, the rest fixed.
+    Other boards (jetson-nano-cpu, A57) are never fitted on: their error is a transfer test."""
+    fixed = FIXED if fixed is None else fixed
     names = RuntimeParams.names()
     goal = [r for r in rows if r.board in GOAL_BOARDS]
-    stage1 = fit(problem, goal, free=[k for k in names if k != "in_order_eff" and k not in FIXED],
-                 base=RuntimeParams(**{**START, **FIXED}))
+    stage1 = fit(problem, goal, free=[k for k in names if k != "in_order_eff" and k not in fixed],
+                 base=RuntimeParams(**{**START, **fixed}))
     in_order = [r for r in rows if problem.profiles[r.board].big.in_order]
     return fit(problem, in_order, free=["in_order_eff"], base=stage1, starts=1) if in_order else stage1
 
@@ -234,44 +258,25 @@ def run(write: bool, rebuild: bool) -> int:
     for row, why in excluded:
         print(f"  {row.board} {row.model} {row.precision} {row.threads}T {row.ms} ms: {why}")
 
-    problem = Problem(tables, rows, "ncnn")
-    params = fit_both(problem, rows)
-    fit_err = dict(zip(rows, errors(problem.predict(params, rows), rows)))
-    loo_err: dict[Row, float] = {}
-    for model in sorted(tables):
-        test = [r for r in rows if r.model == model]
-        if not test:
-            continue
-        p = fit_both(problem, [r for r in rows if r.model != model])
-        loo_err.update(zip(test, errors(problem.predict(p, test), test)))
-        print(f"  left out {model:14s}: held-out median {100 * statistics.median(loo_err[r] for r in test):5.1f}%", file=sys.stderr)
-    base = baseline_loo(tables, rows)
-    base_err = {r: abs(base[r] / r.ms - 1) for r in rows}
-
-    print("\nncnn (benchncnn average ms), error |estimate/measured - 1| per board and threads:")
-    print("\n".join(summarize("fit", rows, fit_err)))
-    print("\n".join(summarize("held-out", rows, loo_err)))
-    print("\n".join(summarize("MACs-only", rows, base_err)))
-    goal = [r for r in rows if r.board in GOAL_BOARDS]
-    for label, err in (("fit", fit_err), ("held-out", loo_err), ("MACs-only", base_err)):
-        e = [err[r] for r in goal]
-        print(f"{label:10s} rpi4+rpi5 1T+4T   n={len(e)}  median {100 * statistics.median(e):5.1f}%  worst {100 * max(e):5.1f}%")
-    worst = sorted(goal, key=lambda r: -loo_err[r])[:5]
-    print("worst held-out rows: " + "; ".join(f"{r.board} {r.model} {r.precision} {r.threads}T {100 * loo_err[r]:+.0f}%"
-                                             for r in worst))
-    print("\nfitted ncnn parameters: " + json.dumps({k: round(v, 4) for k, v in vars(params).items()}))
+    ncnn = evaluate(tables, rows, "ncnn", FIXED)
+    litert_rows = read_litert_rows()
+    print(f"\nLiteRT rows: {len(litert_rows)} (TFLite 2.18 benchmark_model + XNNPACK, EfficientDet-Lite0-4, rpi4 and rpi5)")
+    litert = evaluate(tables, litert_rows, "litert", LITERT_FIXED)
+    check_memory(tables)
+    params = {"ncnn": ncnn, "litert": {**litert, "in_order_eff": ncnn["in_order_eff"]}}
 
     shipped = load_params() if PARAMS.is_file() else None
     new = {
         "version": "1",
         "fitted_by": "python -m benchmarks.fit_estimator --write",
-        "data": "ncnn-published-latency.csv (boards: " + ", ".join(sorted(BOARDS)) + ")",
+        "data": {"ncnn": "ncnn-published-latency.csv (boards: " + ", ".join(sorted(BOARDS)) + ")",
+                 "litert": "tflite-published-latency.csv, TFLite 2.18 benchmark_model + XNNPACK (rpi4, rpi5)"},
         "runtimes": {
-            "ncnn": {"params": {k: round(v, 6) for k, v in vars(params).items()}},
-            "litert": {"same_as": "ncnn", "note": "not fitted: the LiteRT rows (EfficientDet-Lite, SSD) have no rebuilt "
-                       "reference model yet; ncnn's parameters are used and Winograd is never applied to LiteRT"},
-            "onnxruntime": {"same_as": "ncnn", "note": "not fitted: no published ONNX Runtime per-model ARM latency "
-                            "besides YOLOv8 in other-published-latency.csv"},
+            "ncnn": {"params": params["ncnn"]},
+            "litert": {"params": params["litert"], "note": "fitted on EfficientDet-Lite0-4 only (one model family); "
+                       "in_order_eff copied from ncnn (no in-order board in the LiteRT data)"},
+            "onnxruntime": {"same_as": "litert", "note": "not fitted: no published per-model ONNX Runtime latency on ARM "
+                            "besides YOLOv8 in other-published-latency.csv; uses LiteRT's (XNNPACK-like, no Winograd) parameters"},
         },
     }
     if write:
@@ -279,10 +284,60 @@ def run(write: bool, rebuild: bool) -> int:
         print(f"wrote {PARAMS.relative_to(ROOT)}")
         return 0
     if shipped is not None:
-        same = params_match(shipped["runtimes"]["ncnn"]["params"], new["runtimes"]["ncnn"]["params"])
+        same = all(params_match(shipped["runtimes"][r].get("params", {}), new["runtimes"][r]["params"]) for r in ("ncnn", "litert"))
         print("shipped parameters reproduced" if same else "shipped parameters differ from this fit: rerun with --write")
         return 0 if same else 1
     return 0
+
+
+def evaluate(tables: dict[str, LayerTable], rows: list[Row], runtime: str, fixed: dict[str, float]) -> dict[str, float]:
+    """Fit on all rows, then leave each model out in turn; print the error tables; return the params."""
+    problem = Problem(tables, rows, runtime)
+    params = fit_both(problem, rows, fixed)
+    fit_err = dict(zip(rows, errors(problem.predict(params, rows), rows), strict=True))
+    loo_err: dict[Row, float] = {}
+    for model in sorted({r.model for r in rows}):
+        test = [r for r in rows if r.model == model]
+        p = fit_both(problem, [r for r in rows if r.model != model], fixed)
+        loo_err.update(zip(test, errors(problem.predict(p, test), test), strict=True))
+        print(f"  {runtime}: left out {model:19s} held-out median {100 * statistics.median(loo_err[r] for r in test):5.1f}%",
+              file=sys.stderr)
+    base = baseline_loo(tables, rows)
+    base_err = {r: abs(base[r] / r.ms - 1) for r in rows}
+    print(f"\n{runtime}: error |estimate/measured - 1| per board and threads "
+          "(fit = models in the fit; held-out = each model predicted by a fit without it; MACs-only = baseline, held-out)")
+    print("\n".join(summarize("fit", rows, fit_err)))
+    print("\n".join(summarize("held-out", rows, loo_err)))
+    print("\n".join(summarize("MACs-only", rows, base_err)))
+    goal = [r for r in rows if r.board in GOAL_BOARDS and r.threads in (1, 4)]
+    for label, err in (("fit", fit_err), ("held-out", loo_err), ("MACs-only", base_err)):
+        e = [err[r] for r in goal]
+        print(f"{label:10s} GOAL rpi4+rpi5, 1T+4T  n={len(e)}  median {100 * statistics.median(e):5.1f}%  "
+              f"worst {100 * max(e):5.1f}%")
+    worst = sorted(goal, key=lambda r: -loo_err[r])[:5]
+    print("worst held-out rows: " + "; ".join(f"{r.board} {r.model} {r.precision} {r.threads}T {100 * loo_err[r]:+.0f}%"
+                                             for r in worst))
+    print(f"fitted {runtime} parameters: " + json.dumps({k: round(v, 4) for k, v in vars(params).items()}))
+    return {k: round(v, 6) for k, v in vars(params).items()}
+
+
+def check_memory(tables: dict[str, LayerTable]) -> None:
+    """Our peak-memory estimate next to benchmark_model's overall memory footprint (which also holds
+    the interpreter, XNNPACK's packed weights and the process: a lower bound is all we claim)."""
+    from edgepack.devices.estimate import estimate
+
+    seen = set()
+    print("\nLiteRT peak memory, estimate vs benchmark_model 'overall' footprint (MB):")
+    with open(REFERENCE / "tflite-published-latency.csv") as f:
+        for r in csv.DictReader(f):
+            board = TFLITE_BOARDS.get(r["device"])
+            model, _, precision = r["model"].rpartition("_")
+            if board != "rpi4" or r["threads"] != "1" or not r["mem_overall_mb"] or (model, precision) in seen:
+                continue
+            seen.add((model, precision))
+            est = estimate(tables[model], load_profile(board), "litert", precision.lower(), 1)
+            print(f"  {model:19s} {precision.lower():4s} estimate {est.peak_memory_mb:6.1f} (weights {est.weights_mb:5.1f} + "
+                  f"arena {est.arena_mb:5.1f})  measured {float(r['mem_overall_mb']):6.1f}")
 
 
 def params_match(a: dict[str, float], b: dict[str, float], rtol: float = 0.02) -> bool:

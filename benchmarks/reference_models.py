@@ -287,3 +287,135 @@ REFERENCE_MODELS = {
     "vgg16": (VGG16, (1, 3, 224, 224)),
     "yolov4-tiny": (YoloV4Tiny, (1, 3, 416, 416)),
 }
+
+
+# ---------------------------------------------------------------- EfficientDet-Lite (LiteRT rows)
+# EfficientNet-Lite backbone (Tan & Le 2019, lite variant: no squeeze-excite, ReLU6, stem and head
+# not scaled, first and last stage repeats not scaled) + BiFPN + shared class/box heads (Tan et al.
+# 2020; the -Lite configs of google/automl efficientdet/hparams_config.py: fpn_weight_method "sum",
+# ReLU6). Without NMS post-processing (the TFLite_Detection_PostProcess op is not modelled).
+
+EFFNET_BLOCKS = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
+                 (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]  # expand, kernel, stride, channels, repeats (B0)
+# name: (backbone width, depth), input size, fpn filters, fpn repeats, head repeats
+EFFICIENTDET_LITE = {
+    "efficientdet-lite0": ((1.0, 1.0), 320, 64, 3, 3),
+    "efficientdet-lite1": ((1.0, 1.1), 384, 88, 4, 3),
+    "efficientdet-lite2": ((1.1, 1.2), 448, 112, 5, 3),
+    "efficientdet-lite3": ((1.2, 1.4), 512, 160, 6, 4),
+    "efficientdet-lite3x": ((1.2, 1.4), 640, 200, 6, 4),
+    "efficientdet-lite4": ((1.4, 1.8), 640, 224, 7, 4),
+}
+
+
+def _round_filters(c: int, width: float, divisor: int = 8) -> int:
+    c *= width
+    new = max(divisor, int(c + divisor / 2) // divisor * divisor)
+    return int(new + divisor) if new < 0.9 * c else int(new)
+
+
+class MBConv(nn.Module):
+    def __init__(self, cin: int, cout: int, expand: int, k: int, stride: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        layers: list[nn.Module] = [_cbr(cin, mid, 1, act=nn.ReLU6)] if expand != 1 else []
+        layers += [_cbr(mid, mid, k, stride, g=mid, act=nn.ReLU6), _cbr(mid, cout, 1, act=None)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+class EfficientNetLiteFeatures(nn.Module):
+    """Returns the stride-8, 16 and 32 feature maps."""
+
+    def __init__(self, width: float, depth: float) -> None:
+        super().__init__()
+        import math
+
+        self.stem = _cbr(3, 32, 3, 2, act=nn.ReLU6)
+        cin, stages = 32, []
+        for i, (e, k, s, c, r) in enumerate(EFFNET_BLOCKS):
+            cout = _round_filters(c, width)
+            repeats = r if i in (0, len(EFFNET_BLOCKS) - 1) else math.ceil(r * depth)
+            blocks = []
+            for j in range(repeats):
+                blocks.append(MBConv(cin, cout, e, k, s if j == 0 else 1))
+                cin = cout
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+        self.channels = [_round_filters(c, width) for c in (40, 112, 320)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        feats = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in (2, 4, 6):
+                feats.append(x)
+        return feats
+
+
+def _sep(c: int, cout: int | None = None, act: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False), nn.Conv2d(c, cout or c, 1)]
+    if cout is None:
+        layers.append(nn.BatchNorm2d(c))
+    if act:
+        layers.append(nn.ReLU6())
+    return nn.Sequential(*layers)
+
+
+class BiFPNLayer(nn.Module):
+    def __init__(self, w: int) -> None:
+        super().__init__()
+        self.td = nn.ModuleList(_sep(w) for _ in range(4))  # P6, P5, P4, P3 top-down
+        self.bu = nn.ModuleList(_sep(w) for _ in range(4))  # P4, P5, P6, P7 bottom-up
+
+    def forward(self, p: list[torch.Tensor]) -> list[torch.Tensor]:
+        up = lambda t, like: nn.functional.interpolate(t, size=like.shape[-2:], mode="nearest")
+        down = lambda t: nn.functional.max_pool2d(t, 3, 2, 1)
+        relu6 = nn.functional.relu6
+        td = [p[4]]
+        for i, level in enumerate((3, 2, 1, 0)):
+            td.append(self.td[i](relu6(p[level] + up(td[-1], p[level]))))
+        # td = [P7, P6td, P5td, P4td, P3out]
+        out = [td[4]]
+        for i, level in enumerate((1, 2, 3)):
+            out.append(self.bu[i](relu6(p[level] + td[4 - level] + down(out[-1]))))
+        out.append(self.bu[3](relu6(p[4] + down(out[-1]))))
+        return out
+
+
+class EfficientDetLite(nn.Module):
+    def __init__(self, variant: str) -> None:
+        super().__init__()
+        (width, depth), _, w, fpn_repeats, head_repeats = EFFICIENTDET_LITE[variant]
+        self.backbone = EfficientNetLiteFeatures(width, depth)
+        c3, c4, c5 = self.backbone.channels
+        self.resample = nn.ModuleList(_cbr(c, w, 1, act=None) for c in (c3, c4, c5))
+        self.bifpn = nn.Sequential(*[BiFPNLayer(w) for _ in range(fpn_repeats)])
+        self.class_net = nn.Sequential(*[_sep(w, act=True) for _ in range(head_repeats)])
+        self.class_out = _sep(w, 9 * 90)
+        self.box_net = nn.Sequential(*[_sep(w, act=True) for _ in range(head_repeats)])
+        self.box_out = _sep(w, 9 * 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c3, c4, c5 = self.backbone(x)
+        p = [r(c) for r, c in zip(self.resample, (c3, c4, c5), strict=True)]
+        p.append(nn.functional.max_pool2d(p[-1], 3, 2, 1))  # P6
+        p.append(nn.functional.max_pool2d(p[-1], 3, 2, 1))  # P7
+        for layer in self.bifpn:
+            p = layer(p)
+        flat = lambda t: torch.flatten(t.permute(0, 2, 3, 1), 1)
+        scores = torch.cat([flat(self.class_out(self.class_net(f))) for f in p], 1)
+        boxes = torch.cat([flat(self.box_out(self.box_net(f))) for f in p], 1)
+        return torch.sigmoid(scores), boxes
+
+
+# name in tflite-published-latency.csv -> (constructor, input shape)
+LITERT_REFERENCE_MODELS = {
+    name: ((lambda n=name: EfficientDetLite(n)), (1, 3, size, size))
+    for name, (_, size, _, _, _) in EFFICIENTDET_LITE.items()
+}

@@ -218,13 +218,26 @@ def test_peak_memory_is_weights_plus_arena(tables):
 
 
 def test_fit_script_reproduces_the_shipped_parameters(tables):
-    from benchmarks.fit_estimator import Problem, fit_both, params_match, read_ncnn_rows
+    from benchmarks.fit_estimator import (
+        FIXED,
+        LITERT_FIXED,
+        Problem,
+        fit_both,
+        params_match,
+        read_litert_rows,
+        read_ncnn_rows,
+    )
 
     rows, excluded = read_ncnn_rows()
     assert len(excluded) == 5 and all(why for _, why in excluded)
-    params = fit_both(Problem(tables, rows, "ncnn"), rows)
-    shipped = load_params()["runtimes"]["ncnn"]["params"]
-    assert params_match(shipped, vars(params)), (shipped, vars(params))
+    shipped = load_params()["runtimes"]
+    ncnn = fit_both(Problem(tables, rows, "ncnn"), rows, FIXED)
+    assert params_match(shipped["ncnn"]["params"], vars(ncnn)), (shipped["ncnn"], vars(ncnn))
+    litert_rows = read_litert_rows()
+    assert len(litert_rows) == 96
+    litert = {**vars(fit_both(Problem(tables, litert_rows, "litert"), litert_rows, LITERT_FIXED)),
+              "in_order_eff": ncnn.in_order_eff}
+    assert params_match(shipped["litert"]["params"], litert), (shipped["litert"], litert)
 
 
 def test_shipped_estimate_is_within_the_published_fit_error_on_rpi4(tables):
@@ -239,8 +252,7 @@ def test_shipped_estimate_is_within_the_published_fit_error_on_rpi4(tables):
 def test_params_file_says_which_runtimes_are_fitted():
     params = load_params()
     assert "params" in params["runtimes"]["ncnn"]
-    for runtime in ("litert", "onnxruntime"):
-        entry = params["runtimes"][runtime]
-        assert "params" in entry or "not fitted" in entry["note"]
+    assert "params" in params["runtimes"]["litert"]
+    assert "not fitted" in params["runtimes"]["onnxruntime"]["note"]
     json.dumps(params)
     assert np.isfinite(list(params["runtimes"]["ncnn"]["params"].values())).all()
