@@ -48,16 +48,14 @@ EXCLUDED = {
     ("rpi5", "resnet18", "int8", 1): "int8 slower than fp32 on a core with SDOT (36.4 vs 29.7 ms): ncnn's int8 kernels "
                                      "for this model did not use the dot product in that build",
     ("rpi5", "vgg16", "int8", 1): "int8 slower than fp32 on a core with SDOT (273 vs 190 ms): same as resnet18",
-    ("rpi5", "resnet18", "int8", 4): "same build issue as 1 thread (int8 gains 1.2x where fp16 gains more)",
-    ("rpi5", "vgg16", "int8", 4): "same build issue as 1 thread",
     ("rpi5", "mobilenet", "fp32", 4): "average 33.9 ms vs 20.3 ms on 1 thread after a 73 ms spike (min 9.0 ms): "
                                       "a disturbed run, not the model",
 }
 START = {"gemm_eff": 0.6, "width_half": 32.0, "dw_eff": 0.15, "winograd": 2.5, "int8_nodot": 1.4, "int8_dot": 2.0,
-         "in_order_eff": 0.7, "cache_bw": 4.0, "act_passes": 2.0, "serial": 0.05, "serial_int8": 0.05, "layer_cycles": 20000.0}
+         "in_order_eff": 0.7, "cache_bw": 4.0, "act_passes": 2.0, "memory_share": 0.05, "memory_share_int8": 0.05, "layer_cycles": 20000.0}
 BOUNDS = {"gemm_eff": (0.05, 1.0), "width_half": (1.0, 1024.0), "dw_eff": (0.01, 1.0), "winograd": (1.0, 5.0),
           "int8_nodot": (0.5, 4.0), "int8_dot": (0.5, 8.0), "in_order_eff": (0.2, 1.5), "cache_bw": (1.0, 20.0), "act_passes": (1.0, 10.0),
-          "serial": (0.0, 0.9), "serial_int8": (0.0, 0.9), "layer_cycles": (100.0, 1e6)}
+          "memory_share": (0.0, 0.9), "memory_share_int8": (0.0, 0.9), "layer_cycles": (100.0, 1e6)}
 
 LOSS = "soft_l1"  # robust: a few odd rows do not drag the rest
 
@@ -182,13 +180,13 @@ def fit(problem: Problem, rows: list[Row], free: list[str] | None = None, base: 
     names = RuntimeParams.names()
     free = free or names
     fixed = {k: v for k, v in vars(base).items() if k not in free} if base else {}
-    enc = lambda k, v: v if k.startswith("serial") else np.log(v)
+    enc = lambda k, v: v if k.startswith("memory_share") else np.log(v)
     lo = np.array([enc(k, BOUNDS[k][0]) for k in free])
     hi = np.array([enc(k, BOUNDS[k][1]) for k in free])
     measured = np.log([r.ms for r in rows])
 
     def params_of(x: np.ndarray) -> RuntimeParams:
-        values = {k: float(v) if k.startswith("serial") else float(np.exp(v)) for k, v in zip(free, x)}
+        values = {k: float(v) if k.startswith("memory_share") else float(np.exp(v)) for k, v in zip(free, x)}
         return RuntimeParams(**{**fixed, **values})
 
     def residuals(x: np.ndarray) -> np.ndarray:
@@ -262,8 +260,8 @@ def run(write: bool, rebuild: bool) -> int:
     litert_rows = read_litert_rows()
     print(f"\nLiteRT rows: {len(litert_rows)} (TFLite 2.18 benchmark_model + XNNPACK, EfficientDet-Lite0-4, rpi4 and rpi5)")
     litert = evaluate(tables, litert_rows, "litert", LITERT_FIXED)
-    check_memory(tables)
     params = {"ncnn": ncnn, "litert": {**litert, "in_order_eff": ncnn["in_order_eff"]}}
+    check_memory(tables, params["litert"])
 
     shipped = load_params() if PARAMS.is_file() else None
     new = {
@@ -321,7 +319,7 @@ def evaluate(tables: dict[str, LayerTable], rows: list[Row], runtime: str, fixed
     return {k: round(v, 6) for k, v in vars(params).items()}
 
 
-def check_memory(tables: dict[str, LayerTable]) -> None:
+def check_memory(tables: dict[str, LayerTable], litert: dict[str, float]) -> None:
     """Our peak-memory estimate next to benchmark_model's overall memory footprint (which also holds
     the interpreter, XNNPACK's packed weights and the process: a lower bound is all we claim)."""
     from edgepack.devices.estimate import estimate
@@ -335,7 +333,8 @@ def check_memory(tables: dict[str, LayerTable]) -> None:
             if board != "rpi4" or r["threads"] != "1" or not r["mem_overall_mb"] or (model, precision) in seen:
                 continue
             seen.add((model, precision))
-            est = estimate(tables[model], load_profile(board), "litert", precision.lower(), 1)
+            est = estimate(tables[model], load_profile(board), "litert", precision.lower(), 1,
+                           params={"runtimes": {"litert": {"params": litert}}})
             print(f"  {model:19s} {precision.lower():4s} estimate {est.peak_memory_mb:6.1f} (weights {est.weights_mb:5.1f} + "
                   f"arena {est.arena_mb:5.1f})  measured {float(r['mem_overall_mb']):6.1f}")
 

@@ -4,23 +4,26 @@ For each layer of the runtime's own graph (`runtime_graph`: ncnn and XNNPACK fus
 activations into the conv before it; ncnn keeps HardSwish/HardSigmoid as layers):
 
     compute = MACs' / (peak MAC/cycle x efficiency x clock)
-      MACs'       MACs, divided by the Winograd factor for ncnn's 3x3 stride-1 convs
+      MACs'       MACs, divided by the Winograd factor for ncnn's 3x3 stride-1 convs (int8: the
+                  factor x 4/5.06, F(4,3) instead of F(6,3) tiles)
       peak        FP32 FLOP/cycle / 2 from the profile; FP16 FLOP/cycle / 2 where the runtime
                   computes in fp16 (ncnn on cores with fp16 arithmetic); x an int8 gain, smaller
                   without the dot-product extension
-      efficiency  per op class: dense conv / fc  gemm_eff x w / (w + width_half), w = min(K, N)
-                  (a GEMM's efficiency grows with its width); depthwise  dw_eff; x in_order_eff
-                  on in-order cores (A53/A55)
-    memory  = bytes moved (activations in + out, weights) / bandwidth; the share that fits in the
-              last-level cache streams cache_bw times faster than DRAM
-    layer   = (compute^3 + memory^3)^(1/3) + (layer_cycles + sync_cycles x (threads - 1)) / clock
+      efficiency  dense conv / fc: gemm_eff x w / (w + width_half), w = min(K, N) (a GEMM's
+                  efficiency grows with its width); depthwise: dw_eff; x in_order_eff on
+                  in-order cores (A53/A55)
+    memory  = act_passes x activation bytes (in + out) + weight bytes, over the bandwidth; the
+              share that fits in the last-level cache streams cache_bw times faster than DRAM
+              (depthwise convs and element-wise ops end up memory-bound)
+    layer   = (compute^3 + memory^3)^(1/3) + layer_cycles / clock   (a smooth roofline + a fixed cost)
 
-Threads: compute scales as Amdahl's law with a serial share `serial` (a saturating speed-up:
-never more than `threads`); memory scales with the profile's `dram_thread_scaling` (shared L2 and
-DRAM). Peak memory = weights + the activation arena from a liveness analysis (`arena.py`).
+Threads: a share `memory_share` of each kernel's compute time waits on the shared cache and DRAM
+and speeds up only as the profile's `dram_thread_scaling` says; the rest divides by the threads
+(a saturating speed-up, never more than `threads`); memory time scales with the same bandwidth.
+Peak memory = weights + the activation arena from a liveness analysis (`arena.py`).
 
 The free parameters (one set per runtime) live in `estimator_params.json`, fitted on published
-measurements by `benchmarks/fit_estimator.py`, which also publishes the model's error."""
+measurements by `benchmarks/fit_estimator.py`, which also prints the model's error."""
 from __future__ import annotations
 
 import json
@@ -63,8 +66,8 @@ class RuntimeParams:
     in_order_eff: float
     cache_bw: float  # last-level cache bandwidth / DRAM bandwidth
     act_passes: float  # passes over each activation (packing, padding, layout copies): > 1
-    serial: float  # Amdahl serial share of a float layer's compute
-    serial_int8: float  # the same for int8 kernels (they move 4x fewer bytes per MAC)
+    memory_share: float  # share of a float kernel's time bound by the shared cache / DRAM (scales as the profile's bandwidth)
+    memory_share_int8: float  # the same for int8 kernels (they move 4x fewer bytes per MAC)
     layer_cycles: float  # fixed cost per layer (dispatch, packing set-up)
 
     @classmethod
@@ -198,13 +201,15 @@ def layer_seconds(f: LayerFeatures, profile: DeviceProfile, runtime: str, num: N
     # the shared cache and DRAM: their bandwidth grows with threads only as far as the profile says
     memory = streamed * (cached / (rp.cache_bw * dram) + (1 - cached) / dram) / bandwidth_scaling(profile, threads)
     overhead = np.full_like(compute, rp.layer_cycles / clock)
-    return compute * thread_factor(rp, threads, num.compute == "int8"), memory, overhead
+    return compute * thread_factor(rp, threads, num.compute == "int8", profile), memory, overhead
 
 
-def thread_factor(rp: RuntimeParams, threads: int, int8: bool = False) -> float:
-    """Compute time with `threads` / with 1 (Amdahl): >= 1/threads, so the speed-up is <= threads."""
-    serial = rp.serial_int8 if int8 else rp.serial
-    return serial + (1 - serial) / threads
+def thread_factor(rp: RuntimeParams, threads: int, int8: bool, profile: DeviceProfile) -> float:
+    """Compute time with `threads` / with 1. A share of each kernel's time waits on the shared cache
+    and DRAM and speeds up only as the profile's bandwidth does; the rest divides by the threads.
+    bandwidth_scaling <= threads, so the speed-up is <= threads."""
+    share = rp.memory_share_int8 if int8 else rp.memory_share
+    return share / bandwidth_scaling(profile, threads) + (1 - share) / threads
 
 
 def bandwidth_scaling(profile: DeviceProfile, threads: int) -> float:
