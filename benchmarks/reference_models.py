@@ -419,3 +419,68 @@ LITERT_REFERENCE_MODELS = {
     name: ((lambda n=name: EfficientDetLite(n)), (1, 3, size, size))
     for name, (_, size, _, _, _) in EFFICIENTDET_LITE.items()
 }
+
+
+# ---------------------------------------------------------------- MobileNetV3 (an out-of-family check)
+# Howard et al. 2019, Tables 1 and 2: kernel, expansion, out, squeeze-excite, hard-swish, stride.
+MOBILENET_V3 = {
+    "large": ([(3, 16, 16, 0, 0, 1), (3, 64, 24, 0, 0, 2), (3, 72, 24, 0, 0, 1), (5, 72, 40, 1, 0, 2), (5, 120, 40, 1, 0, 1),
+               (5, 120, 40, 1, 0, 1), (3, 240, 80, 0, 1, 2), (3, 200, 80, 0, 1, 1), (3, 184, 80, 0, 1, 1),
+               (3, 184, 80, 0, 1, 1), (3, 480, 112, 1, 1, 1), (3, 672, 112, 1, 1, 1), (5, 672, 160, 1, 1, 2),
+               (5, 960, 160, 1, 1, 1), (5, 960, 160, 1, 1, 1)], 960, 1280),
+    "small": ([(3, 16, 16, 1, 0, 2), (3, 72, 24, 0, 0, 2), (3, 88, 24, 0, 0, 1), (5, 96, 40, 1, 1, 2), (5, 240, 40, 1, 1, 1),
+               (5, 240, 40, 1, 1, 1), (5, 120, 48, 1, 1, 1), (5, 144, 48, 1, 1, 1), (5, 288, 96, 1, 1, 2),
+               (5, 576, 96, 1, 1, 1), (5, 576, 96, 1, 1, 1)], 576, 1024),
+}
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        mid = _round_filters(c // 4, 1.0)
+        self.fc1, self.fc2 = nn.Conv2d(c, mid, 1), nn.Conv2d(mid, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = nn.functional.adaptive_avg_pool2d(x, 1)
+        return x * nn.functional.hardsigmoid(self.fc2(torch.relu(self.fc1(s))))
+
+
+class MobileNetV3Block(nn.Module):
+    def __init__(self, cin: int, k: int, exp: int, cout: int, se: int, hs: int, stride: int) -> None:
+        super().__init__()
+        act = nn.Hardswish if hs else nn.ReLU
+        layers: list[nn.Module] = [_cbr(cin, exp, 1, act=act)] if exp != cin else []
+        layers.append(_cbr(exp, exp, k, stride, g=exp, act=act))
+        if se:
+            layers.append(SqueezeExcite(exp))
+        layers.append(_cbr(exp, cout, 1, act=None))
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+class MobileNetV3(nn.Module):
+    def __init__(self, size: str) -> None:
+        super().__init__()
+        blocks, last, hidden = MOBILENET_V3[size]
+        layers: list[nn.Module] = [_cbr(3, 16, 3, 2, act=nn.Hardswish)]
+        cin = 16
+        for k, exp, cout, se, hs, s in blocks:
+            layers.append(MobileNetV3Block(cin, k, exp, cout, se, hs, s))
+            cin = cout
+        layers.append(_cbr(cin, last, 1, act=nn.Hardswish))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Linear(last, hidden), nn.Hardswish(), nn.Linear(hidden, 1000))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+# models only checked against other-published-latency.csv (never fitted on)
+CHECK_MODELS = {
+    "mobilenet_v3_large": ((lambda: MobileNetV3("large")), (1, 3, 224, 224)),
+    "mobilenet_v3_small": ((lambda: MobileNetV3("small")), (1, 3, 224, 224)),
+}
