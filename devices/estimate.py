@@ -335,6 +335,9 @@ def report_estimate(out_dir: Path, entry: dict, profile: DeviceProfile) -> dict:
         result = estimate_artifact(path, profile, RUNTIME_OF_FORMAT.get(entry["format"]), None, entry["precision"])
     except UsageError as exc:
         return {"error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - an op the layer reader does not know must not fail a verified export
+        return {"error": f"estimate failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                         "report it with the artifact"}
     return result.to_json()
 
 

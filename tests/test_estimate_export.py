@@ -77,6 +77,10 @@ def test_every_artifact_carries_its_estimate(rpi4_export):
     assert onnx_table.macs == tflite_table.macs == arts["net.fp32.onnx"]["estimate"]["macs"]
     assert onnx_table.macs == 32 * 32 * 12 * 27 + 32 * 32 * 8 * 12 * 9 + 8 * 4
     assert onnx_table.weight_elems == tflite_table.weight_elems
+    fp16 = read_layers(out / "net.fp16.tflite")  # fp16 weights DEQUANTIZEd at load: not layers
+    assert (fp16.macs, fp16.weight_elems, len(fp16.layers)) == (tflite_table.macs, tflite_table.weight_elems,
+                                                                len(tflite_table.layers))
+    assert arts["net.fp16.tflite"]["estimate"]["latency_ms"] == arts["net.fp32.tflite"]["estimate"]["latency_ms"]
 
 
 def test_estimate_command_matches_the_report(rpi4_export, capsys):
