@@ -344,20 +344,18 @@ def report_estimate(out_dir: Path, entry: dict, profile: DeviceProfile) -> dict:
 
 # ---------------------------------------------------------------- artifacts on disk
 
-RUNTIME_OF_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert"}
+RUNTIME_OF_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert", ".param": "ncnn"}
 
 
 def artifact_precision(path: Path) -> str:
     """The precision an artifact was exported at: from the export's report.json when the artifact
     sits next to it, else read off the file (Q/DQ or integer ops: int8; fp16 weights: fp16)."""
-    report = path.parent / "report.json"
-    if report.is_file():
-        try:
-            for entry in json.loads(report.read_text()).get("artifacts", []):
-                if entry.get("path") == path.name and entry.get("precision"):
-                    return str(entry["precision"])
-        except (OSError, ValueError):
-            pass
+    entry = _report(path).get("artifact") or {}
+    if entry.get("precision"):
+        return str(entry["precision"])
+    if path.suffix.lower() == ".param":  # int8 convs carry int8_scale_term (param 8)
+        return "int8" if any(" 8=" in f" {line}" and " 8=0" not in f" {line}" for line in path.read_text().splitlines()
+                             if line.startswith("Convolution")) else "fp32"
     if path.suffix.lower() == ".onnx":
         import onnx
 
@@ -380,15 +378,29 @@ def artifact_precision(path: Path) -> str:
     return "fp32"
 
 
+def _report(path: Path) -> dict:
+    """The export's report.json next to an artifact: its model inputs and the artifact's entry."""
+    report = path.parent / "report.json"
+    try:
+        data = json.loads(report.read_text()) if report.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    entry = next((a for a in data.get("artifacts", []) if a.get("path") == path.name), None)
+    inputs = {i["name"]: tuple(i["shape"]) for i in (data.get("model") or {}).get("inputs", []) if i.get("shape")}
+    return {"artifact": entry, "inputs": inputs}
+
+
 def estimate_artifact(path: Path, profile: DeviceProfile, runtime: str | None = None, threads: int | None = None,
-                      precision: str | None = None) -> Estimate:
-    """Estimate an .onnx or .tflite artifact on `profile`. The runtime defaults to the artifact's own
-    (LiteRT for .tflite, ONNX Runtime for .onnx); --runtime ncnn estimates the same graph in ncnn."""
+                      precision: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Estimate:
+    """Estimate an .onnx, .tflite or ncnn .param artifact on `profile`. The runtime defaults to the
+    artifact's own (LiteRT for .tflite, ONNX Runtime for .onnx, ncnn for .param); --runtime ncnn
+    estimates an ONNX graph as ncnn would run it. A .param's input shape comes from `input_shapes`
+    or the export's report.json."""
     from edgepack.devices.layers import read_layers
 
     if not path.is_file():
-        raise UsageError(f"no artifact at {path}; pass an .onnx or .tflite file from an export folder")
-    table = read_layers(path)
+        raise UsageError(f"no artifact at {path}; pass an .onnx, .tflite or .param file from an export folder")
+    table = read_layers(path, input_shapes or _report(path).get("inputs"))
     runtime = runtime or RUNTIME_OF_SUFFIX.get(path.suffix.lower(), profile.default_runtime)
     return estimate(table, profile, runtime, precision or artifact_precision(path), threads)
 

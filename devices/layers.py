@@ -76,9 +76,11 @@ class LayerTable:
                    list(data.get("notes", [])))
 
 
-def read_layers(path: Path) -> LayerTable:
-    """The layer table of an .onnx or .tflite file."""
+def read_layers(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> LayerTable:
+    """The layer table of an .onnx, .tflite or ncnn .param file (.param needs `input_shapes`)."""
     suffix = path.suffix.lower()
+    if suffix == ".param":
+        return layers_from_ncnn(path, input_shapes or {})
     if suffix == ".onnx":
         import onnx
 
@@ -86,7 +88,7 @@ def read_layers(path: Path) -> LayerTable:
     if suffix == ".tflite":
         return layers_from_tflite(path.read_bytes(), source=path.name)
     raise UsageError(f"cannot estimate {path.name}: the file is {suffix or 'without suffix'}; "
-                     "edgepack estimate reads .onnx and .tflite artifacts")
+                     "edgepack estimate reads .onnx, .tflite and ncnn .param artifacts")
 
 
 # ---------------------------------------------------------------- ONNX
@@ -283,6 +285,101 @@ def layers_from_tflite(buffer: bytes, source: str = "") -> LayerTable:
             layers.append(Layer(kind=kind, out_hw=out_hw, **base))
     outputs = [root(tensor(int(i))[0]) for i in graph.OutputsAsNumpy()]
     return LayerTable(layers, tensors, inputs, outputs, source)
+
+
+# ---------------------------------------------------------------- ncnn
+
+_NCNN_KIND = {
+    "Convolution": "conv", "ConvolutionDepthWise": "dwconv", "Deconvolution": "conv", "DeconvolutionDepthWise": "dwconv",
+    "InnerProduct": "fc", "Gemm": "matmul", "MatMul": "matmul", "Pooling": "pool", "Reduction": "pool", "LRN": "pool",
+    "BinaryOp": "eltwise", "Eltwise": "eltwise", "ReLU": "act", "Clip": "act", "Sigmoid": "act", "HardSwish": "act",
+    "HardSigmoid": "act", "Swish": "act", "Mish": "act", "TanH": "act", "PReLU": "act", "ELU": "act", "GELU": "act",
+    "Softmax": "act", "BatchNorm": "act", "Scale": "act", "UnaryOp": "act", "LayerNorm": "act",
+}
+_NCNN_ALIAS = {"Split", "Noop", "Dropout", "Flatten", "Reshape", "Quantize", "Dequantize", "Requantize"}
+
+
+def _ncnn_params(tokens: list[str]) -> dict[int, list[float]]:
+    """`0=16 1=3 -23310=2,8,16`: key -> values (an array key is -23300 - key)."""
+    params: dict[int, list[float]] = {}
+    for token in tokens:
+        key, _, value = token.partition("=")
+        k = int(key)
+        values = [float(v) for v in value.split(",")]
+        params[-k - 23300 if k <= -23300 else k] = values[1:] if k <= -23300 else values
+    return params
+
+
+def layers_from_ncnn(path: Path, input_shapes: dict[str, tuple[int, ...]]) -> LayerTable:
+    """Layer table of an ncnn .param (+ its .bin next to it). A .param stores no blob shapes: ncnn
+    itself runs the net once on zeros (input shape from `input_shapes`, NCHW) and every blob is
+    extracted for its shape. ncnn's graph is already fused (activation_type in the conv)."""
+    try:
+        import ncnn
+    except ImportError:
+        raise UsageError("reading an ncnn .param needs the ncnn package (pip install ncnn); "
+                         "or estimate the .onnx of the same export with --runtime ncnn") from None
+    import numpy as np
+
+    lines = [line.split() for line in path.read_text().splitlines()[2:] if line.strip()]
+    rows = [(t[0], t[1], t[4:4 + int(t[2])], t[4 + int(t[2]):4 + int(t[2]) + int(t[3])],
+             _ncnn_params(t[4 + int(t[2]) + int(t[3]):])) for t in lines]
+    inputs = [tops[0] for kind, _, _, tops, _ in rows if kind == "Input"]
+    missing = [name for name in inputs if name not in input_shapes and len(input_shapes) != 1]
+    if missing or not input_shapes:
+        raise UsageError(f"{path.name} does not store its input shape: pass --input-shape (e.g. 1x3x224x224), "
+                         "or keep the artifact next to its export's report.json")
+    net = ncnn.Net()
+    net.opt.lightmode = False
+    net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = net.opt.use_fp16_packed = False
+    bin_path = path.with_suffix(".bin")
+    if net.load_param(str(path)) != 0 or not bin_path.is_file() or net.load_model(str(bin_path)) != 0:
+        raise UsageError(f"ncnn cannot load {path.name} with {bin_path.name}; both files of the export are needed")
+    ex = net.create_extractor()
+    shapes = list(input_shapes.values())
+    for i, name in enumerate(inputs):
+        shape = input_shapes.get(name, shapes[min(i, len(shapes) - 1)])
+        ex.input(name, ncnn.Mat(np.zeros(shape[1:], dtype=np.float32)))
+    tensors: dict[str, int] = {}
+    alias: dict[str, str] = {}
+    layers: list[Layer] = []
+    for kind, name, bottoms, tops, params in rows:
+        if kind == "Input":
+            tensors[tops[0]] = int(np.prod(input_shapes.get(tops[0], shapes[0])))
+            continue
+        acts = [alias.get(b, b) for b in bottoms]
+        if kind in _NCNN_ALIAS:
+            for top in tops:
+                alias[top] = acts[0]
+            continue
+        dims = []
+        for top in tops:
+            _, mat = ex.extract(top)
+            arr = np.array(mat)
+            tensors[top] = int(arr.size)
+            dims.append(arr.shape)
+        out = tensors[tops[0]]
+        base = {"name": name, "op": kind, "inputs": tuple(acts), "outputs": tuple(tops)}
+        layer_kind = _NCNN_KIND.get(kind, "copy")
+        if layer_kind in ("conv", "dwconv", "fc"):
+            num_output = int(params.get(0, [0])[0])
+            weights = int(params.get(2 if kind == "InnerProduct" else 6, [0])[0])
+            kw = int(params.get(1, [1])[0])
+            kernel = 1 if kind == "InnerProduct" else kw * int(params.get(11, [kw])[0])
+            per_output = weights // max(num_output, 1)  # cin/group x kernel
+            groups = int(params.get(7, [1])[0]) if "DepthWise" in kind else 1
+            cin = per_output // kernel
+            if layer_kind == "dwconv" and cin != 1:
+                layer_kind = "conv"
+            # a deconvolution multiplies every input element by its kernel for each output channel of its group
+            macs = tensors[acts[0]] * num_output * kernel // groups if kind.startswith("Deconvolution") else out * per_output
+            layers.append(Layer(kind=layer_kind, macs=int(macs), weight_elems=weights, kernel=kernel,
+                                stride=int(params.get(3, [1])[0]), cin=cin, cout=num_output, groups=groups,
+                                out_hw=int(np.prod(dims[0][1:])) if len(dims[0]) > 1 else 1, **base))
+        else:
+            layers.append(Layer(kind=layer_kind, out_hw=int(np.prod(dims[0][1:])) if len(dims[0]) > 1 else 1, **base))
+    outputs = [t for _, _, _, tops, _ in rows for t in tops if t.startswith("out")] or [rows[-1][3][0]]
+    return LayerTable(layers, tensors, inputs, outputs, path.name)
 
 
 def save_tables(tables: dict[str, LayerTable], path: Path) -> None:

@@ -202,10 +202,12 @@ def devices(name: str | None) -> None:
 @click.option("--threads", type=int, default=None, help="Threads (default: the profile's).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8-weights"]), default=None,
               help="Precision (default: from the export's report.json, else read off the file).")
+@click.option("--input-shape", "input_shape", default=None,
+              help="Input shape for an ncnn .param (it stores none), e.g. 1x3x224x224; default: the export's report.json.")
 @click.option("--top", type=int, default=15, show_default=True, help="Layers to list (slowest first); 0 = all.")
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON (latency_ms, peak_memory_mb, layers).")
-def estimate(artifact: Path, target: str, runtime: str | None, threads: int | None, precision: str | None, top: int,
-             as_json: bool) -> None:
+def estimate(artifact: Path, target: str, runtime: str | None, threads: int | None, precision: str | None,
+             input_shape: str | None, top: int, as_json: bool) -> None:
     """Estimate ARTIFACT's latency and peak memory on a target from its device profile (no board needed)."""
     from rich.console import Console
 
@@ -213,7 +215,13 @@ def estimate(artifact: Path, target: str, runtime: str | None, threads: int | No
     from edgepack.devices.estimate import estimate_artifact, render_estimate
     from edgepack.report import to_json_text
 
-    result = estimate_artifact(artifact, load_profile(target), runtime, threads, precision)
+    from edgepack.options import InputSpec
+
+    shapes = None
+    if input_shape:
+        spec = InputSpec.parse(input_shape)
+        shapes = {spec.name or "in0": spec.shape}
+    result = estimate_artifact(artifact, load_profile(target), runtime, threads, precision, shapes)
     if as_json:
         click.echo(to_json_text(result.to_json()), nl=False)
         return

@@ -103,4 +103,27 @@ def test_estimate_errors_are_one_line(rpi4_export, tmp_path, capsys):
     assert "use at most 2" in capsys.readouterr().err
     (tmp_path / "model.bin").write_bytes(b"x")
     assert main(["estimate", str(tmp_path / "model.bin"), "--target", "rpi4"]) == 2
-    assert "reads .onnx and .tflite" in capsys.readouterr().err
+    assert "reads .onnx, .tflite and ncnn .param" in capsys.readouterr().err
+
+
+def test_ncnn_param_reads_as_the_same_network_as_onnx(tmp_path, capsys):
+    """An ncnn .param (written here by pnnx, the converter ncnn ships) has the same MACs and weights
+    as the ONNX artifact of the same network; its estimate is close to the ONNX graph's as ncnn."""
+    pnnx = pytest.importorskip("pnnx", reason="pnnx comes with the ncnn extra (pip install edgepack[ncnn])")
+    pytest.importorskip("ncnn", reason="reading a .param runs ncnn once for the blob shapes")
+    model = PrunedNet().eval()
+    pnnx.export(model, str(tmp_path / "net.pt"), (torch.rand(1, 3, 32, 32),))
+    param = tmp_path / "net.ncnn.param"
+    ncnn_table = read_layers(param, {"in0": (1, 3, 32, 32)})
+    dense = edgepack.export(PrunedNet().eval(), output_dir=tmp_path / "onnx", input_shape="1x3x32x32", target="rpi4",
+                            round_channels=1, prune=False, name="net")
+    onnx_table = read_layers(tmp_path / "onnx" / dense["artifacts"][0]["path"])
+    assert ncnn_table.macs == onnx_table.macs == 32 * 32 * 16 * 27 + 32 * 32 * 8 * 16 * 9 + 8 * 4
+    assert ncnn_table.weight_elems == onnx_table.weight_elems
+    assert {layer.kind for layer in ncnn_table.layers} >= {"conv", "fc"}
+    assert main(["estimate", str(param), "--target", "rpi4", "--input-shape", "1x3x32x32", "--json"]) == 0
+    from_param = json.loads(capsys.readouterr().out)
+    assert main(["estimate", str(tmp_path / "onnx" / "net.fp32.onnx"), "--target", "rpi4", "--runtime", "ncnn", "--json"]) == 0
+    from_onnx = json.loads(capsys.readouterr().out)
+    assert from_param["runtime"] == "ncnn" and from_param["macs"] == from_onnx["macs"]
+    assert from_param["latency_ms"] == pytest.approx(from_onnx["latency_ms"], rel=0.25)
