@@ -387,7 +387,16 @@ def _report(path: Path) -> dict:
         return {}
     entry = next((a for a in data.get("artifacts", []) if a.get("path") == path.name), None)
     inputs = {i["name"]: tuple(i["shape"]) for i in (data.get("model") or {}).get("inputs", []) if i.get("shape")}
-    return {"artifact": entry, "inputs": inputs}
+    return {"artifact": entry, "inputs": inputs, "target": (data.get("target") or {}).get("name")}
+
+
+def export_target(path: Path) -> str:
+    """The target an artifact was exported for (its report.json), for `estimate` without --target."""
+    target = _report(path).get("target")
+    if not target:
+        raise UsageError(f"no --target given and no report.json with a target next to {path.name}; "
+                         "pass --target (see `edgepack devices`)")
+    return str(target)
 
 
 def estimate_artifact(path: Path, profile: DeviceProfile, runtime: str | None = None, threads: int | None = None,

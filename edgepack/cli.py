@@ -196,7 +196,7 @@ def devices(name: str | None) -> None:
 
 @cli.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--target", required=True, help="Device profile (see `edgepack devices`).")
+@click.option("--target", default=None, help="Device profile (see `edgepack devices`); default: the export's target.")
 @click.option("--runtime", type=click.Choice(["litert", "onnxruntime", "ncnn"]), default=None,
               help="Runtime to estimate for (default: the artifact's own: litert for .tflite, onnxruntime for .onnx).")
 @click.option("--threads", type=int, default=None, help="Threads (default: the profile's).")
@@ -206,13 +206,13 @@ def devices(name: str | None) -> None:
               help="Input shape for an ncnn .param (it stores none), e.g. 1x3x224x224; default: the export's report.json.")
 @click.option("--top", type=int, default=15, show_default=True, help="Layers to list (slowest first); 0 = all.")
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON (latency_ms, peak_memory_mb, layers).")
-def estimate(artifact: Path, target: str, runtime: str | None, threads: int | None, precision: str | None,
+def estimate(artifact: Path, target: str | None, runtime: str | None, threads: int | None, precision: str | None,
              input_shape: str | None, top: int, as_json: bool) -> None:
     """Estimate ARTIFACT's latency and peak memory on a target from its device profile (no board needed)."""
     from rich.console import Console
 
     from edgepack.devices import load_profile
-    from edgepack.devices.estimate import estimate_artifact, render_estimate
+    from edgepack.devices.estimate import estimate_artifact, export_target, render_estimate
     from edgepack.report import to_json_text
 
     from edgepack.options import InputSpec
@@ -221,7 +221,7 @@ def estimate(artifact: Path, target: str, runtime: str | None, threads: int | No
     if input_shape:
         spec = InputSpec.parse(input_shape)
         shapes = {spec.name or "in0": spec.shape}
-    result = estimate_artifact(artifact, load_profile(target), runtime, threads, precision, shapes)
+    result = estimate_artifact(artifact, load_profile(target or export_target(artifact)), runtime, threads, precision, shapes)
     if as_json:
         click.echo(to_json_text(result.to_json()), nl=False)
         return

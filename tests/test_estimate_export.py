@@ -86,7 +86,7 @@ def test_every_artifact_carries_its_estimate(rpi4_export):
 def test_estimate_command_matches_the_report(rpi4_export, capsys):
     out, report = rpi4_export
     art = next(a for a in report["artifacts"] if a["path"] == "net.fp32.tflite")
-    assert main(["estimate", str(out / "net.fp32.tflite"), "--target", "rpi4", "--json"]) == 0
+    assert main(["estimate", str(out / "net.fp32.tflite"), "--json"]) == 0  # target from report.json: rpi4
     got = json.loads(capsys.readouterr().out)
     assert got["latency_ms"] == art["estimate"]["latency_ms"] and got["peak_memory_mb"] == art["estimate"]["peak_memory_mb"]
     assert {"latency_ms", "peak_memory_mb", "layers", "target", "runtime", "threads", "precision"} <= set(got)
@@ -102,6 +102,8 @@ def test_estimate_errors_are_one_line(rpi4_export, tmp_path, capsys):
     assert main(["estimate", str(out / "net.fp32.onnx"), "--target", "android-mid", "--threads", "4"]) == 2
     assert "use at most 2" in capsys.readouterr().err
     (tmp_path / "model.bin").write_bytes(b"x")
+    assert main(["estimate", str(tmp_path / "model.bin")]) == 2
+    assert "no --target given and no report.json" in capsys.readouterr().err
     assert main(["estimate", str(tmp_path / "model.bin"), "--target", "rpi4"]) == 2
     assert "reads .onnx, .tflite and ncnn .param" in capsys.readouterr().err
 
