@@ -38,7 +38,7 @@ def export(
     tolerance: float | None = None,
     prune: bool = True,
     prune_approx: bool = False,
-    round_channels: int = 1,
+    round_channels: int | None = None,
     int8: bool = False,
     fp16: bool = False,
     int8_weights_only: bool = False,

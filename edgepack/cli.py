@@ -61,8 +61,9 @@ def cli() -> None:
 @click.option("--no-prune", is_flag=True, help="Keep pruned (constant) channels instead of removing them.")
 @click.option("--prune-approx", is_flag=True,
               help="Also remove constant channels that enter zero-padded convs (inexact at borders; error reported).")
-@click.option("--round-channels", type=int, default=1, show_default=True,
-              help="Keep each layer's remaining width a multiple of N (keeps a few dead channels).")
+@click.option("--round-channels", type=int, default=None,
+              help="Keep each layer's remaining width a multiple of N (keeps a few dead channels); default: the "
+                   "--target profile's round_channels (1 = no rounding).")
 @click.option("--int8", is_flag=True, help="Also export full-integer int8 (static, needs --calib).")
 @click.option("--fp16", is_flag=True, help="Also export fp16 (weights and compute; fp32 IO unless --fp16-io).")
 @click.option("--int8-weights-only", is_flag=True, help="Also export dynamic-range int8 (int8 weights only; no data needed).")
@@ -84,7 +85,7 @@ def cli() -> None:
 def export(model: Path, output_dir: Path, formats: str, target: str, input_shapes: tuple[str, ...], name: str | None,
            allow_pickle: bool, arch: str | None, calib: Path | None, mean: str | None, std: str | None,
            scale: float | None, bgr: bool, layout: str | None, opset: int, seed: int, tolerance: float | None,
-           no_prune: bool, prune_approx: bool, round_channels: int, int8: bool, fp16: bool, int8_weights_only: bool,
+           no_prune: bool, prune_approx: bool, round_channels: int | None, int8: bool, fp16: bool, int8_weights_only: bool,
            fp16_io: bool, calib_method: str, calib_samples: int | None, resize: str | None, crop: str | None,
            min_cosine: float | None, min_top1: float | None, eval_data: Path | None, tflite_nchw_io: bool,
            int8_io: bool, as_json: bool) -> None:
@@ -211,10 +212,54 @@ def devices(name: str | None) -> None:
     if name is None:
         for n in list_profiles():
             p = load_profile(n)
-            click.echo(f"{p.name:12s} {p.cpu:48s} {p.description}")
+            click.echo(f"{p.name:16s} {p.cpu:52s} {p.description}")
         return
-    for key, value in dataclasses.asdict(load_profile(name)).items():
-        click.echo(f"{key:22s} {value}")
+
+    def show(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                show(f"{prefix}.{key}" if prefix else key, item)
+        elif isinstance(value, (list, tuple)) and value and isinstance(value[0], dict):
+            for i, item in enumerate(value):
+                show(f"{prefix}[{i}]", item)
+        else:
+            click.echo(f"{prefix:32s} {value}")
+
+    show("", dataclasses.asdict(load_profile(name)))
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--target", default=None, help="Device profile (see `edgepack devices`); default: the export's target.")
+@click.option("--runtime", type=click.Choice(["litert", "onnxruntime", "ncnn"]), default=None,
+              help="Runtime to estimate for (default: the artifact's own: litert for .tflite, onnxruntime for .onnx).")
+@click.option("--threads", type=int, default=None, help="Threads (default: the profile's).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8-weights"]), default=None,
+              help="Precision (default: from the export's report.json, else read off the file).")
+@click.option("--input-shape", "input_shape", default=None,
+              help="Input shape for an ncnn .param (it stores none), e.g. 1x3x224x224; default: the export's report.json.")
+@click.option("--top", type=int, default=15, show_default=True, help="Layers to list (slowest first); 0 = all.")
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON (latency_ms, peak_memory_mb, layers).")
+def estimate(artifact: Path, target: str | None, runtime: str | None, threads: int | None, precision: str | None,
+             input_shape: str | None, top: int, as_json: bool) -> None:
+    """Estimate ARTIFACT's latency and peak memory on a target from its device profile (no board needed)."""
+    from rich.console import Console
+
+    from edgepack.devices import load_profile
+    from edgepack.devices.estimate import estimate_artifact, export_target, render_estimate
+    from edgepack.report import to_json_text
+
+    from edgepack.options import InputSpec
+
+    shapes = None
+    if input_shape:
+        spec = InputSpec.parse(input_shape)
+        shapes = {spec.name or "in0": spec.shape}
+    result = estimate_artifact(artifact, load_profile(target or export_target(artifact)), runtime, threads, precision, shapes)
+    if as_json:
+        click.echo(to_json_text(result.to_json()), nl=False)
+        return
+    render_estimate(result, Console(highlight=False, width=None if sys.stdout.isatty() else 160), top)
 
 
 def main(argv: list[str] | None = None) -> int:

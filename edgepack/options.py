@@ -116,7 +116,7 @@ class ExportOptions:
     fp32_tolerance: float | None = None
     prune: bool = True
     prune_approx: bool = False
-    round_channels: int = 1
+    round_channels: int | None = None  # None: the target profile's round_channels
     int8: bool = False
     fp16: bool = False
     int8_weights_only: bool = False
@@ -160,7 +160,7 @@ class ExportOptions:
             raise UsageError("--min-cosine/--min-top1 are targets for quantized artifacts: add --int8, --fp16 or --int8-weights-only")
         if self.eval_data is not None:
             object.__setattr__(self, "eval_data", Path(self.eval_data))
-        if self.round_channels < 1:
+        if self.round_channels is not None and self.round_channels < 1:
             raise UsageError(f"--round-channels {self.round_channels} must be 1 or more (1 = no rounding)")
         if self.prune_approx and not self.prune:
             raise UsageError("--prune-approx and --no-prune contradict each other; pass one of them")

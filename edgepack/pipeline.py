@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from edgepack.converters.quantize_int8 import QUANTIZED_OPS
 from edgepack.converters.fold_batchnorm import fold_batchnorm
 from edgepack.converters.remove_pruned_channels import remove_pruned_channels
 from edgepack.devices import DeviceProfile, load_profile
+from edgepack.devices.estimate import describe_precision_gain, report_estimate
 from edgepack.errors import (
     EdgepackError, InputShapeError, LoadError, UnsupportedError, UsageError, VerificationFailed,
 )
@@ -109,6 +111,7 @@ def escape(text: str) -> str:
 def run_export(model_or_path: Any, options: ExportOptions, console: Any | None = None) -> dict:
     steps = Steps(console)
     profile = load_profile(options.target)
+    options, round_source = _with_profile_defaults(options, profile)
     out_dir = prepare_output_dir(options.output_dir)
     total_start = time.perf_counter()
 
@@ -147,6 +150,7 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
     save_verification(out_dir / VERIFY_NAME, vset, reference, output_names)
     already_quantized = any(n.op_type in QUANTIZED_OPS for n in model.graph)
     precisions = _precisions(options, already_quantized, warnings)
+    warnings += [w for w in (describe_precision_gain(profile, p) for p in precisions) if w]
     calib_feeds = _calibration_feeds(calib, vset, shapes, options, warnings) if "int8" in precisions else None
     eval_set = _load_eval(options, specs, source) if options.eval_data else None
     ctx = ExportContext(model, options.name or _default_name(source), out_dir, vset, reference, output_names, options,
@@ -160,6 +164,13 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
             with steps(f"artifact:{fmt}.{precision}", f"export + verify {fmt} {precision}"):
                 artifacts.append(build_artifact(ctx, fmt, precision))
     _int8_agreement(ctx, artifacts)
+    with steps("estimate", f"estimate latency and memory on {profile.name}"):
+        for art in artifacts:
+            art["estimate"] = report_estimate(out_dir, art, profile)
+            if art["estimate"].get("fits_memory") is False:
+                art["warning"] = ((art.get("warning") + "; ") if art.get("warning") else "") + (
+                    f"estimated peak memory {art['estimate']['peak_memory_mb']:.0f} MB exceeds {profile.name}'s "
+                    f"{profile.memory.ram_mb} MB budget")
     for art in artifacts:
         if art.get("warning"):
             warnings.append(f"{art['path']}: {art['warning']}")
@@ -182,7 +193,8 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
             ],
             "pruning_made_permanent": source.made_permanent,
         },
-        "target": {"name": profile.name, "description": profile.description, "cpu": profile.cpu},
+        "target": {"name": profile.name, "description": profile.description, "cpu": profile.cpu,
+                   "round_channels": options.round_channels, "round_channels_source": round_source},
         "preprocessing": options.preprocessing.to_json(),
         "passes": [p.to_json() for p in passes],
         "verification": {
@@ -206,6 +218,13 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
     report_mod.write_report(report, out_dir)
     steps.finish()
     return report
+
+
+def _with_profile_defaults(options: ExportOptions, profile: DeviceProfile) -> tuple[ExportOptions, str]:
+    """Options the target profile fills in when the user did not set them: --round-channels."""
+    if options.round_channels is not None:
+        return options, "flag"
+    return dataclasses.replace(options, round_channels=profile.round_channels), f"profile:{profile.name}"
 
 
 def exit_code_for(artifacts: list[dict]) -> int:

@@ -1,0 +1,437 @@
+"""On-target latency and memory estimates from a model of the hardware anyone can read.
+
+For each layer of the runtime's own graph (`runtime_graph`: ncnn and XNNPACK fuse BN and simple
+activations into the conv before it; ncnn keeps HardSwish/HardSigmoid as layers):
+
+    compute = MACs' / (peak MAC/cycle x efficiency x clock)
+      MACs'       MACs, divided by the Winograd factor for ncnn's 3x3 stride-1 convs (int8: the
+                  factor x 4/5.06, F(4,3) instead of F(6,3) tiles)
+      peak        FP32 FLOP/cycle / 2 from the profile; FP16 FLOP/cycle / 2 where the runtime
+                  computes in fp16 (ncnn on cores with fp16 arithmetic); x an int8 gain, smaller
+                  without the dot-product extension
+      efficiency  dense conv / fc: gemm_eff x w / (w + width_half), w = min(K, N) (a GEMM's
+                  efficiency grows with its width); depthwise: dw_eff; x in_order_eff on
+                  in-order cores (A53/A55)
+    memory  = act_passes x activation bytes (in + out) + weight bytes, over the bandwidth; the
+              share that fits in the last-level cache streams cache_bw times faster than DRAM
+              (depthwise convs and element-wise ops end up memory-bound)
+    layer   = (compute^3 + memory^3)^(1/3) + layer_cycles / clock   (a smooth roofline + a fixed cost)
+
+Threads: a share `memory_share` of each kernel's compute time waits on the shared cache and DRAM
+and speeds up only as the profile's `dram_thread_scaling` says; the rest divides by the threads
+(a saturating speed-up, never more than `threads`); memory time scales with the same bandwidth.
+Peak memory = weights + the activation arena from a liveness analysis (`arena.py`).
+
+The free parameters (one set per runtime) live in `estimator_params.json`, fitted on published
+measurements by `benchmarks/fit_estimator.py`, which also prints the model's error."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from edgepack.devices import DeviceProfile
+from edgepack.devices.arena import Lifetime, plan
+from edgepack.devices.layers import Layer, LayerTable
+
+from edgepack.errors import UsageError
+
+ESTIMATE_RUNTIMES = ("ncnn", "litert", "onnxruntime")
+# activations fused into the op before them (when that op's output has no other reader)
+FUSED_ACTIVATIONS = {
+    "ncnn": {"Relu", "Clip", "LeakyRelu", "Sigmoid", "BatchNormalization", "RELU", "RELU6", "LEAKY_RELU", "LOGISTIC"},
+    "litert": {"Relu", "Clip", "BatchNormalization", "RELU", "RELU6", "RELU_N1_TO_1"},
+    "onnxruntime": {"Relu", "Clip", "LeakyRelu", "Sigmoid", "BatchNormalization"},
+}
+FUSES_INTO = ("conv", "dwconv", "fc")
+SOFT_MAX_POWER = 3.0
+# ncnn's float 3x3 convs use Winograd F(6x6, 3x3) (5.06x fewer multiplies), its int8 ones F(4x4, 3x3)
+# (4x): the int8 Winograd gain is the float one times 4 / 5.06 (a ratio of tile sizes, not fitted).
+WINOGRAD_INT8_RATIO = (4 * 4 * 9 / 6**2) / (6 * 6 * 9 / 8**2)
+
+
+@dataclass(frozen=True)
+class RuntimeParams:
+    """The free parameters of one runtime (see the module docstring for where each enters)."""
+
+    gemm_eff: float
+    width_half: float
+    dw_eff: float
+    winograd: float  # effective MAC reduction of 3x3 stride-1 convs (1 = no Winograd)
+    int8_nodot: float  # int8 peak / fp32 peak without SDOT
+    int8_dot: float  # int8 peak / fp32 peak with SDOT
+    in_order_eff: float
+    cache_bw: float  # last-level cache bandwidth / DRAM bandwidth
+    act_passes: float  # passes over each activation (packing, padding, layout copies): > 1
+    memory_share: float  # share of a float kernel's time bound by the shared cache / DRAM (scales as the profile's bandwidth)
+    memory_share_int8: float  # the same for int8 kernels (they move 4x fewer bytes per MAC)
+    layer_cycles: float  # fixed cost per layer (dispatch, packing set-up)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def load_params() -> dict[str, Any]:
+    text = (resources.files("edgepack.devices") / "estimator_params.json").read_text()
+    return json.loads(text)
+
+
+def runtime_params(runtime: str, params: dict[str, Any] | None = None) -> RuntimeParams:
+    params = params or load_params()
+    entry = params["runtimes"][runtime]
+    values = entry["params"] if "params" in entry else params["runtimes"][entry["same_as"]]["params"]
+    return RuntimeParams(**values)
+
+
+# ---------------------------------------------------------------- the runtime's graph
+
+
+def runtime_graph(table: LayerTable, runtime: str) -> tuple[list[Layer], dict[str, str]]:
+    """The layers the runtime executes: activations fused into the conv/fc before them when that
+    output has no other reader. Returns the layers and the tensor aliases the fusion made."""
+    fusable = FUSED_ACTIVATIONS[runtime]
+    readers: dict[str, int] = {}
+    for layer in table.layers:
+        for t in layer.inputs:
+            readers[t] = readers.get(t, 0) + 1
+    producer: dict[str, Layer] = {}
+    alias: dict[str, str] = {}
+    out: list[Layer] = []
+    for layer in table.layers:
+        ins = tuple(alias.get(t, t) for t in layer.inputs)
+        src = producer.get(ins[0]) if len(ins) == 1 else None
+        if (layer.op in fusable and src is not None and src.kind in FUSES_INTO and readers.get(layer.inputs[0], 0) == 1
+                and ins[0] not in table.outputs):
+            for o in layer.outputs:
+                alias[o] = ins[0]
+            continue
+        layer = Layer(**{**asdict(layer), "inputs": ins})
+        out.append(layer)
+        for o in layer.outputs:
+            producer[o] = layer
+    return out, alias
+
+
+# ---------------------------------------------------------------- precision per runtime and core
+
+
+@dataclass(frozen=True)
+class Numerics:
+    compute: str  # fp32 | fp16 | int8
+    act_bytes: int
+    weight_bytes: int
+    note: str
+
+
+def numerics(runtime: str, precision: str, profile: DeviceProfile) -> Numerics:
+    core = profile.big
+    if precision == "int8":
+        kernels = "int8 kernels" + ("" if core.int8_dotprod else " without the dot-product extension")
+        if runtime == "ncnn":  # ncnn quantizes at each conv's input; blobs between layers stay float
+            return Numerics("int8", 2 if core.fp16_arith else 4, 1, kernels + ", float blobs between layers (ncnn)")
+        return Numerics("int8", 1, 1, kernels)
+    if precision == "int8-weights":
+        return Numerics("fp32", 4, 1, "int8 weights, float compute (dynamic quantization)")
+    if runtime == "ncnn" and core.fp16_arith:
+        return Numerics("fp16", 2, 2, "ncnn computes in fp16 (fp16 storage and arithmetic) on this core")
+    if precision == "fp16":
+        why = "the core has no fp16 arithmetic" if not core.fp16_arith else f"{runtime} dequantizes fp16 weights to fp32"
+        return Numerics("fp32", 4, 4, f"fp16 weights, fp32 compute ({why})")
+    return Numerics("fp32", 4, 4, "fp32")
+
+
+# ---------------------------------------------------------------- the cost of the layers
+
+
+def winograd_eligible(layer: Layer) -> bool:
+    return (layer.kind == "conv" and layer.kernel == 9 and layer.stride == 1 and layer.groups == 1
+            and layer.cin >= 16 and layer.cout >= 16)
+
+
+@dataclass(frozen=True)
+class LayerFeatures:
+    """The runtime graph's layers as arrays (one entry per layer), so one formula serves both
+    `estimate` and the fit over hundreds of measurements."""
+
+    macs: np.ndarray
+    dense: np.ndarray  # conv / fc / matmul
+    depthwise: np.ndarray
+    width: np.ndarray  # min(GEMM reduction K, output channels N)
+    winograd: np.ndarray
+    act_elems: np.ndarray  # activation elements read + written
+    weight_elems: np.ndarray
+
+    @classmethod
+    def of(cls, layers: list[Layer], tensors: dict[str, int]) -> LayerFeatures:
+        dense = [layer.kind in ("conv", "fc", "matmul") and layer.macs > 0 for layer in layers]
+        return cls(
+            macs=np.array([layer.macs for layer in layers], dtype=np.float64),
+            dense=np.array(dense, dtype=bool),
+            depthwise=np.array([layer.kind == "dwconv" for layer in layers], dtype=bool),
+            width=np.array([max(1, min(layer.cin * layer.kernel, layer.cout)) for layer in layers], dtype=np.float64),
+            winograd=np.array([winograd_eligible(layer) for layer in layers], dtype=bool),
+            act_elems=np.array([sum(max(0, tensors.get(t, 0)) for t in layer.inputs + layer.outputs) for layer in layers],
+                               dtype=np.float64),
+            weight_elems=np.array([layer.weight_elems for layer in layers], dtype=np.float64),
+        )
+
+
+def layer_seconds(f: LayerFeatures, profile: DeviceProfile, runtime: str, num: Numerics, rp: RuntimeParams,
+                  threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(compute, memory, overhead) seconds of each layer with `threads` threads."""
+    core = profile.big
+    clock = core.clock_ghz * 1e9
+    winograd = rp.winograd * (WINOGRAD_INT8_RATIO if num.compute == "int8" else 1.0)
+    macs = np.where(f.winograd, f.macs / winograd, f.macs) if runtime == "ncnn" else f.macs
+    peak = (core.fp16_flop_per_cycle if num.compute == "fp16" else core.fp32_flop_per_cycle) / 2
+    if num.compute == "int8":
+        peak *= rp.int8_dot if core.int8_dotprod else rp.int8_nodot
+    eff = np.where(f.depthwise, rp.dw_eff, rp.gemm_eff * f.width / (f.width + rp.width_half))
+    if core.in_order:
+        eff = eff * rp.in_order_eff
+    compute = np.where(f.dense | f.depthwise, macs, 0.0) / (peak * eff * clock)
+    streamed = rp.act_passes * num.act_bytes * f.act_elems + num.weight_bytes * f.weight_elems
+    llc = 1024.0 * (profile.memory.l3_kb + (core.l2_kb if core.l2_shared or profile.memory.l3_kb == 0 else 0))
+    cached = np.minimum(1.0, llc / np.maximum(streamed, 1.0))
+    dram = profile.memory.dram_gbs * 1e9
+    # the shared cache and DRAM: their bandwidth grows with threads only as far as the profile says
+    memory = streamed * (cached / (rp.cache_bw * dram) + (1 - cached) / dram) / bandwidth_scaling(profile, threads)
+    overhead = np.full_like(compute, rp.layer_cycles / clock)
+    return compute * thread_factor(rp, threads, num.compute == "int8", profile), memory, overhead
+
+
+def thread_factor(rp: RuntimeParams, threads: int, int8: bool, profile: DeviceProfile) -> float:
+    """Compute time with `threads` / with 1. A share of each kernel's time waits on the shared cache
+    and DRAM and speeds up only as the profile's bandwidth does; the rest divides by the threads.
+    bandwidth_scaling <= threads, so the speed-up is <= threads."""
+    share = rp.memory_share_int8 if int8 else rp.memory_share
+    return share / bandwidth_scaling(profile, threads) + (1 - share) / threads
+
+
+def bandwidth_scaling(profile: DeviceProfile, threads: int) -> float:
+    n = profile.big.count
+    if n <= 1 or threads <= 1:
+        return 1.0
+    return 1 + (profile.memory.dram_thread_scaling - 1) * (min(threads, n) - 1) / (n - 1)
+
+
+def combine(compute: np.ndarray, memory: np.ndarray, overhead: np.ndarray) -> np.ndarray:
+    """A smooth roofline: close to max(compute, memory) when one dominates; plus the fixed cost."""
+    p = SOFT_MAX_POWER
+    return (compute ** p + memory ** p) ** (1 / p) + overhead
+
+
+# ---------------------------------------------------------------- the whole model
+
+
+@dataclass
+class Estimate:
+    target: str
+    runtime: str
+    precision: str
+    threads: int
+    latency_ms: float
+    peak_memory_mb: float
+    weights_mb: float
+    arena_mb: float
+    arena_rule: str
+    live_peak_mb: float
+    macs: int
+    numerics: str
+    layers: list[dict]
+    fits_memory: bool
+    ram_budget_mb: int
+    params_version: str
+
+    def to_json(self, with_layers: bool = True) -> dict:
+        data = asdict(self)
+        if not with_layers:
+            data["layers"] = len(self.layers)
+        return data
+
+
+def estimate(table: LayerTable, profile: DeviceProfile, runtime: str | None = None, precision: str = "fp32",
+             threads: int | None = None, params: dict[str, Any] | None = None) -> Estimate:
+    runtime = runtime or profile.default_runtime
+    if runtime not in ESTIMATE_RUNTIMES:
+        raise UsageError(f"--runtime {runtime!r} is not one of {', '.join(ESTIMATE_RUNTIMES)}")
+    threads = threads or profile.threads
+    if threads < 1:
+        raise UsageError(f"--threads {threads} must be 1 or more")
+    if threads > profile.big.count:
+        raise UsageError(f"--threads {threads}: {profile.name}'s fastest cluster has {profile.big.count} "
+                         f"{profile.big.core} cores; use at most {profile.big.count}")
+    params = params or load_params()
+    rp = runtime_params(runtime, params)
+    num = numerics(runtime, precision, profile)
+    layers, alias = runtime_graph(table, runtime)
+    c, m, o = layer_seconds(LayerFeatures.of(layers, table.tensors), profile, runtime, num, rp, threads)
+    seconds = combine(c, m, o)
+    total = float(seconds.sum())
+    rows = []
+    for i, layer in enumerate(layers):
+        bound = "compute" if c[i] >= m[i] and c[i] >= o[i] else "memory" if m[i] >= o[i] else "overhead"
+        rows.append({"name": layer.name, "op": layer.op, "kind": layer.kind, "macs": layer.macs,
+                     "ms": round(float(seconds[i]) * 1e3, 4), "bound": bound,
+                     **({"winograd": True} if runtime == "ncnn" and winograd_eligible(layer) else {})})
+    lifetimes = liveness(layers, table, alias, num.act_bytes)
+    arena = plan(lifetimes, runtime)
+    weights = sum(layer.weight_elems for layer in layers) * num.weight_bytes
+    peak = (weights + arena.peak_bytes) / 2**20
+    return Estimate(
+        target=profile.name, runtime=runtime, precision=precision, threads=threads,
+        latency_ms=round(total * 1e3, 3), peak_memory_mb=round(peak, 3), weights_mb=round(weights / 2**20, 3),
+        arena_mb=round(arena.peak_bytes / 2**20, 3), arena_rule=arena.rule, live_peak_mb=round(arena.live_peak / 2**20, 3),
+        macs=table.macs, numerics=num.note, layers=rows, fits_memory=peak <= profile.memory.ram_mb,
+        ram_budget_mb=profile.memory.ram_mb, params_version=str(params.get("version", "")),
+    )
+
+
+def liveness(layers: list[Layer], table: LayerTable, alias: dict[str, str], act_bytes: int) -> list[Lifetime]:
+    """Each activation tensor's life: from the layer writing it to the last layer reading it."""
+    first: dict[str, int] = {t: -1 for t in table.inputs}
+    last: dict[str, int] = {}
+    for i, layer in enumerate(layers):
+        for t in layer.outputs:
+            first.setdefault(t, i)
+        for t in layer.inputs:
+            last[t] = i
+    end = len(layers)
+    for t in table.outputs:
+        last[alias.get(t, t)] = end
+    return [Lifetime(t, max(0, table.tensors.get(t, 0)) * act_bytes, f, last.get(t, f)) for t, f in first.items()]
+
+
+def thread_speedup_bound(profile: DeviceProfile, threads: int) -> float:
+    """The most any estimate can speed up from 1 to `threads` threads on this profile."""
+    return float(min(threads, profile.big.count))
+
+
+def describe_precision_gain(profile: DeviceProfile, precision: str) -> str | None:
+    """Why a precision buys no speed on this target (None when it does)."""
+    if precision == "fp16" and not profile.big.fp16_arith:
+        return (f"fp16 buys no speed on {profile.name}: the {profile.big.core} has no fp16 arithmetic, so the runtime "
+                "computes in fp32 (fp16 only halves the file size); int8 is the faster choice there")
+    return None
+
+
+RUNTIME_OF_FORMAT = {"onnx": "onnxruntime", "tflite": "litert", "ncnn": "ncnn"}
+
+
+def report_estimate(out_dir: Path, entry: dict, profile: DeviceProfile) -> dict:
+    """The report.json `estimate` of one artifact entry (the same keys as `edgepack estimate --json`),
+    or {"error": why} when it cannot be estimated (a failed artifact, a format not read yet)."""
+    if not entry.get("ok") or not entry.get("path"):
+        return {"error": "the artifact was not built"}
+    path = Path(out_dir) / entry["path"]
+    if path.suffix.lower() not in RUNTIME_OF_SUFFIX:
+        return {"error": f"estimating {path.suffix} artifacts is not supported yet; estimate the .onnx of the same export "
+                         "with --runtime " + RUNTIME_OF_FORMAT.get(entry.get("format", ""), "ncnn")}
+    try:
+        result = estimate_artifact(path, profile, RUNTIME_OF_FORMAT.get(entry["format"]), None, entry["precision"])
+    except UsageError as exc:
+        return {"error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - an op the layer reader does not know must not fail a verified export
+        return {"error": f"estimate failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                         "report it with the artifact"}
+    return result.to_json()
+
+
+
+# ---------------------------------------------------------------- artifacts on disk
+
+RUNTIME_OF_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert", ".param": "ncnn"}
+
+
+def artifact_precision(path: Path) -> str:
+    """The precision an artifact was exported at: from the export's report.json when the artifact
+    sits next to it, else read off the file (Q/DQ or integer ops: int8; fp16 weights: fp16)."""
+    entry = _report(path).get("artifact") or {}
+    if entry.get("precision"):
+        return str(entry["precision"])
+    if path.suffix.lower() == ".param":  # int8 convs carry int8_scale_term (param 8)
+        return "int8" if any(" 8=" in f" {line}" and " 8=0" not in f" {line}" for line in path.read_text().splitlines()
+                             if line.startswith("Convolution")) else "fp32"
+    if path.suffix.lower() == ".onnx":
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        ops = {n.op_type for n in model.graph.node}
+        if ops & {"QuantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul"}:
+            return "int8"
+        if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+            return "fp16"
+        return "fp32"
+    if path.suffix.lower() == ".tflite":
+        from ai_edge_litert import schema_py_generated as schema
+
+        model = schema.Model.GetRootAs(path.read_bytes(), 0)
+        graph = model.Subgraphs(0)
+        types = {graph.Tensors(i).Type() for i in range(graph.TensorsLength())}
+        if schema.TensorType.INT8 in types and schema.TensorType.INT32 in types:
+            return "int8"
+        return "fp16" if schema.TensorType.FLOAT16 in types else "fp32"
+    return "fp32"
+
+
+def _report(path: Path) -> dict:
+    """The export's report.json next to an artifact: its model inputs and the artifact's entry."""
+    report = path.parent / "report.json"
+    try:
+        data = json.loads(report.read_text()) if report.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    entry = next((a for a in data.get("artifacts", []) if a.get("path") == path.name), None)
+    inputs = {i["name"]: tuple(i["shape"]) for i in (data.get("model") or {}).get("inputs", []) if i.get("shape")}
+    return {"artifact": entry, "inputs": inputs, "target": (data.get("target") or {}).get("name")}
+
+
+def export_target(path: Path) -> str:
+    """The target an artifact was exported for (its report.json), for `estimate` without --target."""
+    target = _report(path).get("target")
+    if not target:
+        raise UsageError(f"no --target given and no report.json with a target next to {path.name}; "
+                         "pass --target (see `edgepack devices`)")
+    return str(target)
+
+
+def estimate_artifact(path: Path, profile: DeviceProfile, runtime: str | None = None, threads: int | None = None,
+                      precision: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Estimate:
+    """Estimate an .onnx, .tflite or ncnn .param artifact on `profile`. The runtime defaults to the
+    artifact's own (LiteRT for .tflite, ONNX Runtime for .onnx, ncnn for .param); --runtime ncnn
+    estimates an ONNX graph as ncnn would run it. A .param's input shape comes from `input_shapes`
+    or the export's report.json."""
+    from edgepack.devices.layers import read_layers
+
+    if not path.is_file():
+        raise UsageError(f"no artifact at {path}; pass an .onnx, .tflite or .param file from an export folder")
+    table = read_layers(path, input_shapes or _report(path).get("inputs"))
+    runtime = runtime or RUNTIME_OF_SUFFIX.get(path.suffix.lower(), profile.default_runtime)
+    return estimate(table, profile, runtime, precision or artifact_precision(path), threads)
+
+
+def render_estimate(result: Estimate, console: Any, top: int = 15) -> None:
+    """The human view: totals, then the slowest layers."""
+    from rich.table import Table
+
+    console.print(f"[bold]{result.target}[/] {result.runtime}, {result.threads} thread(s), {result.precision} "
+                  f"({result.numerics})")
+    console.print(f"latency      {result.latency_ms:10.2f} ms  ({len(result.layers)} layers, {result.macs / 1e9:.3f} GMACs)")
+    fits = "fits" if result.fits_memory else "[red]exceeds[/]"
+    console.print(f"peak memory  {result.peak_memory_mb:10.2f} MB  = weights {result.weights_mb:.2f} + activation arena "
+                  f"{result.arena_mb:.2f} ({result.arena_rule}); {fits} the {result.ram_budget_mb} MB budget")
+    rows = sorted(result.layers, key=lambda r: -r["ms"])
+    shown = rows if top <= 0 else rows[:top]
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("layer", "op", "kind", "MMACs", "ms", "share", "bound"):
+        table.add_column(col, justify="right" if col in ("MMACs", "ms", "share") else "left")
+    for r in shown:
+        table.add_row(r["name"], r["op"], r["kind"] + (" (winograd)" if r.get("winograd") else ""), f"{r['macs'] / 1e6:.1f}",
+                      f"{r['ms']:.3f}", f"{100 * r['ms'] / max(result.latency_ms, 1e-9):.1f}%", r["bound"])
+    console.print(table)
+    if len(rows) > len(shown):
+        console.print(f"... {len(rows) - len(shown)} more layers (--top 0 lists all, --json gives every layer)")
