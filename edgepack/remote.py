@@ -1,6 +1,6 @@
 """`edgepack bench --remote user@host[:port]`: run the benchmark on a board over SSH.
 
-Uses the system OpenSSH client (`ssh`, `scp`) through subprocess, so `~/.ssh/config`, keys and
+Uses the system OpenSSH client (`ssh`) through subprocess, so `~/.ssh/config`, keys and
 agents work as they do for the user. Always `BatchMode=yes` (ssh never asks for a password: there
 is no way to give one), `StrictHostKeyChecking=yes` unless the user passes --accept-new-host-key
 (then `accept-new`: an unknown key is recorded, a changed key is still refused).
@@ -86,13 +86,20 @@ class RemoteHost:
         return self._call(cmd, timeout)
 
     def _put(self, files: list[Path]) -> None:
+        """Copy files into the work directory through ssh's stdin (`cat > file`): no scp or sftp
+        subsystem needed on the board (minimal images and dropbear often lack sftp-server)."""
         t = self.target
-        host = f"[{t.destination}]" if ":" in t.destination.rpartition("@")[2] else t.destination  # IPv6 literal
-        cmd = ["scp", "-q", *t.ssh_options(), *(["-P", str(t.port)] if t.port else []), "--",
-               *[str(f) for f in files], f"{host}:{self.workdir}/"]
-        proc = self._call(cmd, 600.0)
-        if proc.returncode != 0:
-            raise self._ssh_error(proc, "copying the artifact")
+        for f in files:
+            cmd = ["ssh", *t.ssh_options(), *(["-p", str(t.port)] if t.port else []), "--", t.destination,
+                   f"cat > {shlex.quote(f'{self.workdir}/{f.name}')}"]
+            with open(f, "rb") as stdin:
+                try:
+                    proc = subprocess.run(cmd, stdin=stdin, capture_output=True, timeout=600.0, check=False)
+                except subprocess.TimeoutExpired:
+                    raise RemoteError(f"copying {f.name} to {t.destination} did not finish within 600 s") from None
+            if proc.returncode != 0:
+                proc.stderr = proc.stderr.decode(errors="replace")
+                raise self._ssh_error(proc, f"copying {f.name}")
 
     def _call(self, cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
         try:
@@ -116,9 +123,8 @@ class RemoteHost:
     # -- session
 
     def __enter__(self) -> RemoteHost:
-        for tool in ("ssh", "scp"):
-            if shutil.which(tool) is None:
-                raise RemoteError(f"`{tool}` is not on PATH; install the OpenSSH client (e.g. apt-get install openssh-client)")
+        if shutil.which("ssh") is None:
+            raise RemoteError("`ssh` is not on PATH; install the OpenSSH client (e.g. apt-get install openssh-client)")
         py = shlex.quote(self.target.python)
         probe = "" if self.target.send_runner else f"{py} -m edgepack.runtimes.bench_runner --protocol 2>/dev/null; "
         proc = self._ssh(f'd=$(mktemp -d "${{TMPDIR:-/tmp}}/edgepack-bench.XXXXXX") && echo "$d" && '
