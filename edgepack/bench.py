@@ -89,6 +89,18 @@ def bench_artifact(path: Path, options: BenchOptions, *, remote: Any = None, bas
         raise  # unreachable: raise_runner_error always raises
 
 
+def _with_report_shapes(options: BenchOptions, art: dict) -> BenchOptions:
+    """ncnn params do not store input shapes: take them from the export's report unless given."""
+    import dataclasses
+
+    shapes = [d.get("shape") for d in art.get("inputs") or []]
+    if options.input_shapes or art.get("format") != "ncnn" or not shapes or not all(
+            isinstance(s, list) and all(isinstance(x, int) and x > 0 for x in s) for s in shapes):
+        return options
+    given = tuple(f"{d['name']}:{'x'.join(map(str, d['shape']))}" for d in art["inputs"])
+    return dataclasses.replace(options, input_shapes=given)
+
+
 def bench_export_dir(out_dir: Path, options: BenchOptions, *, remote: Any = None) -> tuple[dict, list[str]]:
     """Benchmark every artifact listed in OUTDIR/report.json; store each result (or its error) in
     `artifacts[i].bench`, rewrite report.json, and return (report, errors)."""
@@ -107,7 +119,8 @@ def bench_export_dir(out_dir: Path, options: BenchOptions, *, remote: Any = None
         if not art.get("path"):
             continue  # the export itself failed for this format: nothing to run
         try:
-            result = bench_artifact(Path(out_dir) / art["path"], options, remote=remote, baseline_cache=cache)
+            result = bench_artifact(Path(out_dir) / art["path"], options=_with_report_shapes(options, art), remote=remote,
+                                    baseline_cache=cache)
         except errors.EdgepackError as exc:
             result = {"error": str(exc), "exit_code": exc.exit_code}
             if remote is not None:

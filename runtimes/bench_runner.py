@@ -92,9 +92,12 @@ def make_feeds(inputs: list[dict], shapes: Mapping[str | None, list[int]], seed:
         shape = shapes.get(d["name"], shapes.get(None)) if shapes else None
         if shape is None:
             shape = d["shape"]
-            if shape is None or any(s < 1 for s in shape):
-                raise _error("InputShapeError", f"input {d['name']!r} has shape {shape if shape is not None else 'unknown'} "
-                                                f"(-1 = dynamic); pass --input-shape {d['name']}:1x3x224x224")
+            if shape is None:
+                raise _error("InputShapeError", f"the model does not store the shape of input {d['name']!r}; pass "
+                                                f"--input-shape {d['name']}:1x3x224x224 (its full shape, batch first)")
+            if any(s < 1 for s in shape):
+                raise _error("InputShapeError", f"input {d['name']!r} has shape {shape} (-1 = dynamic); pass "
+                                                f"--input-shape {d['name']}:1x3x224x224")
         dtype = np.dtype(d["dtype"])
         if dtype.kind == "f":
             feeds[d["name"]] = rng.standard_normal(shape).astype(dtype)
