@@ -61,16 +61,14 @@ class LiteRt:
     name = "litert"
 
     def version(self) -> str:
+        """Imports the interpreter; names the package it came from (the fallback on older devices)."""
         from importlib import metadata
 
-        _interpreter_class()  # imports the runtime (ImportError when neither package is installed)
-
-        for dist in ("ai-edge-litert", "tflite-runtime"):
-            try:
-                return f"{dist} {metadata.version(dist)}"
-            except metadata.PackageNotFoundError:
-                continue
-        return "unknown"
+        dist = "tflite-runtime" if _interpreter_class().__module__.startswith("tflite_runtime") else "ai-edge-litert"
+        try:
+            return f"{dist} {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            return f"{dist} unknown"
 
     def load(self, artifact: Any, *, threads: int | None = None, optimize: bool = True) -> LiteRtSession:
         """optimize=False turns the XNNPACK delegate off (reference kernels)."""

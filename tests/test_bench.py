@@ -160,6 +160,14 @@ def test_export_dir_bench_writes_report_and_html(export_dir):
     html = (export_dir / "report.html").read_text()
     assert html.count("<svg") == 2 and html.count("<circle") == 4 and html.count("<rect") == 4
     assert "<script" not in html and "src=" not in html and "href=" not in html  # opens offline
+    import re
+    import xml.etree.ElementTree as ET
+
+    ns = "{http://www.w3.org/2000/svg}"
+    svgs = [ET.fromstring(svg) for svg in re.findall(r"<svg.*?</svg>", html, re.DOTALL)]  # well-formed SVG
+    # latency bars: one per artifact, lengths proportional to p50 (read back from each bar's tooltip)
+    bars = sorted((float(r.find(f"{ns}title").text.split()[1]), float(r.get("width"))) for r in svgs[0].iter(f"{ns}rect"))
+    assert [w for _, w in bars] == pytest.approx([p / bars[-1][0] * bars[-1][1] for p, _ in bars], rel=1e-2, abs=1.0)
 
 
 def test_runner_zip_is_self_contained(export_dir, tmp_path):
@@ -278,3 +286,27 @@ def test_adapter_agrees_with_torch(export_dir, tmp_path, runtime, artifact, opti
         np.testing.assert_allclose(out, ref, rtol=0, atol=1e-2 * np.abs(ref).max())
     else:
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_litert_falls_back_to_tflite_runtime(export_dir, monkeypatch):
+    """On a device with only `tflite-runtime`, the LiteRT adapter uses its interpreter (simulated:
+    ai_edge_litert made unimportable, a tflite_runtime package exposing the same Interpreter class)."""
+    import types
+
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    fake = types.ModuleType("tflite_runtime")
+    fake_interpreter = types.ModuleType("tflite_runtime.interpreter")
+    fake_interpreter.Interpreter = type("Interpreter", (Interpreter,), {"__module__": "tflite_runtime.interpreter"})
+    fake_interpreter.OpResolverType = OpResolverType
+    fake.interpreter = fake_interpreter
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime", fake)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", fake_interpreter)
+    runtime = get_runtime("litert")
+    assert runtime.version() == "tflite-runtime unknown"  # the package is simulated, so no version metadata
+    for optimize in (True, False):
+        session = runtime.load(export_dir / "digits_cnn.fp32.tflite", threads=1, optimize=optimize)
+        assert type(session._it).__module__ == "tflite_runtime.interpreter"
+        (out,) = session.run({"x": np.zeros((1, 8, 8, 1), np.float32)}).values()
+        assert out.shape == (1, 10) and np.isfinite(out).all()
