@@ -81,17 +81,20 @@ class RemoteHost:
     # -- ssh plumbing
 
     def _ssh(self, command: str, *, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        return self._call(self._ssh_command(command), timeout)
+
+    def _ssh_command(self, command: str) -> list[str]:
+        """Run `command` with sh on the board, whatever the user's login shell is (fish, csh ...)."""
         t = self.target
-        cmd = ["ssh", *t.ssh_options(), *(["-p", str(t.port)] if t.port else []), "--", t.destination, command]
-        return self._call(cmd, timeout)
+        return ["ssh", *t.ssh_options(), *(["-p", str(t.port)] if t.port else []), "--", t.destination,
+                f"sh -c {shlex.quote(command)}"]
 
     def _put(self, files: list[Path]) -> None:
         """Copy files into the work directory through ssh's stdin (`cat > file`): no scp or sftp
         subsystem needed on the board (minimal images and dropbear often lack sftp-server)."""
         t = self.target
         for f in files:
-            cmd = ["ssh", *t.ssh_options(), *(["-p", str(t.port)] if t.port else []), "--", t.destination,
-                   f"cat > {shlex.quote(f'{self.workdir}/{f.name}')}"]
+            cmd = self._ssh_command(f"cat > {shlex.quote(f'{self.workdir}/{f.name}')}")
             with open(f, "rb") as stdin:
                 try:
                     proc = subprocess.run(cmd, stdin=stdin, capture_output=True, timeout=600.0, check=False)
