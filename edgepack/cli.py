@@ -204,7 +204,7 @@ def bench(artifact: Path, threads: int | None, runs: int | None, min_seconds: fl
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 @_debug_option
 def inspect(artifact: Path, as_json: bool) -> None:
-    """Op census, params, MACs, inputs/outputs (layout, quantization) of an .onnx or .tflite ARTIFACT."""
+    """Op census, params, MACs, inputs/outputs (layout, quantization) of an .onnx, .tflite or ncnn .param ARTIFACT."""
     from rich.console import Console
 
     from edgepack.inspect_artifact import inspect_artifact, render_inspect

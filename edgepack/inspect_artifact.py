@@ -1,5 +1,6 @@
 """`edgepack inspect`: what an artifact holds, read from the file itself (no runtime session, no
-torch): op census, parameters, MACs, inputs and outputs with layout and quantization parameters.
+torch): op census, parameters, MACs, inputs and outputs with layout and quantization parameters
+(.onnx, .tflite; ncnn .param without MACs, since it stores no shapes).
 
 `inspect_artifact(path) -> dict` is the reusable core. ONNX is read with onnx + onnx_ir (MACs from
 edgepack.model_stats on the shape-inferred graph); TFLite with the flatbuffer schema that ships in
@@ -29,10 +30,15 @@ def inspect_artifact(path: str | Path) -> dict:
         result = _inspect_onnx(path)
     elif suffix == ".tflite":
         result = _inspect_tflite(path)
+    elif suffix == ".param":
+        result = _inspect_ncnn(path)
     else:
-        raise UnsupportedError(f"{path.name}: inspect reads .onnx and .tflite files (ncnn .param is not read yet)")
+        raise UnsupportedError(f"{path.name}: inspect reads .onnx, .tflite and ncnn .param files")
     _layouts_from_report(path, result)
-    return {"path": str(path), "size_bytes": path.stat().st_size, **result}
+    from edgepack.runtimes.bench_runner import artifact_files
+
+    size = sum(f.stat().st_size for f in artifact_files(path) if f.is_file())  # ncnn: .param + .bin
+    return {"path": str(path), "size_bytes": size, **result}
 
 
 def _layouts_from_report(path: Path, result: dict) -> None:
@@ -212,12 +218,60 @@ def _inspect_tflite(path: Path) -> dict:
     }
 
 
+# ---------------------------------------------------------------- ncnn
+
+
+def _ncnn_params(layer: str, kv: dict[str, str]) -> int:
+    """Weights + biases of the layers that hold them, from the .param's own size fields."""
+    get = lambda k: int(kv.get(k, "0"))
+    if layer in ("Convolution", "ConvolutionDepthWise", "Deconvolution", "DeconvolutionDepthWise", "Convolution1D"):
+        return get("6") + (get("0") if get("5") else 0)
+    if layer == "InnerProduct":
+        return get("2") + (get("0") if get("1") else 0)
+    if layer == "MemoryData":
+        return max(get("0"), 1) * max(get("1"), 1) * max(get("2"), 1)
+    return 0
+
+
+def _inspect_ncnn(path: Path) -> dict:
+    """A text .param: op census, params from each layer's size fields, inputs from Input layers.
+    MACs need the blob shapes, which a .param does not store: None."""
+    lines = path.read_text(errors="replace").split("\n")
+    if not lines or lines[0].strip() != "7767517":
+        raise LoadError(f"{path.name} is not a text ncnn .param (first line must be the magic number 7767517)")
+    ops: Counter = Counter()
+    params = 0
+    inputs, produced, consumed = [], [], set()
+    for line in lines[2:]:
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        layer, n_in, n_out = parts[0], int(parts[2]), int(parts[3])
+        bottoms, tops = parts[4:4 + n_in], parts[4 + n_in:4 + n_in + n_out]
+        kv = dict(x.split("=", 1) for x in parts[4 + n_in + n_out:] if "=" in x)
+        ops[layer] += 1
+        params += _ncnn_params(layer, kv)
+        consumed.update(bottoms)
+        produced.extend(tops)
+        if layer == "Input":
+            dims = [int(kv[k]) for k in ("2", "1", "0") if int(kv.get(k, "0")) > 0]  # c, h, w
+            inputs += [_io(t, [1, *dims] if dims else None, "float32", ONNX_LAYOUTS, None) for t in tops]
+    outputs = [_io(b, None, "float32", ONNX_LAYOUTS, None) for b in produced if b not in consumed and b not in
+               {d["name"] for d in inputs}]
+    return {"format": "ncnn", "ops": dict(sorted(ops.items())), "nodes": sum(ops.values()) - ops.get("Input", 0),
+            "params": int(params), "macs": None, "constants_by_dtype": {},
+            "weights_file": path.with_suffix(".bin").name if path.with_suffix(".bin").is_file() else None,
+            "inputs": inputs, "outputs": outputs}
+
+
 def render_inspect(info: dict, console: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
     console.print(f"[bold]{escape(Path(info['path']).name)}[/]: {info['format']}, {info['size_bytes'] / 1024:.1f} KB; "
-                  f"{info['params'] / 1e6:.3f} M params, {info['macs'] / 1e6:.2f} M MACs, {info['nodes']} ops")
+                  f"{info['params'] / 1e6:.3f} M params, "
+                  + ("MACs unknown (no shapes stored)" if info["macs"] is None else f"{info['macs'] / 1e6:.2f} M MACs")
+                  + f", {info['nodes']} ops")
     table = Table(title_justify="left")
     for col in ("", "name", "shape", "dtype", "layout", "scale", "zero point"):
         table.add_column(col)
@@ -228,4 +282,6 @@ def render_inspect(info: dict, console: Any) -> None:
                           str(d.get("scale", "-")), str(d.get("zero_point", "-")))
     console.print(table)
     console.print("ops: " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()), markup=False)
-    console.print("constants by dtype: " + ", ".join(f"{k} {v}" for k, v in info["constants_by_dtype"].items()), markup=False)
+    if info["constants_by_dtype"]:
+        console.print("constants by dtype: " + ", ".join(f"{k} {v}" for k, v in info["constants_by_dtype"].items()),
+                      markup=False)

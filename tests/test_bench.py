@@ -232,6 +232,20 @@ def test_inspect_counts_match_the_export(export_dir):
     assert t["inputs"][0]["layout_source"] == "report.json"
 
 
+def test_inspect_ncnn_param(tmp_path):
+    from edgepack.inspect_artifact import inspect_artifact
+
+    param = _ncnn_from_pnnx(tmp_path)
+    if param is None:
+        pytest.skip("pnnx is not installed (pip install edgepack[ncnn])")
+    info = inspect_artifact(param)
+    assert info["ops"] == {"Convolution": 3, "InnerProduct": 1, "Input": 1, "Pooling": 2}
+    # BatchNorm folded by pnnx, nothing pruned: (k*k*cin + 1) * cout per conv, (in + 1) * out for the Linear
+    assert info["params"] == (9 + 1) * 16 + (16 * 9 + 1) * 32 + (32 * 9 + 1) * 32 + (32 + 1) * 10
+    assert info["macs"] is None and [d["name"] for d in info["inputs"]] == ["in0"]
+    assert info["size_bytes"] == param.stat().st_size + param.with_suffix(".bin").stat().st_size
+
+
 def test_inspect_rejects_bad_files(tmp_path):
     bad = tmp_path / "x.tflite"
     bad.write_bytes(b"not a flatbuffer at all")
