@@ -42,6 +42,15 @@ MIN_RUNS = 10  # with --min-seconds: never fewer timed runs than this
 MAX_RUNS = 100_000  # ... nor more than this
 
 
+class RunnerError(Exception):
+    """A failure to report: `error_type` names the edgepack.errors class the caller raises (the
+    runner may run on a board, so it travels as a name in the JSON)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
 # ---------------------------------------------------------------- what the child does
 
 
@@ -72,7 +81,7 @@ def parse_shapes(items: Sequence[str]) -> dict[str | None, list[int]]:
         except ValueError:
             shape = []
         if not shape or any(d < 1 for d in shape):
-            raise _error("UsageError", f"--input-shape {item!r} is not like 1x3x224x224 or name:1x3x224x224")
+            raise RunnerError("UsageError", f"--input-shape {item!r} is not like 1x3x224x224 or name:1x3x224x224")
         out[name or None] = shape
     return out
 
@@ -81,10 +90,10 @@ def make_feeds(inputs: list[dict], shapes: Mapping[str | None, list[int]], seed:
     """Seeded random feeds for the session's inputs; --input-shape for any shape the model leaves open."""
     unknown = [k for k in shapes if k is not None and k not in {d["name"] for d in inputs}]
     if unknown:
-        raise _error("InputShapeError", f"--input-shape names {unknown}, but the model's inputs are "
+        raise RunnerError("InputShapeError", f"--input-shape names {unknown}, but the model's inputs are "
                                         f"{[d['name'] for d in inputs]}")
     if None in shapes and len(inputs) > 1:
-        raise _error("InputShapeError", f"the model has {len(inputs)} inputs ({', '.join(d['name'] for d in inputs)}): "
+        raise RunnerError("InputShapeError", f"the model has {len(inputs)} inputs ({', '.join(d['name'] for d in inputs)}): "
                                         "pass --input-shape name:1x3x224x224 for each")
     rng = np.random.default_rng(seed)
     feeds = {}
@@ -93,10 +102,10 @@ def make_feeds(inputs: list[dict], shapes: Mapping[str | None, list[int]], seed:
         if shape is None:
             shape = d["shape"]
             if shape is None:
-                raise _error("InputShapeError", f"the model does not store the shape of input {d['name']!r}; pass "
+                raise RunnerError("InputShapeError", f"the model does not store the shape of input {d['name']!r}; pass "
                                                 f"--input-shape {d['name']}:1x3x224x224 (its full shape, batch first)")
             if any(s < 1 for s in shape):
-                raise _error("InputShapeError", f"input {d['name']!r} has shape {shape} (-1 = dynamic); pass "
+                raise RunnerError("InputShapeError", f"input {d['name']!r} has shape {shape} (-1 = dynamic); pass "
                                                 f"--input-shape {d['name']}:1x3x224x224")
         dtype = np.dtype(d["dtype"])
         if dtype.kind == "f":
@@ -135,13 +144,13 @@ def _load_runtime(name: str) -> tuple[Any, str]:
     from edgepack.runtimes import ADAPTERS, get_runtime
 
     if name not in ADAPTERS:
-        raise _error("UnsupportedError", f"{name} is not available: this edgepack has no {name} adapter "
+        raise RunnerError("UnsupportedError", f"{name} is not available: this edgepack has no {name} adapter "
                                          f"(runtimes here: {', '.join(ADAPTERS)})")
     runtime = get_runtime(name)
     try:
         return runtime, runtime.version()
     except ImportError as exc:
-        raise _error("UnsupportedError", f"{name} is not installed in {sys.executable} ({exc}); "
+        raise RunnerError("UnsupportedError", f"{name} is not installed in {sys.executable} ({exc}); "
                                          f"install it (pip install edgepack[{name}] or the runtime's package)") from None
 
 
@@ -156,14 +165,14 @@ def child_measure(args: argparse.Namespace) -> dict:
     try:
         session = runtime.load(args.artifact, threads=args.threads, optimize=not args.no_optimize)
     except Exception as exc:  # noqa: BLE001  (any runtime's own error type: reported as a load error)
-        raise _error("LoadError", f"{runtime.name} cannot load {Path(args.artifact).name}: {_first_line(exc)}") from None
+        raise RunnerError("LoadError", f"{runtime.name} cannot load {Path(args.artifact).name}: {_first_line(exc)}") from None
     load_ms = (time.perf_counter() - t0) * 1e3
     feeds = make_feeds(session.inputs, parse_shapes(args.input_shape), args.seed)
     t0 = time.perf_counter()
     try:
         session.run(feeds)
     except Exception as exc:  # noqa: BLE001  (any runtime's own error type: reported as a run error)
-        raise _error("LoadError", f"{runtime.name} cannot run {Path(args.artifact).name} on inputs "
+        raise RunnerError("LoadError", f"{runtime.name} cannot run {Path(args.artifact).name} on inputs "
                                   f"{ {k: list(v.shape) for k, v in feeds.items()} }: {_first_line(exc)}") from None
     first_run_ms = (time.perf_counter() - t0) * 1e3
     latencies = time_runs(lambda: session.run(feeds), runs=args.runs, min_seconds=args.min_seconds, warmup=args.warmup)
@@ -172,17 +181,6 @@ def child_measure(args: argparse.Namespace) -> dict:
         "runs": int(latencies.size), "latency_ms": latency_stats(latencies), "peak_rss_mb": peak_rss_mb(),
         "inputs": [{"name": k, "shape": list(v.shape), "dtype": v.dtype.name} for k, v in feeds.items()],
     }
-
-
-class RunnerError(Exception):
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-
-
-def _error(error_type: str, message: str) -> RunnerError:
-    """error_type names a class in edgepack.errors; the caller raises that class."""
-    return RunnerError(error_type, message)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -239,12 +237,12 @@ def _run_child(kind: str, argv: list[str], timeout: float) -> dict:
         proc = subprocess.run([*cmd, "--child", kind, *argv], check=False, capture_output=True, text=True, env=env,
                               timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise _error("LoadError", f"the {kind} process did not finish within {timeout:.0f} s (--timeout)") from None
+        raise RunnerError("LoadError", f"the {kind} process did not finish within {timeout:.0f} s (--timeout)") from None
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(MARKER):
             result = json.loads(line[len(MARKER):])
             if "error" in result:
-                raise _error(result.get("error_type", "EdgepackError"), result["error"])
+                raise RunnerError(result.get("error_type", "EdgepackError"), result["error"])
             return result
     if proc.returncode < 0:
         try:
@@ -255,7 +253,7 @@ def _run_child(kind: str, argv: list[str], timeout: float) -> dict:
     else:
         what = f"exited with code {proc.returncode}"
     last = (proc.stderr.strip().splitlines() or ["no message"])[-1][:300]
-    raise _error("LoadError", f"the runtime {what} in the {kind} process: {last}; the file may be corrupt or unsupported")
+    raise RunnerError("LoadError", f"the runtime {what} in the {kind} process: {last}; the file may be corrupt or unsupported")
 
 
 def benchmark(artifact: str | Path, *, runtime: str, threads: int | None = None, runs: int | None = None,
@@ -270,7 +268,7 @@ def benchmark(artifact: str | Path, *, runtime: str, threads: int | None = None,
     files = artifact_files(path)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise _error("UsageError", f"artifact file(s) not found: {', '.join(missing)}")
+        raise RunnerError("UsageError", f"artifact file(s) not found: {', '.join(missing)}")
     threads = threads or default_threads()
     argv = [str(path), "--runtime", runtime, "--threads", str(threads), "--warmup", str(warmup), "--seed", str(seed)]
     argv += ["--runs", str(runs)] if runs else ["--min-seconds", str(min_seconds or DEFAULT_MIN_SECONDS)]
