@@ -49,8 +49,8 @@ def load_inventory(path: Path) -> dict[str, Board]:
     try:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise UsageError(f"no device inventory at {path}; write one (see `edgepack bench --help`) or pass "
-                         f"--inventory PATH / set ${INVENTORY_ENV}") from None
+        raise UsageError(f'no device inventory at {path}; write one there ([devices.mypi] ssh = "pi@192.168.1.20" '
+                         f'profile = "rpi4") or pass --inventory PATH / set ${INVENTORY_ENV}') from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"{path}: cannot read the device inventory: {exc}") from None
     extra = sorted(set(data) - {"devices"})
