@@ -40,6 +40,7 @@ MODULE = "edgepack.runtimes.bench_runner"
 DEFAULT_MIN_SECONDS = 1.0
 MIN_RUNS = 10  # with --min-seconds: never fewer timed runs than this
 MAX_RUNS = 100_000  # ... nor more than this
+PIP_PACKAGES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert (or tflite-runtime)", "ncnn": "ncnn", "torch": "torch"}
 
 
 class RunnerError(Exception):
@@ -150,8 +151,9 @@ def _load_runtime(name: str) -> tuple[Any, str]:
     try:
         return runtime, runtime.version()
     except ImportError as exc:
+        package = PIP_PACKAGES.get(name, name)
         raise RunnerError("UnsupportedError", f"{name} is not installed in {sys.executable} ({exc}); "
-                                         f"install it (pip install edgepack[{name}] or the runtime's package)") from None
+                                              f"install it there: pip install {package}") from None
 
 
 def child_baseline(args: argparse.Namespace) -> dict:
