@@ -332,3 +332,15 @@ def test_litert_falls_back_to_tflite_runtime(export_dir, monkeypatch):
         assert type(session._it).__module__ == "tflite_runtime.interpreter"
         (out,) = session.run({"x": np.zeros((1, 8, 8, 1), np.float32)}).values()
         assert out.shape == (1, 10) and np.isfinite(out).all()
+
+
+def test_a_missing_runtime_is_reported_and_the_others_still_work(export_dir, tmp_path):
+    """A board without LiteRT (no wheel for it): .tflite is a clear exit-4 error, .onnx still benches."""
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER.format(blocked={"ai_edge_litert", "tflite_runtime"}))
+    env = {"PYTHONPATH": str(tmp_path)}
+    proc = run_cli("bench", str(export_dir / "digits_cnn.fp32.tflite"), "--runs", "3", env=env)
+    assert proc.returncode == 4
+    assert "litert is not installed" in proc.stderr and "pip install ai-edge-litert" in proc.stderr
+    proc = run_cli("bench", str(export_dir / "digits_cnn.fp32.onnx"), "--runs", "3", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["runtime"] == "onnxruntime"
