@@ -102,8 +102,9 @@ def _with_report_shapes(options: BenchOptions, art: dict) -> BenchOptions:
 
 
 def bench_export_dir(out_dir: Path, options: BenchOptions, *, remote: Any = None) -> tuple[dict, list[str]]:
-    """Benchmark every artifact listed in OUTDIR/report.json; store each result (or its error) in
-    `artifacts[i].bench`, rewrite report.json, and return (report, errors)."""
+    """Benchmark every artifact listed in OUTDIR/report.json; store each result in
+    `artifacts[i].bench` (the --json dict, plus `device` when remote) or, when it fails,
+    `artifacts[i].bench_error` {error, exit_code}; rewrite report.json; return (report, errors)."""
     import json
 
     from edgepack.report import REPORT_NAME, write_report
@@ -121,11 +122,13 @@ def bench_export_dir(out_dir: Path, options: BenchOptions, *, remote: Any = None
         try:
             result = bench_artifact(Path(out_dir) / art["path"], options=_with_report_shapes(options, art), remote=remote,
                                     baseline_cache=cache)
-        except errors.EdgepackError as exc:
-            result = {"error": str(exc), "exit_code": exc.exit_code}
-            if remote is not None:
-                result["device"] = remote.device
+        except errors.EdgepackError as exc:  # `bench` keeps only real measurements; the failure goes beside it
+            art.pop("bench", None)
+            art["bench_error"] = {"error": str(exc), "exit_code": exc.exit_code,
+                                  **({"device": remote.device} if remote is not None else {})}
             failures.append(f"{art['path']}: {exc}")
+            continue
+        art.pop("bench_error", None)
         art["bench"] = result
     write_report(report, out_dir)
     return report, failures

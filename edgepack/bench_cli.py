@@ -75,7 +75,7 @@ def run_bench(artifact: Path, *, threads, runs, min_seconds, warmup, input_shape
     for line in failures:
         click.echo(f"edgepack: error: {line}", err=True)
     console.print(f"wrote {artifact / 'report.json'} (artifacts[i].bench) and {html}", markup=False)
-    codes = [a["bench"]["exit_code"] for a in report["artifacts"] if "error" in (a.get("bench") or {})]
+    codes = [a["bench_error"]["exit_code"] for a in report["artifacts"] if a.get("bench_error")]
     return max(codes, default=0)
 
 

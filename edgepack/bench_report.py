@@ -26,7 +26,8 @@ def _rows(report: dict) -> list[dict]:
             "size": art.get("size_bytes") or b.get("size_bytes"), "p50": lat.get("p50"), "p90": lat.get("p90"),
             "p99": lat.get("p99"), "peak": b.get("peak_rss_mb"), "model_mem": b.get("model_rss_mb"),
             "cosine": fid.get("cosine") if isinstance(fid.get("cosine"), (int, float)) else None,
-            "top1": fid.get("top1_agreement"), "device": b.get("device"), "error": b.get("error"),
+            "top1": fid.get("top1_agreement"), "device": b.get("device"),
+            "error": (art.get("bench_error") or {}).get("error"),
             "runtime": f"{b['runtime']} {b['runtime_version']}, {b['threads']} thr" if "runtime" in b else None,
         })
     return rows

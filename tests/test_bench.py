@@ -344,3 +344,20 @@ def test_a_missing_runtime_is_reported_and_the_others_still_work(export_dir, tmp
     proc = run_cli("bench", str(export_dir / "digits_cnn.fp32.onnx"), "--runs", "3", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["runtime"] == "onnxruntime"
+
+
+def test_export_dir_with_a_corrupt_artifact(export_dir, tmp_path):
+    """The others are still measured; the broken one gets `bench_error` (never a half-filled `bench`)."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(export_dir, out)
+    (out / "digits_cnn.int8.tflite").write_bytes(b"\0" * 64)
+    proc = run_cli("bench", str(out), "--runs", "3", "--threads", "1")
+    assert proc.returncode == 2
+    assert "edgepack: error: digits_cnn.int8.tflite: litert cannot load" in proc.stderr
+    arts = {a["path"]: a for a in json.loads((out / "report.json").read_text())["artifacts"]}
+    bad = arts.pop("digits_cnn.int8.tflite")
+    assert "bench" not in bad and bad["bench_error"]["exit_code"] == 2 and "cannot load" in bad["bench_error"]["error"]
+    assert all(a["bench"]["runs"] == 3 and "bench_error" not in a for a in arts.values())
+    assert "error: litert cannot load" in (out / "report.html").read_text()
