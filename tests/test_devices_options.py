@@ -72,5 +72,6 @@ def test_capability_table():
     with pytest.raises(UnsupportedError, match="supported formats: onnx, tflite"):
         check_buildable("ncnn", "fp32")
     assert check_buildable("tflite", "int8").built
-    with pytest.raises(UnsupportedError, match="does not support precision 'int8-weights'"):
-        check_buildable("tflite", "int8-weights")
+    assert check_buildable("tflite", "int8-weights").built
+    with pytest.raises(UnsupportedError, match="does not support precision 'int4'"):
+        check_buildable("tflite", "int4")
