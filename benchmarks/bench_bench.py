@@ -83,10 +83,9 @@ def harness_overhead_us(n: int = 200_000) -> tuple[float, float]:
     """(time_runs loop per run, ONNX Runtime adapter run() minus InferenceSession.run) in µs."""
     import onnx
     import onnxruntime as ort
-    from onnx import TensorProto, helper
-
     from edgepack.runtimes import get_runtime
     from edgepack.runtimes.bench_runner import time_runs
+    from onnx import TensorProto, helper
 
     t0 = time.perf_counter()
     time_runs(lambda: None, runs=n, min_seconds=None, warmup=0)
