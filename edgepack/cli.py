@@ -168,6 +168,57 @@ def compare_command(model_a: Path, model_b: Path, inputs_path: Path | None, per_
 
 
 @cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--threads", type=int, default=None, help="Runtime threads (default: every CPU available; reported).")
+@click.option("--runs", type=int, default=None, help="Exactly N timed runs.")
+@click.option("--min-seconds", type=float, default=None, help="Time runs for at least S seconds (default 1, >= 10 runs).")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs after the first run.")
+@click.option("--input-shape", "input_shapes", multiple=True, help="1x3x224x224 or name:1x3x224x224, for dynamic inputs.")
+@click.option("--no-optimize", is_flag=True, help="ONNX Runtime graph optimizations off; LiteRT without XNNPACK.")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds per measuring process.")
+@click.option("--remote", default=None, help="Run on a board over SSH: user@host[:port] or an ssh host alias.")
+@click.option("--device", default=None, help="Run on a board from the device inventory (devices.toml).")
+@click.option("--inventory", type=click.Path(path_type=Path), default=None,
+              help="devices.toml (default: $EDGEPACK_DEVICES, else ~/.config/edgepack/devices.toml).")
+@click.option("--remote-python", default=None, help="The board's Python with numpy and the runtime (default python3).")
+@click.option("--ssh-config", type=click.Path(path_type=Path), default=None, help="ssh config file (default ~/.ssh/config).")
+@click.option("--accept-new-host-key", is_flag=True, help="Record an unknown host key (a changed key is still refused).")
+@click.option("--send-runner", is_flag=True, help="Send edgepack's runner even if edgepack is installed on the board.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_debug_option
+def bench(artifact: Path, threads: int | None, runs: int | None, min_seconds: float | None, warmup: int,
+          input_shapes: tuple[str, ...], no_optimize: bool, timeout: float, remote: str | None, device: str | None,
+          inventory: Path | None, remote_python: str | None, ssh_config: Path | None, accept_new_host_key: bool,
+          send_runner: bool, as_json: bool) -> None:
+    """Latency and memory of ARTIFACT (.onnx, .tflite, ncnn .param) or of every artifact in an export
+    folder (results go into its report.json and report.html), here or on a board."""
+    from edgepack.bench_cli import run_bench
+
+    sys.exit(run_bench(artifact, threads=threads, runs=runs, min_seconds=min_seconds, warmup=warmup,
+                       input_shapes=input_shapes, optimize=not no_optimize, timeout=timeout, remote=remote, device=device,
+                       inventory=inventory, remote_python=remote_python, ssh_config=ssh_config,
+                       accept_new_host_key=accept_new_host_key, send_runner=send_runner, as_json=as_json))
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+@_debug_option
+def inspect(artifact: Path, as_json: bool) -> None:
+    """Op census, params, MACs, inputs/outputs (layout, quantization) of an .onnx, .tflite or ncnn .param ARTIFACT."""
+    from rich.console import Console
+
+    from edgepack.inspect_artifact import inspect_artifact, render_inspect
+    from edgepack.report import to_json_text
+
+    info = inspect_artifact(artifact)
+    if as_json:
+        click.echo(to_json_text(info), nl=False)
+        return
+    render_inspect(info, Console(highlight=False, width=None if sys.stdout.isatty() else 160))
+
+
+@cli.command()
 @click.argument("export_dir", metavar="OUTDIR", type=click.Path(path_type=Path))
 @click.option("--platform", required=True, type=click.Choice(["android", "ios", "rpi"]), help="Bundle layout.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The bundle, e.g. bundle.zip.")

@@ -48,6 +48,10 @@ class VerificationFailed(EdgepackError):
     exit_code = 3
 
 
+class RemoteError(UsageError):
+    """A board cannot be reached over SSH, refuses the key, or has an unknown host key."""
+
+
 class OutputError(UsageError):
     """The output location cannot be written."""
 

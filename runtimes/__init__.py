@@ -1,10 +1,27 @@
 """Runtimes behind one small protocol: load an artifact with options, run feeds, say name and
 version. One adapter module per runtime; each imports its runtime inside the adapter, so a board
-without torch (or without ncnn) can still use the others."""
+without torch (or without ncnn) can still use the others.
+
+The protocol (every adapter implements it; `edgepack bench` and verification use nothing else):
+
+- `Runtime.name`: the key in ADAPTERS ("onnxruntime", "litert", "ncnn", "torch").
+- `Runtime.version() -> str`: imports the runtime (raising ImportError when it is not installed)
+  and returns its version, so "the runtime is imported" is one call for memory baselines.
+- `Runtime.load(artifact, *, threads=None, optimize=True, **runtime_options) -> Session`:
+  `threads` None = the runtime's default; `optimize=False` is the reference mode (ONNX Runtime:
+  graph optimizations off; LiteRT: XNNPACK off). Adapters may add keyword options; these stay.
+- `Session.inputs: list[dict]`: one dict per input, in order: `name`, `shape` (list of int with -1
+  for a dynamic dimension, or None when the runtime does not store it) and `dtype` (numpy dtype
+  name). `Session.input_names` / `output_names` are the names in order.
+- `Session.run(feeds: {name: ndarray}) -> {output name: ndarray}`.
+
+This module imports only numpy and edgepack.errors: `edgepack bench --remote` ships it, the
+adapters and the bench runner to a board as a zip (see `bench_runner.build_runner_zip`)."""
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -13,6 +30,7 @@ from edgepack.errors import UnsupportedError
 
 
 class Session(Protocol):
+    inputs: list[dict]
     input_names: list[str]
     output_names: list[str]
 
@@ -34,9 +52,23 @@ ADAPTERS: dict[str, str] = {
     "litert": "edgepack.runtimes.litert:LiteRt",
 }
 
+# artifact file suffix -> the runtime that runs it (an ncnn model is its .param file + .bin beside it).
+RUNTIME_FOR_SUFFIX: dict[str, str] = {".onnx": "onnxruntime", ".tflite": "litert", ".param": "ncnn", ".pt2": "torch"}
+
 
 def get_runtime(name: str) -> Runtime:
     if name not in ADAPTERS:
-        raise UnsupportedError(f"unknown runtime {name!r}; available: {', '.join(ADAPTERS)}")
+        raise UnsupportedError(f"unknown runtime {name!r}; available in this edgepack: {', '.join(ADAPTERS)}")
     module_name, _, cls = ADAPTERS[name].partition(":")
     return getattr(importlib.import_module(module_name), cls)()
+
+
+def runtime_for(path: str | Path) -> str:
+    """The runtime name for an artifact file, from its suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in RUNTIME_FOR_SUFFIX:
+        raise UnsupportedError(
+            f"{Path(path).name}: no runtime for {suffix or 'files without a suffix'!r}; "
+            f"known: {', '.join(f'{s} ({r})' for s, r in RUNTIME_FOR_SUFFIX.items())}"
+        )
+    return RUNTIME_FOR_SUFFIX[suffix]

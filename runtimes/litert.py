@@ -20,6 +20,15 @@ def _interpreter_class() -> Any:
         return Interpreter
 
 
+def _op_resolver_type() -> Any:
+    try:
+        from ai_edge_litert.interpreter import OpResolverType
+    except ImportError:
+        from tflite_runtime.interpreter import OpResolverType
+
+    return OpResolverType
+
+
 class LiteRtSession:
     def __init__(self, interpreter: Any) -> None:
         self._it = interpreter
@@ -28,8 +37,20 @@ class LiteRtSession:
         self._outputs = self._it.get_output_details()
         self.input_names = [d["name"] for d in self._inputs]
         self.output_names = [d["name"] for d in self._outputs]
+        self.inputs = [{"name": d["name"], "shape": [int(x) for x in d.get("shape_signature", d["shape"])],
+                        "dtype": np.dtype(d["dtype"]).name} for d in self._inputs]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        resized = False
+        for d in self._inputs:  # a model with dynamic dimensions is resized to the feed's shape
+            shape = np.shape(feeds[d["name"]])
+            if tuple(shape) != tuple(d["shape"]):
+                self._it.resize_tensor_input(d["index"], list(shape))
+                resized = True
+        if resized:
+            self._it.allocate_tensors()
+            self._inputs = self._it.get_input_details()
+            self._outputs = self._it.get_output_details()
         for d in self._inputs:
             self._it.set_tensor(d["index"], np.ascontiguousarray(feeds[d["name"]], dtype=d["dtype"]))
         self._it.invoke()
@@ -40,20 +61,18 @@ class LiteRt:
     name = "litert"
 
     def version(self) -> str:
+        """Imports the interpreter; names the package it came from (the fallback on older devices)."""
         from importlib import metadata
 
-        for dist in ("ai-edge-litert", "tflite-runtime"):
-            try:
-                return f"{dist} {metadata.version(dist)}"
-            except metadata.PackageNotFoundError:
-                continue
-        return "unknown"
+        dist = "tflite-runtime" if _interpreter_class().__module__.startswith("tflite_runtime") else "ai-edge-litert"
+        try:
+            return f"{dist} {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            return f"{dist} unknown"
 
     def load(self, artifact: Any, *, threads: int | None = None, optimize: bool = True) -> LiteRtSession:
         """optimize=False turns the XNNPACK delegate off (reference kernels)."""
         kwargs: dict[str, Any] = {"num_threads": threads or 1}
         if not optimize:
-            from ai_edge_litert.interpreter import OpResolverType
-
-            kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            kwargs["experimental_op_resolver_type"] = _op_resolver_type().BUILTIN_WITHOUT_DEFAULT_DELEGATES
         return LiteRtSession(_interpreter_class()(model_path=str(Path(artifact)), **kwargs))

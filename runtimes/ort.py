@@ -18,6 +18,11 @@ class OrtSession:
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
         self._dtypes = {i.name: _ORT_TYPES.get(i.type) for i in session.get_inputs()}
+        self.inputs = [
+            {"name": i.name, "shape": [d if isinstance(d, int) and d >= 0 else -1 for d in i.shape] if i.shape is not None else None,
+             "dtype": np.dtype(self._dtypes[i.name]).name if self._dtypes.get(i.name) is not None else i.type}
+            for i in session.get_inputs()
+        ]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Feeds are cast to the model's input types (e.g. fp32 data into an fp16-IO model)."""

@@ -8,10 +8,12 @@ import numpy as np
 
 
 class TorchSession:
-    def __init__(self, module: Any, input_names: list[str]) -> None:
+    def __init__(self, module: Any, input_names: list[str], inputs: list[dict] | None = None) -> None:
         self._module = module
         self.input_names = list(input_names)
         self.output_names: list[str] = []
+        # An in-memory module does not store its input shapes: shape None unless given.
+        self.inputs = inputs or [{"name": n, "shape": None, "dtype": "float32"} for n in self.input_names]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -47,10 +49,30 @@ class TorchEager:
         return torch.__version__
 
     def load(self, artifact: Any, *, threads: int | None = None, optimize: bool = True, input_names: list[str] | None = None) -> TorchSession:
-        """`artifact`: an nn.Module, ScriptModule or ExportedProgram already in memory."""
+        """`artifact`: an nn.Module, ScriptModule or ExportedProgram in memory, or the path of a saved
+        ExportedProgram (.pt2), whose example inputs give the input names, shapes and dtypes."""
+        from pathlib import Path
+
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        module = artifact.module() if isinstance(artifact, torch.export.ExportedProgram) else artifact
-        return TorchSession(module, input_names or [])
+        if isinstance(artifact, (str, Path)):
+            artifact = torch.export.load(str(artifact))
+        inputs = None
+        if isinstance(artifact, torch.export.ExportedProgram):
+            inputs = _exported_inputs(artifact)
+            input_names = input_names or [d["name"] for d in inputs]
+            artifact = artifact.module()
+        return TorchSession(artifact, input_names or [], inputs)
+
+
+def _exported_inputs(program: Any) -> list[dict] | None:
+    """Names, shapes and dtypes of an ExportedProgram's user inputs, from its example inputs."""
+    import torch
+
+    names = [s.arg.name for s in program.graph_signature.input_specs if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+    args = (program.example_inputs or ((), {}))[0]
+    if len(args) != len(names) or not all(isinstance(a, torch.Tensor) for a in args):
+        return None
+    return [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype).removeprefix("torch.")} for n, a in zip(names, args)]

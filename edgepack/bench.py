@@ -1,0 +1,134 @@
+"""`edgepack bench`: one artifact, or every artifact of an export folder, measured on this machine
+or on a board over SSH with the same runner (`edgepack.runtimes.bench_runner`).
+
+Never imports torch: a board needs numpy and a runtime only."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgepack import errors
+from edgepack.errors import UsageError
+
+# The --json keys (also `artifacts[i].bench` in report.json); the runner adds a few more.
+JSON_KEYS = ("latency_ms", "peak_rss_mb", "model_rss_mb", "load_ms", "first_run_ms", "runtime", "runtime_version",
+             "threads", "runs", "size_bytes")
+LATENCY_KEYS = ("p50", "p90", "p99", "mean", "std", "min", "max")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    threads: int | None = None  # None: every CPU the process may use (reported as a number)
+    runs: int | None = None  # exactly N timed runs ...
+    min_seconds: float | None = None  # ... or as many as fit in S seconds (default 1 s, at least 10)
+    warmup: int = 3
+    input_shapes: tuple[str, ...] = ()  # "1x3x224x224" or "name:1x3x224x224"
+    optimize: bool = True  # False: ONNX Runtime optimizations off / LiteRT without XNNPACK
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.runs is not None and self.min_seconds is not None:
+            raise UsageError("--runs and --min-seconds exclude each other; pass one of them")
+        if self.runs is not None and self.runs < 1:
+            raise UsageError(f"--runs {self.runs}: must be at least 1")
+        if self.min_seconds is not None and not self.min_seconds > 0:
+            raise UsageError(f"--min-seconds {self.min_seconds}: must be more than 0")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads {self.threads}: must be at least 1")
+        if self.warmup < 0:
+            raise UsageError(f"--warmup {self.warmup}: must be 0 or more")
+        if not self.timeout_s > 0:
+            raise UsageError(f"--timeout {self.timeout_s}: must be more than 0")
+        from edgepack.runtimes.bench_runner import RunnerError, parse_shapes
+
+        try:
+            parse_shapes(self.input_shapes)
+        except RunnerError as exc:
+            raise UsageError(str(exc)) from None
+
+    def runner_args(self) -> list[str]:
+        """The same options as bench_runner's command line (for --remote)."""
+        args = ["--warmup", str(self.warmup), "--timeout", str(self.timeout_s)]
+        if self.threads:
+            args += ["--threads", str(self.threads)]
+        args += ["--runs", str(self.runs)] if self.runs else (["--min-seconds", str(self.min_seconds)] if self.min_seconds else [])
+        for s in self.input_shapes:
+            args += ["--input-shape", s]
+        if not self.optimize:
+            args.append("--no-optimize")
+        return args
+
+
+def raise_runner_error(error_type: str, message: str) -> None:
+    """The runner names an edgepack.errors class (it may have run on a board); raise that class."""
+    cls = getattr(errors, error_type, None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.EdgepackError)):
+        cls = errors.EdgepackError
+    raise cls(message)
+
+
+def bench_artifact(path: Path, options: BenchOptions, *, remote: Any = None, baseline_cache: dict | None = None) -> dict:
+    """Benchmark one artifact here, or on `remote` (an edgepack.remote.RemoteHost); returns the
+    result dict (JSON_KEYS and more; `device` when remote)."""
+    from edgepack.runtimes import runtime_for
+    from edgepack.runtimes.bench_runner import RunnerError, benchmark
+
+    path = Path(path)
+    runtime = runtime_for(path)
+    if not path.is_file():
+        raise UsageError(f"artifact {path} not found; pass an .onnx, .tflite or ncnn .param file, or an export folder")
+    if remote is not None:
+        return remote.bench(path, runtime, options)
+    try:
+        return benchmark(path, runtime=runtime, threads=options.threads, runs=options.runs, min_seconds=options.min_seconds,
+                         warmup=options.warmup, input_shapes=options.input_shapes, optimize=options.optimize,
+                         timeout=options.timeout_s, baseline_cache=baseline_cache)
+    except RunnerError as exc:
+        raise_runner_error(exc.error_type, str(exc))
+        raise  # unreachable: raise_runner_error always raises
+
+
+def _with_report_shapes(options: BenchOptions, art: dict) -> BenchOptions:
+    """ncnn params do not store input shapes: take them from the export's report unless given."""
+    import dataclasses
+
+    shapes = [d.get("shape") for d in art.get("inputs") or []]
+    if options.input_shapes or art.get("format") != "ncnn" or not shapes or not all(
+            isinstance(s, list) and all(isinstance(x, int) and x > 0 for x in s) for s in shapes):
+        return options
+    given = tuple(f"{d['name']}:{'x'.join(map(str, d['shape']))}" for d in art["inputs"])
+    return dataclasses.replace(options, input_shapes=given)
+
+
+def bench_export_dir(out_dir: Path, options: BenchOptions, *, remote: Any = None) -> tuple[dict, list[str]]:
+    """Benchmark every artifact listed in OUTDIR/report.json; store each result in
+    `artifacts[i].bench` (the --json dict, plus `device` when remote) or, when it fails,
+    `artifacts[i].bench_error` {error, exit_code}; rewrite report.json; return (report, errors)."""
+    import json
+
+    from edgepack.report import REPORT_NAME, write_report
+
+    report_path = Path(out_dir) / REPORT_NAME
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{report_path}: cannot read the export report ({exc}); run `edgepack export` first") from None
+    failures = []
+    cache: dict = {}
+    for art in report.get("artifacts", []):
+        if not art.get("path"):
+            continue  # the export itself failed for this format: nothing to run
+        try:
+            result = bench_artifact(Path(out_dir) / art["path"], options=_with_report_shapes(options, art), remote=remote,
+                                    baseline_cache=cache)
+        except errors.EdgepackError as exc:  # `bench` keeps only real measurements; the failure goes beside it
+            art.pop("bench", None)
+            art["bench_error"] = {"error": str(exc), "exit_code": exc.exit_code,
+                                  **({"device": remote.device} if remote is not None else {})}
+            failures.append(f"{art['path']}: {exc}")
+            continue
+        art.pop("bench_error", None)
+        art["bench"] = result
+    write_report(report, out_dir)
+    return report, failures

@@ -1,0 +1,94 @@
+"""What `edgepack bench` does with its flags: build the options and the SSH target, benchmark one
+artifact or an export folder, print the result (kept out of cli.py so the command stays a list of
+flags)."""
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import click
+
+from edgepack.bench import BenchOptions, bench_artifact, bench_export_dir
+from edgepack.errors import UsageError
+
+
+def ssh_target(*, remote: str | None, device: str | None, inventory: Path | None, remote_python: str | None,
+               ssh_config: Path | None, accept_new_host_key: bool, send_runner: bool):
+    """The SshTarget the flags ask for, or None to run here; remote-only flags without a board are an error."""
+    from edgepack.remote import SshTarget
+
+    if remote and device:
+        raise UsageError("pass either --remote or --device, not both")
+    if not remote and not device:
+        used = [flag for flag, v in (("--remote-python", remote_python), ("--ssh-config", ssh_config),
+                                     ("--accept-new-host-key", accept_new_host_key), ("--send-runner", send_runner),
+                                     ("--inventory", inventory)) if v]
+        if used:
+            raise UsageError(f"{', '.join(used)} only apply with --remote or --device")
+        return None
+    common = {"ssh_config": ssh_config, "accept_new_host_key": accept_new_host_key, "send_runner": send_runner}
+    if device:
+        from edgepack.device_inventory import find_board
+
+        board = find_board(device, inventory)
+        return SshTarget.parse(board.ssh, python=remote_python or board.python, device=board.name, profile=board.profile,
+                               **common)
+    return SshTarget.parse(remote, python=remote_python or "python3", **common)
+
+
+def run_bench(artifact: Path, *, threads, runs, min_seconds, warmup, input_shapes, optimize, timeout, remote, device,
+              inventory, remote_python, ssh_config, accept_new_host_key, send_runner, as_json) -> int:
+    from rich.console import Console
+
+    from edgepack.report import to_json_text
+
+    options = BenchOptions(threads=threads, runs=runs, min_seconds=min_seconds, warmup=warmup,
+                           input_shapes=tuple(input_shapes), optimize=optimize, timeout_s=timeout)
+    target = ssh_target(remote=remote, device=device, inventory=inventory, remote_python=remote_python,
+                        ssh_config=ssh_config, accept_new_host_key=accept_new_host_key, send_runner=send_runner)
+    if not artifact.exists():
+        raise UsageError(f"{artifact} not found; pass an artifact (.onnx, .tflite, ncnn .param) or an export folder")
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160, stderr=as_json)
+    if target is not None:
+        from edgepack.remote import RemoteHost
+
+        session = RemoteHost(target)
+    else:
+        session = contextlib.nullcontext(None)
+    with session as host:
+        if not artifact.is_dir():
+            result = bench_artifact(artifact, options, remote=host)
+            if as_json:
+                click.echo(to_json_text(result), nl=False)
+            else:
+                print_result(result, console)
+            return 0
+        report, failures = bench_export_dir(artifact, options, remote=host)
+    from edgepack.bench_report import render_bench_table, write_html
+
+    render_bench_table(report, console)
+    html = write_html(report, artifact)
+    if as_json:
+        click.echo(to_json_text({"artifacts": [{"path": a.get("path"), "bench": a.get("bench")} for a in report["artifacts"]]}),
+                   nl=False)
+    for line in failures:
+        click.echo(f"edgepack: error: {line}", err=True)
+    console.print(f"wrote {artifact / 'report.json'} (artifacts[i].bench) and {html}", markup=False)
+    codes = [a["bench_error"]["exit_code"] for a in report["artifacts"] if a.get("bench_error")]
+    return max(codes, default=0)
+
+
+def print_result(r: dict, console) -> None:
+    from rich.markup import escape
+
+    lat = r["latency_ms"]
+    where = f" on {r['device']}" if r.get("device") else ""
+    console.print(f"[bold]{escape(r['artifact'])}[/]{escape(where)}: {r['runtime']} {escape(r['runtime_version'])}, "
+                  f"{r['threads']} thread(s), {r['runs']} runs after {r['warmup']} warmup"
+                  + ("" if r.get("optimize", True) else ", optimizations off"))
+    console.print("latency ms: " + "  ".join(f"{k} {lat[k]:.3f}" for k in ("p50", "p90", "p99", "mean", "std", "min", "max")))
+    peak, model = r.get("peak_rss_mb"), r.get("model_rss_mb")
+    memory = "-" if peak is None else f"{peak:.1f} MB peak RSS ({model:.1f} MB over the runtime alone)"
+    console.print(f"load {r['load_ms']:.1f} ms, first run {r['first_run_ms']:.2f} ms; memory {memory}; "
+                  f"file {r['size_bytes'] / 1024:.1f} KB")
