@@ -47,9 +47,9 @@ VERIFY_NAME = "verify.npz"
 
 
 def graph_passes(options: ExportOptions) -> list[tuple[str, Callable[[ir.Model], PassResult]]]:
-    """The graph passes, in order."""
+    """The graph passes, in order. (round_channels None = not resolved from a target profile: 1.)"""
     prune: Callable[[ir.Model], PassResult] = functools.partial(
-        remove_pruned_channels, approx=options.prune_approx, round_channels=options.round_channels
+        remove_pruned_channels, approx=options.prune_approx, round_channels=options.round_channels or 1
     )
     if not options.prune:
         prune = _disabled("remove_pruned_channels", "--no-prune")
