@@ -32,6 +32,7 @@ ADAPTERS: dict[str, str] = {
     "onnxruntime": "edgepack.runtimes.ort:OnnxRuntime",
     "torch": "edgepack.runtimes.torch_eager:TorchEager",
     "litert": "edgepack.runtimes.litert:LiteRt",
+    "ncnn": "edgepack.runtimes.ncnn:Ncnn",
 }
 
 
