@@ -60,9 +60,9 @@ def _weight_blocks(layer: NcnnLayer) -> list[tuple[str, int]]:
     if t in _CONV_TYPES:
         if g(19):  # dynamic_weight: weights come from a second input blob
             return []
-        return [("tagged", g(6))] + ([("raw", g(0))] if g(5) else [])
+        return [("tagged", g(6))] + ([("raw", g(0))] if g(5) else []) + _int8_scale_blocks(layer)
     if t == "InnerProduct":
-        return [("tagged", g(2))] + ([("raw", g(0))] if g(1) else [])
+        return [("tagged", g(2))] + ([("raw", g(0))] if g(1) else []) + _int8_scale_blocks(layer)
     if t == "MemoryData":
         return [("raw", int(np.prod([d for d in (g(0), g(1), g(11), g(2)) if d > 0] or [0])))]
     if t == "BatchNorm":
@@ -76,6 +76,18 @@ def _weight_blocks(layer: NcnnLayer) -> list[tuple[str, int]]:
     if t == "GroupNorm":
         return [("raw", g(1))] * 2 if g(3, 1) else []
     return []
+
+
+def _int8_scale_blocks(layer: NcnnLayer) -> list[tuple[str, int]]:
+    """The scales an int8 layer loads after its bias (int8_scale_term = param 8; > 100: requantized output)."""
+    term = layer.get(8)
+    if not term:
+        return []
+    if "DepthWise" in layer.type:
+        per_weight = layer.get(7, 1) if term % 100 == 1 else 1  # one scale per group, or one for all
+    else:
+        per_weight = layer.get(0)  # one per output channel
+    return [("raw", per_weight), ("raw", 1)] + ([("raw", 1)] if term > 100 else [])
 
 
 def _read_tagged(data: bytes, pos: int, n: int) -> tuple[np.ndarray, int]:
@@ -102,7 +114,11 @@ def _walk(param: NcnnParam, data: bytes) -> list[list[tuple[str, int, int, np.nd
             if pos + 4 > len(data):
                 raise ConversionError(f"the ncnn .bin ends inside layer {layer.name} ({layer.type}); cannot quantize it")
             if kind == "tagged":
-                values, size = _read_tagged(data, pos, n)
+                try:
+                    values, size = _read_tagged(data, pos, n)
+                except ValueError:  # numpy: the buffer is smaller than the layer's weights
+                    raise ConversionError(f"the ncnn .bin ends inside layer {layer.name} ({layer.type}); "
+                                          "cannot quantize it") from None
                 blocks.append((kind, pos, size, values))
             else:
                 size = 4 * n
