@@ -294,3 +294,11 @@ def test_adapter_errors(pnnx_model, tmp_path):
         runtime.load(tmp_path / "missing.param")
     with pytest.raises(TypeError):
         runtime.load(param, fp16_arith=True)  # options are explicit keywords: a typo is an error
+
+
+def test_cli_ncnn_fp32_flag_is_validated(tmp_path, capsys):
+    from edgepack.cli import main
+
+    code = main(["export", str(EXAMPLES / "digits_cnn.pt2"), "--format", "onnx", "--ncnn-fp32", "-o", str(tmp_path)])
+    assert code == 2
+    assert "--ncnn-fp32 applies to the ncnn artifact: add --format ncnn" in capsys.readouterr().err
