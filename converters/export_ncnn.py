@@ -149,6 +149,7 @@ def export_ncnn(model: ir.Model, path: Path, *, fp16: bool) -> NcnnExport:
         param = NcnnParam.parse(param_file.read_text())
         _check_layers(param)
         blob_names, pnnx_names = _rename_io(param, [v.name for v in model.graph.inputs], [v.name for v in model.graph.outputs])
+        _declare_input_shapes(param, {blob_names[v.name]: v.shape for v in model.graph.inputs})
         bin_path = path.with_suffix(".bin")
         with atomic_path(bin_path) as tmp_bin:
             os.replace(bin_file, tmp_bin)
@@ -172,6 +173,17 @@ def _check_layers(param: NcnnParam) -> None:
     if unknown:
         raise UnsupportedError(f"pnnx left op(s) that ncnn has no layer for: {', '.join(unknown)}; "
                                "ncnn cannot run this model: use --format onnx or tflite for it")
+
+
+def _declare_input_shapes(param: NcnnParam, shapes: dict[str, ir.Shape]) -> None:
+    """Write each batch-1 input's shape into its Input layer (0=w 1=h 2=c, ncnn's order without the
+    batch axis), so the .param alone says what to feed; pnnx leaves them out."""
+    for layer in param.layers:
+        shape = shapes.get(layer.tops[0]) if layer.type == "Input" and layer.tops else None
+        if shape is None or len(shape) not in (2, 3, 4) or shape[0] != 1 or layer.params:
+            continue
+        for key, dim in zip((0, 1, 2), reversed(list(shape)[1:])):
+            layer.set(key, int(dim))
 
 
 def _rename_io(param: NcnnParam, inputs: list[str], outputs: list[str]) -> tuple[dict[str, str], dict[str, str]]:

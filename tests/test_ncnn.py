@@ -115,7 +115,10 @@ def exported(request, tmp_path_factory):
     torch.manual_seed(0)
     model = MODELS[request.param]()  # BatchNorm statistics randomized before pruning zeroes some
     out = tmp_path_factory.mktemp(request.param)
-    report = edgepack.export(model, output_dir=out, input_shape="1x3x32x32", formats=("ncnn",), fp16=True, ncnn_fp32=True)
+    calib = out / "calib.npy"
+    np.save(calib, np.random.default_rng(0).standard_normal((80, 3, 32, 32)).astype(np.float32))
+    report = edgepack.export(model, output_dir=out, input_shape="1x3x32x32", formats=("ncnn",), fp16=True, ncnn_fp32=True,
+                             int8=True, calib=calib)
     return request.param, model, out, report
 
 
@@ -138,6 +141,21 @@ def test_models_match_pytorch(exported):
     # blobs renamed back to the ONNX names the report gives
     assert [(i["name"], i["ncnn_blob"]) for i in fp16["inputs"]] == [("x", "x")]
     assert fp16["pnnx_blob_names"] == {"x": "in0", "output": "out0"}
+    # the Input layer declares the shape, so the adapter (and `bench`) know it without the report
+    assert get_runtime("ncnn").load(out / fp16["path"]).inputs == [{"name": "x", "shape": [1, 3, 32, 32], "dtype": "float32"}]
+
+
+def test_models_int8(exported):
+    _, model, out, report = exported
+    art = _artifact(report, "int8")
+    assert art["ok"], art["error"]
+    assert art["fidelity"]["cosine"] >= 0.999, art["fidelity"]  # N(0, 1) inputs and calibration data
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert art["nodes"] == {"quantized": len(layers), "float": 0} and art["float_layers"] == []
+    assert {q["matched_by"] for q in art["int8_layers"]} == {"values"}
+    param = NcnnParam.parse((out / art["path"]).read_text())
+    dw = [layer for layer in param.layers if layer.type == "ConvolutionDepthWise"]
+    assert [layer.get(8) for layer in dw] == [1] * sum(m.groups > 1 for m in layers if isinstance(m, nn.Conv2d))
 
 
 def test_structure_no_batchnorm_and_pruned_channels_removed(exported):
