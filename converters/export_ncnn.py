@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import tempfile
 from collections import Counter
@@ -143,9 +144,10 @@ def export_ncnn(model: ir.Model, path: Path, *, fp16: bool) -> NcnnExport:
             raise ConversionError(f"pnnx could not run ({exc}); reinstall it: {INSTALL_HINT}") from None
         param_file, bin_file = Path(outs["ncnnparam"]), Path(outs["ncnnbin"])
         if proc.returncode != 0 or not param_file.is_file() or not bin_file.is_file():
-            tail = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip() and not ln.startswith("#")][-3:]
-            raise ConversionError(f"pnnx failed on the processed ONNX (exit {proc.returncode}): {' | '.join(tail)[:400]}; "
-                                  "export --format onnx and run pnnx on it to see the full log")
+            how = f"crashed, signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+            raise ConversionError(f"pnnx failed on the processed ONNX ({how}): {_last_words(proc.stderr + proc.stdout)}; "
+                                  f"run `{exe} model.fp32.onnx inputshape={shapes}` on the ONNX artifact for the full log, "
+                                  "(export it with --format onnx), or use --format onnx or tflite for this model")
         param = NcnnParam.parse(param_file.read_text())
         _check_layers(param)
         blob_names, pnnx_names = _rename_io(param, [v.name for v in model.graph.inputs], [v.name for v in model.graph.outputs])
@@ -156,6 +158,13 @@ def export_ncnn(model: ir.Model, path: Path, *, fp16: bool) -> NcnnExport:
         with atomic_path(path) as tmp_param:
             tmp_param.write_text(param.text())
     return NcnnExport([path, bin_path], param.census(), blob_names, pnnx_names)
+
+
+def _last_words(log: str) -> str:
+    """The last informative line of pnnx's log: no colour codes, progress lines or runtime warnings."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in log.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#") and "..." not in ln and "[W:" not in ln]
+    return (lines[-1] if lines else "no output")[:300]
 
 
 def _shape_arg(value: ir.Value) -> str:

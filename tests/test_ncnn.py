@@ -320,3 +320,20 @@ def test_cli_ncnn_fp32_flag_is_validated(tmp_path, capsys):
     code = main(["export", str(EXAMPLES / "digits_cnn.pt2"), "--format", "onnx", "--ncnn-fp32", "-o", str(tmp_path)])
     assert code == 2
     assert "--ncnn-fp32 applies to the ncnn artifact: add --format ncnn" in capsys.readouterr().err
+
+
+class CumSumNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cumsum(self.conv(x), dim=-1)
+
+
+def test_op_ncnn_cannot_run_fails_that_artifact_with_exit_4(tmp_path):
+    report = edgepack.export(CumSumNet().eval(), output_dir=tmp_path, input_shape="1x3x8x8", formats=("onnx", "ncnn"))
+    onnx_art, ncnn_art = report["artifacts"]
+    assert onnx_art["ok"] and (ncnn_art["ok"], ncnn_art["exit_code"]) == (False, 4)
+    assert "pnnx left op(s) that ncnn has no layer for: CumSum" in ncnn_art["error"]
+    assert not list(tmp_path.glob("*.param")) and not list(tmp_path.glob("*.bin"))
