@@ -3,7 +3,10 @@ edgepack (`formats=("onnx", "tflite", "ncnn")`, fp32 plus ncnn's default fp16-we
 run on one thread through edgepack's runtime adapters, median latency over interleaved rounds, and
 each runtime's latency as a ratio of ONNX Runtime's.
 
-    python benchmarks/bench_ncnn.py [--models mobilenetv2,resnet18] [--shape 1x3x224x224] [--rounds 20]
+    python benchmarks/bench_ncnn.py [--models mobilenetv2,resnet18] [--shape 1x3x224x224] [--rounds 20] [--int8]
+
+--int8 adds the int8 artifact of each format, all from one calibration file (seeded N(0, 1) samples:
+a latency comparison, not an accuracy one).
 
 How it is timed:
 - every artifact is loaded with `threads=1` (ncnn fp32: its fp16 storage off, as edgepack verifies
@@ -13,7 +16,8 @@ How it is timed:
   round, so load from other processes on the machine hits all runtimes alike; the median per session
   is reported, with the interquartile range of the per-round ratio to ONNX Runtime;
 - `Session.run` includes each adapter's feed/fetch copies (small next to the model);
-- err: max |artifact - PyTorch| / max |PyTorch| from edgepack's verification (report.json).
+- rel err: max |artifact - PyTorch| / max |PyTorch| from edgepack's verification (report.json);
+  cos: cosine similarity with PyTorch (the int8 figure to read).
 """
 from __future__ import annotations
 
@@ -34,10 +38,13 @@ MODELS = {"mobilenetv2": "MobileNetV2", "resnet18": "ResNet18"}
 SIDES = [("onnxruntime fp32", "onnx", "fp32", "onnxruntime", {}),
          ("litert fp32", "tflite", "fp32", "litert", {}),
          ("ncnn fp32", "ncnn", "fp32", "ncnn", {"fp16": False}),
-         ("ncnn fp16", "ncnn", "fp16", "ncnn", {})]
+         ("ncnn fp16", "ncnn", "fp16", "ncnn", {}),
+         ("onnxruntime int8", "onnx", "int8", "onnxruntime", {}),
+         ("litert int8", "tflite", "int8", "litert", {}),
+         ("ncnn int8", "ncnn", "int8", "ncnn", {})]
 
 
-def export(name: str, shape: str, out: Path, seed: int) -> dict:
+def export(name: str, shape: str, out: Path, seed: int, int8: bool) -> dict:
     import torch
 
     import edgepack
@@ -45,8 +52,13 @@ def export(name: str, shape: str, out: Path, seed: int) -> dict:
 
     torch.manual_seed(seed)
     model = zoo.randomize_batchnorm(getattr(zoo, MODELS[name])(), seed=seed)
+    calib = None
+    if int8:
+        calib = out.parent / f"{name}.calib.npy"
+        dims = [int(d) for d in shape.split("x")]
+        np.save(calib, np.random.default_rng(seed).standard_normal((40, *dims[1:]), dtype=np.float32))
     return edgepack.export(model, output_dir=out, input_shape=shape, formats=("onnx", "tflite", "ncnn"),
-                           ncnn_fp32=True, fp16=True, prune=False)
+                           ncnn_fp32=True, fp16=True, prune=False, int8=int8, calib=calib)
 
 
 def sessions(report: dict, out: Path, x: np.ndarray) -> list[dict]:
@@ -56,14 +68,17 @@ def sessions(report: dict, out: Path, x: np.ndarray) -> list[dict]:
     rows = []
     for label, fmt, precision, runtime, options in SIDES:
         art = next((a for a in report["artifacts"] if a["format"] == fmt and a["precision"] == precision), None)
-        if art is None or not art["ok"]:
-            print(f"  {label}: not built ({art and art['error']})")
+        if art is None:
+            continue
+        if not art["ok"] and art["fidelity"] is None:
+            print(f"  {label}: not built ({art['error']})")
             continue
         session = get_runtime(runtime).load(out / art["path"], threads=1, **options)
         d = art["inputs"][0]
         name = d.get("ncnn_blob", d["name"])
         feed = {name: to_stored(x, d["perm"]) if "perm" in d else x}
         rows.append({"label": label, "session": session, "feed": feed, "err": art["fidelity"]["rel_error"],
+                     "cos": art["fidelity"]["cosine"],
                      "size_mb": art["size_bytes"] / 1e6, "times": []})
     return rows
 
@@ -87,6 +102,7 @@ def main() -> None:
     parser.add_argument("--shape", default="1x3x224x224")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--int8", action="store_true", help="also the int8 artifacts (random calibration data)")
     args = parser.parse_args()
     names = args.models.split(",")
     if unknown := [n for n in names if n not in MODELS]:
@@ -99,7 +115,7 @@ def main() -> None:
         for name in names:
             out = Path(tmp) / name
             print(f"exporting {name} ({args.shape}) ...", flush=True)
-            report = export(name, args.shape, out, args.seed)
+            report = export(name, args.shape, out, args.seed, args.int8)
             x = np.random.default_rng(args.seed + 1).standard_normal(tuple(int(d) for d in args.shape.split("x")),
                                                                      dtype=np.float32)
             rows = sessions(report, out, x)
@@ -107,7 +123,7 @@ def main() -> None:
             results.append((name, rows))
 
     print(f"\n1 thread, median of {args.rounds} interleaved rounds, input {args.shape}; {versions}")
-    header = f"{'model':12s} {'runtime':17s} {'latency ms':>10s} {'vs ORT':>7s} {'ratio IQR':>11s} {'size MB':>8s} {'rel err':>9s}"
+    header = f"{'model':12s} {'runtime':17s} {'latency ms':>10s} {'vs ORT':>7s} {'ratio IQR':>11s} {'size MB':>8s} {'rel err':>9s} {'cos':>8s}"
     print(header)
     print("-" * len(header))
     for name, rows in results:
@@ -119,7 +135,7 @@ def main() -> None:
                 per_round = [a / b for a, b in zip(r["times"], base["times"])]
                 q1, _, q3 = statistics.quantiles(per_round, n=4)
                 ratio, iqr = f"{ms / statistics.median(base['times']):.2f}x", f"{q1:.2f}-{q3:.2f}"
-            print(f"{name:12s} {r['label']:17s} {ms:10.2f} {ratio:>7s} {iqr:>11s} {r['size_mb']:8.2f} {r['err']:9.1e}")
+            print(f"{name:12s} {r['label']:17s} {ms:10.2f} {ratio:>7s} {iqr:>11s} {r['size_mb']:8.2f} {r['err']:9.1e} {r['cos']:8.5f}")
 
 
 if __name__ == "__main__":
