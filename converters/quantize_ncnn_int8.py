@@ -177,8 +177,9 @@ def _quantize(w: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 def quantize_ncnn_int8(model: ir.Model, fp32_param: Path, fp32_bin: Path, ranges: dict[str, tuple[float, float]],
-                       out_param: Path, out_table: Path) -> NcnnInt8Result:
-    """Write the int8 model to `out_param` (+ .bin beside it) and ncnn's calibration table to `out_table`."""
+                       out_param: Path, out_table: Path, keep_float: frozenset[str] = frozenset()) -> NcnnInt8Result:
+    """Write the int8 model to `out_param` (+ .bin beside it) and ncnn's calibration table to `out_table`.
+    `keep_float`: ncnn layer names to leave fp32 (the accuracy guard's choice)."""
     param = NcnnParam.parse(Path(fp32_param).read_text())
     data = Path(fp32_bin).read_bytes()
     walked = _walk(param, data)
@@ -188,7 +189,7 @@ def quantize_ncnn_int8(model: ir.Model, fp32_param: Path, fp32_bin: Path, ranges
     chunks: list[bytes] = []
     table: list[str] = []
     for layer, blocks in zip(param.layers, walked):
-        quant = _layer_int8(layer, blocks, candidates, used, ranges, result)
+        quant = _layer_int8(layer, blocks, candidates, used, ranges, result, layer.name in keep_float)
         if quant is None:
             chunks.extend(data[off : off + size] for _, off, size, _ in blocks)
             continue
@@ -212,7 +213,8 @@ def quantize_ncnn_int8(model: ir.Model, fp32_param: Path, fp32_bin: Path, ranges
 
 
 def _layer_int8(layer: NcnnLayer, blocks: list, candidates: list[dict], used: set[int],
-                ranges: dict[str, tuple[float, float]], result: NcnnInt8Result) -> tuple[np.ndarray, np.ndarray, float] | None:
+                ranges: dict[str, tuple[float, float]], result: NcnnInt8Result,
+                keep_float: bool) -> tuple[np.ndarray, np.ndarray, float] | None:
     """(int8 weights, weight scales, input scale) for a quantizable layer, or None (kept fp32, reason recorded)."""
     if layer.type not in QUANTIZABLE or not blocks:
         return None
@@ -222,6 +224,10 @@ def _layer_int8(layer: NcnnLayer, blocks: list, candidates: list[dict], used: se
         result.float_layers.append({"layer": layer.name, "why": how})
         return None
     used.add(cand["index"])
+    if keep_float:
+        result.float_layers.append({"layer": layer.name, "onnx_node": cand["node"].name,
+                                    "why": "kept in float by the accuracy guard (--min-cosine/--min-top1)"})
+        return None
     rng = ranges.get(cand["input"])
     absmax = max(abs(rng[0]), abs(rng[1])) if rng is not None else 0.0
     if not absmax > 0:
@@ -234,3 +240,41 @@ def _layer_int8(layer: NcnnLayer, blocks: list, candidates: list[dict], used: se
     result.quantized.append({"layer": layer.name, "type": layer.type, "onnx_node": cand["node"].name, "matched_by": how,
                              "input_tensor": cand["input"], "input_scale": round(float(in_scale), 6)})
     return _quantize(weight, w_scales), w_scales, float(in_scale)
+
+
+# ---------------------------------------------------------------- per-layer divergence
+
+
+def layer_divergence(fp32_param: Path, int8_param: Path, feeds: list[dict[str, np.ndarray]]) -> list[dict]:
+    """For every Convolution/ConvolutionDepthWise/InnerProduct of the int8 model: the SQNR (dB) of its
+    output against the fp32 model's (same blob names: both come from one pnnx conversion) and how
+    much SQNR it loses relative to its input (`sqnr_drop_db`: its own damage). `feeds`: ncnn blob
+    name -> one sample without the batch axis. Both nets run fp32 elsewhere (fp16 storage off)."""
+    import ncnn
+
+    param = NcnnParam.parse(Path(int8_param).read_text())
+    layers = [layer for layer in param.layers if layer.type in QUANTIZABLE]
+    blobs = sorted({b for layer in layers for b in (layer.bottoms[0], layer.tops[0])})
+    values: list[dict[str, list[np.ndarray]]] = [{b: [] for b in blobs}, {b: [] for b in blobs}]
+    for path, store in zip((fp32_param, int8_param), values):
+        net = ncnn.Net()
+        net.opt.num_threads = 1
+        net.opt.lightmode = False  # keep intermediate blobs, each is extracted once per sample
+        for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage"):
+            setattr(net.opt, flag, False)
+        net.load_param(str(path))
+        net.load_model(str(Path(path).with_suffix(".bin")))
+        for feed in feeds:
+            with net.create_extractor() as ex:
+                for name, x in feed.items():
+                    ex.input(name, ncnn.Mat(np.ascontiguousarray(x, dtype=np.float32)).clone())
+                for b in blobs:
+                    store[b].append(np.array(ex.extract(b)[1], dtype=np.float64).ravel())
+
+    def sqnr(blob: str) -> float:
+        ref, got = np.concatenate(values[0][blob]), np.concatenate(values[1][blob])
+        noise = float(np.sum((ref - got) ** 2))
+        return 100.0 if noise == 0 else min(100.0, 10 * np.log10(max(float(np.sum(ref**2)), 1e-30) / noise))
+
+    return [{"layer": layer.name, "type": layer.type, "int8": layer.get(8) > 0, "sqnr_db": round(sqnr(layer.tops[0]), 2),
+             "sqnr_drop_db": round(sqnr(layer.bottoms[0]) - sqnr(layer.tops[0]), 2)} for layer in layers]

@@ -238,6 +238,7 @@ def _export_ncnn(ctx: ExportContext, path: Path, precision: str) -> tuple[list[P
 
 
 def _export_ncnn_int8(ctx: ExportContext, path: Path) -> tuple[list[Path], dict]:
+    import functools
     import tempfile
 
     from edgepack.converters.export_ncnn import NcnnParam, export_ncnn
@@ -251,7 +252,13 @@ def _export_ncnn_int8(ctx: ExportContext, path: Path) -> tuple[list[Path], dict]
             quantize_int8(ctx.fp32_proto, Path(tmp) / "calibrate.onnx", cache_path=ctx.calibration_path,
                           method=opts.calib_method, calib_feeds=ctx.calib_feeds)
         base = export_ncnn(ctx.model, Path(tmp) / "fp32.param", fp16=False)
-        result = quantize_ncnn_int8(ctx.model, base.files[0], base.files[1], load_ranges(ctx.calibration_path), path, table)
+        io = _ncnn_io(ctx, base.blob_names)
+        ranges = load_ranges(ctx.calibration_path)
+        result = quantize_ncnn_int8(ctx.model, base.files[0], base.files[1], ranges, path, table)
+        guard: list[dict] = []
+        if opts.min_cosine is not None or opts.min_top1 is not None:
+            requantize = functools.partial(quantize_ncnn_int8, ctx.model, base.files[0], base.files[1], ranges, path, table)
+            result, guard = _guard_ncnn_int8(ctx, path, base.files[0], io, requantize, result)
     census = NcnnParam.parse(path.read_text()).census()
     return [path, path.with_suffix(".bin"), table], {
         "weights_precision": "int8", "compute_precision": "int8",
@@ -266,13 +273,43 @@ def _export_ncnn_int8(ctx: ExportContext, path: Path) -> tuple[list[Path], dict]
         "float_layers": result.float_layers,
         "calibration": {"file": CALIBRATION_NAME, "method": opts.calib_method, "samples": len(ctx.calib_feeds or []),
                         "ncnn_table": table.name},
-        "io": _ncnn_io(ctx, base.blob_names),
+        **({"guard": guard} if guard else {}),
+        "io": io,
     }
+
+
+def _guard_ncnn_int8(ctx: ExportContext, path: Path, fp32_param: Path, io: tuple[list[dict], list[dict]],
+                     requantize: Callable[..., Any], result: Any) -> tuple[Any, list[dict]]:
+    """The accuracy guard for ncnn int8: while --min-cosine/--min-top1 is missed, keep the int8 layer
+    that loses most SQNR (`layer_divergence`, on held-out samples) in fp32 and write the model again."""
+    from edgepack.accuracy_guard import GUARD_SAMPLES, MAX_ROUNDS
+    from edgepack.converters.quantize_ncnn_int8 import layer_divergence
+
+    entry = {"path": path.name, "format": "ncnn", "precision": "int8", "inputs": io[0], "outputs": io[1]}
+    blob = {d["name"]: d["ncnn_blob"] for d in io[0]}
+    feeds = [{blob[k]: v[0] for k, v in feed.items()} for feed in ctx.vset.feeds()[:GUARD_SAMPLES]]
+    keep: set[str] = set()
+    history = []
+    for _ in range(MAX_ROUNDS):
+        fid = verify_artifact(ctx, entry, "int8")
+        history.append({"float_layers": sorted(keep), "cosine": fid["cosine"], "top1_agreement": fid.get("top1_agreement")})
+        if not _missed(fid):
+            break
+        rows = [r for r in layer_divergence(fp32_param, path, feeds) if r["int8"]]
+        if not rows:
+            break
+        worst = max(rows, key=lambda r: r["sqnr_drop_db"])
+        history[-1]["worst"] = worst
+        keep.add(worst["layer"])
+        result = requantize(keep_float=frozenset(keep))
+    return result, history
 
 
 def _ncnn_io(ctx: ExportContext, blob_names: dict[str, str]) -> tuple[list[dict], list[dict]]:
     """The ONNX IO rows plus the blob name to pass to ncnn's Extractor.input / extract."""
-    add = lambda rows: [{**r, "ncnn_blob": blob_names[r["name"]]} for r in rows]  # noqa: E731
+    def add(rows: list[dict]) -> list[dict]:
+        return [{**r, "ncnn_blob": blob_names[r["name"]]} for r in rows]
+
     return add(_io(ctx.model.graph.inputs)), add(_io(ctx.model.graph.outputs))
 
 

@@ -337,3 +337,35 @@ def test_op_ncnn_cannot_run_fails_that_artifact_with_exit_4(tmp_path):
     assert onnx_art["ok"] and (ncnn_art["ok"], ncnn_art["exit_code"]) == (False, 4)
     assert "pnnx left op(s) that ncnn has no layer for: CumSum" in ncnn_art["error"]
     assert not list(tmp_path.glob("*.param")) and not list(tmp_path.glob("*.bin"))
+
+
+def test_int8_guard_keeps_worst_layers_float_until_target(tmp_path):
+    target = 0.99995  # plain int8 reaches 0.99989 on this model
+    report = edgepack.export(EXAMPLES / "digits_cnn.pt2", output_dir=tmp_path, formats=("ncnn",), int8=True,
+                             calib=EXAMPLES / "digits_calib.npy", min_cosine=target)
+    art = _artifact(report, "int8")
+    assert art["ok"], art["error"]
+    assert art["fidelity"]["cosine"] >= target and art["fidelity"]["tolerance"]["enforced"]
+    guard = art["guard"]
+    assert guard[0]["float_layers"] == [] and guard[0]["cosine"] < target <= guard[-1]["cosine"]
+    kept = [f["layer"] for f in art["float_layers"]]
+    assert kept == guard[-1]["float_layers"] and 1 <= len(kept) <= 3
+    assert [g["worst"]["layer"] for g in guard[:-1]] == [f["layer"] for f in art["float_layers"]]
+    assert art["nodes"] == {"quantized": 4 - len(kept), "float": len(kept)}
+    param = NcnnParam.parse((tmp_path / art["path"]).read_text())
+    assert all(layer.get(8) == 0 for layer in param.layers if layer.name in kept)  # fp32 weights, no scales
+
+
+def test_layer_divergence(digits_int8, tmp_path):
+    from edgepack.converters.quantize_ncnn_int8 import layer_divergence
+
+    out, report = digits_int8
+    art = _artifact(report, "int8")
+    fp32 = edgepack.export(EXAMPLES / "digits_cnn.pt2", output_dir=tmp_path, formats=("ncnn",), ncnn_fp32=True)
+    fp32_param = tmp_path / _artifact(fp32, "fp32")["path"]
+    x = np.load(out / "verify.npz")["input/x"][:4, 0]
+    rows = layer_divergence(fp32_param, out / art["path"], [{"x": s} for s in x])
+    assert [r["type"] for r in rows] == ["Convolution"] * 3 + ["InnerProduct"]
+    assert all(r["int8"] and 20 < r["sqnr_db"] < 60 for r in rows), rows  # int8 noise: tens of dB, not exact
+    same = layer_divergence(fp32_param, fp32_param, [{"x": s} for s in x])
+    assert {r["sqnr_db"] for r in same} == {100.0}  # identical models: no noise (capped at 100 dB)
