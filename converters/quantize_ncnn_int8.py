@@ -6,6 +6,9 @@ ncnn nor the pnnx wheel), following ncnn's documented int8 format ("quantized in
   per group) and, in the .bin, its weights as int8 behind the int8 tag 0x000D4B38 (padded to 4
   bytes), the float bias unchanged, then `weight_data_int8_scales` and `bottom_blob_int8_scales`
   (raw float32);
+- as ncnn2int8's fuse_requantize does, a convolution whose output is read only by int8 convolutions
+  (directly or through a Split) gets `int8_scale_term + 100` and their input scale as
+  `top_blob_int8_scales`, so int8 data flows between them without a float round trip;
 - scales follow ncnn's convention, `127 / absmax` (the reciprocal of ONNX's scale): weights per
   output channel (per group for depthwise), the layer's input from the calibrated (min, max) of the
   ONNX tensor feeding the node it came from, symmetric (ncnn quantizes activations to [-127, 127]);
@@ -18,6 +21,9 @@ by structure, not by name: the k-th quantizable ncnn layer (in file order) is ma
 unmatched ONNX Conv/Gemm/MatMul (in graph order) whose constant weights are equal in ncnn's layout;
 failing that, to the first unmatched node of the same kind and weight size ("order"). A layer with
 no match or no calibrated input range stays fp32 and is reported with the reason.
+
+`layer_divergence` (per int8 layer: SQNR of its output against the fp32 model, and the SQNR it loses)
+ranks layers for the accuracy guard, which keeps the worst ones fp32 (`keep_float`).
 
 The .bin is walked layer by layer with the sizes each ncnn layer loads (`_weight_blocks`); the walk
 must end exactly at the end of the file, otherwise the pass refuses rather than guess."""
@@ -47,6 +53,7 @@ _CONV_TYPES = ("Convolution", "ConvolutionDepthWise", "Convolution1D", "Convolut
 class NcnnInt8Result:
     quantized: list[dict] = field(default_factory=list)  # layer, onnx_node, matched_by, input_tensor, input_scale
     float_layers: list[dict] = field(default_factory=list)  # layer, why
+    requantized: list[str] = field(default_factory=list)  # layers whose output stays int8
 
 
 def _align4(n: int) -> int:
@@ -177,29 +184,38 @@ def _quantize(w: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 def quantize_ncnn_int8(model: ir.Model, fp32_param: Path, fp32_bin: Path, ranges: dict[str, tuple[float, float]],
-                       out_param: Path, out_table: Path, keep_float: frozenset[str] = frozenset()) -> NcnnInt8Result:
+                       out_param: Path, out_table: Path, keep_float: frozenset[str] = frozenset(),
+                       fuse_requantize: bool = True) -> NcnnInt8Result:
     """Write the int8 model to `out_param` (+ .bin beside it) and ncnn's calibration table to `out_table`.
-    `keep_float`: ncnn layer names to leave fp32 (the accuracy guard's choice)."""
+    `keep_float`: ncnn layer names to leave fp32 (the accuracy guard's choice). `fuse_requantize`:
+    a convolution whose output only feeds int8 convolutions hands them int8 (ncnn2int8 does the same)."""
     param = NcnnParam.parse(Path(fp32_param).read_text())
     data = Path(fp32_bin).read_bytes()
     walked = _walk(param, data)
     candidates = _onnx_candidates(model)
     used: set[int] = set()
     result = NcnnInt8Result()
+    quant = {layer.name: q for layer, blocks in zip(param.layers, walked)
+             if (q := _layer_int8(layer, blocks, candidates, used, ranges, result, layer.name in keep_float)) is not None}
+    requant = _requantize_targets(param, {name: q[2] for name, q in quant.items()}) if fuse_requantize else {}
     chunks: list[bytes] = []
     table: list[str] = []
     for layer, blocks in zip(param.layers, walked):
-        quant = _layer_int8(layer, blocks, candidates, used, ranges, result, layer.name in keep_float)
-        if quant is None:
+        if layer.name not in quant:
             chunks.extend(data[off : off + size] for _, off, size, _ in blocks)
             continue
-        q, w_scales, in_scale = quant
+        q, w_scales, in_scale = quant[layer.name]
         chunks.append(struct.pack("<I", TAG_INT8) + q.tobytes() + b"\0" * (_align4(q.size) - q.size))
         chunks.extend(data[off : off + size] for _, off, size, _ in blocks[1:])  # the float bias
         chunks.append(w_scales.astype("<f4").tobytes() + struct.pack("<f", in_scale))
-        layer.set(8, QUANTIZABLE[layer.type])
+        term = QUANTIZABLE[layer.type]
+        if layer.name in requant:  # int8 output, requantized for the next int8 layer(s)
+            chunks.append(struct.pack("<f", requant[layer.name]))
+            term += 100
+        layer.set(8, term)
         table.append(f"{layer.name}_param_0 " + " ".join(f"{s:.8g}" for s in w_scales))
         table.append(f"{layer.name} {in_scale:.8g}")
+    result.requantized = sorted(requant)
     out_param = Path(out_param)
     with atomic_path(out_param.with_suffix(".bin")) as tmp:
         tmp.write_bytes(b"".join(chunks))
@@ -210,6 +226,40 @@ def quantize_ncnn_int8(model: ir.Model, fp32_param: Path, fp32_bin: Path, ranges
         lines = [ln for ln in table if "_param_0 " in ln] + [ln for ln in table if "_param_0 " not in ln]
         tmp.write_text("\n".join(lines) + "\n")
     return result
+
+
+def _requantize_targets(param: NcnnParam, in_scales: dict[str, float]) -> dict[str, float]:
+    """ncnn2int8's fuse_requantize: an int8 Convolution/ConvolutionDepthWise whose output is read only
+    by int8 Convolution/ConvolutionDepthWise layers (directly, or through a Split into such layers)
+    writes int8 at their input scale -> {layer: that scale}. ncnn's bin keeps one output scale, so
+    all readers must share it (they do here: they read the same ONNX tensor)."""
+    convs = ("Convolution", "ConvolutionDepthWise")
+    readers: dict[str, list[NcnnLayer]] = {}
+    for layer in param.layers:
+        for b in layer.bottoms:
+            readers.setdefault(b, []).append(layer)
+
+    def int8_convs(blob: str) -> list[NcnnLayer] | None:
+        found = []
+        for r in readers.get(blob, []):
+            if r.type == "Split":
+                inner = [int8_convs(t) for t in r.tops]
+                if any(x is None for x in inner):
+                    return None
+                found += [c for x in inner for c in x]  # type: ignore[union-attr]
+            elif r.type in convs and len(r.bottoms) == 1 and r.name in in_scales:
+                found.append(r)
+            else:
+                return None
+        return found or None
+
+    out = {}
+    for layer in param.layers:
+        if layer.type in convs and layer.name in in_scales:
+            targets = int8_convs(layer.tops[0])
+            if targets and len({in_scales[t.name] for t in targets}) == 1:
+                out[layer.name] = in_scales[targets[0].name]
+    return out
 
 
 def _layer_int8(layer: NcnnLayer, blocks: list, candidates: list[dict], used: set[int],
@@ -253,6 +303,10 @@ def layer_divergence(fp32_param: Path, int8_param: Path, feeds: list[dict[str, n
     import ncnn
 
     param = NcnnParam.parse(Path(int8_param).read_text())
+    data = Path(int8_param).with_suffix(".bin").read_bytes()
+    # requantized outputs are int8 blobs: their last scale block is the scale they were written at
+    int8_blobs = {layer.tops[0]: struct.unpack_from("<f", data, blocks[-1][1])[0]
+                  for layer, blocks in zip(param.layers, _walk(param, data)) if layer.get(8) > 100}
     layers = [layer for layer in param.layers if layer.type in QUANTIZABLE]
     blobs = sorted({b for layer in layers for b in (layer.bottoms[0], layer.tops[0])})
     values: list[dict[str, list[np.ndarray]]] = [{b: [] for b in blobs}, {b: [] for b in blobs}]
@@ -269,7 +323,8 @@ def layer_divergence(fp32_param: Path, int8_param: Path, feeds: list[dict[str, n
                 for name, x in feed.items():
                     ex.input(name, ncnn.Mat(np.ascontiguousarray(x, dtype=np.float32)).clone())
                 for b in blobs:
-                    store[b].append(np.array(ex.extract(b)[1], dtype=np.float64).ravel())
+                    value = np.array(ex.extract(b)[1], dtype=np.float64).ravel()  # int8 blobs come out cast, not scaled
+                    store[b].append(value / int8_blobs[b] if path == int8_param and b in int8_blobs else value)
 
     def sqnr(blob: str) -> float:
         ref, got = np.concatenate(values[0][blob]), np.concatenate(values[1][blob])

@@ -269,6 +269,7 @@ def _export_ncnn_int8(ctx: ExportContext, path: Path) -> tuple[list[Path], dict]
         "pnnx_blob_names": base.pnnx_names,
         "nodes": {"quantized": len(result.quantized), "float": len(result.float_layers)},
         "int8_layers": result.quantized,
+        "requantized_layers": result.requantized,
         "float_nodes": [f["layer"] for f in result.float_layers],
         "float_layers": result.float_layers,
         "calibration": {"file": CALIBRATION_NAME, "method": opts.calib_method, "samples": len(ctx.calib_feeds or []),

@@ -146,7 +146,7 @@ def test_models_match_pytorch(exported):
 
 
 def test_models_int8(exported):
-    _, model, out, report = exported
+    name, model, out, report = exported
     art = _artifact(report, "int8")
     assert art["ok"], art["error"]
     assert art["fidelity"]["cosine"] >= 0.999, art["fidelity"]  # N(0, 1) inputs and calibration data
@@ -155,7 +155,10 @@ def test_models_int8(exported):
     assert {q["matched_by"] for q in art["int8_layers"]} == {"values"}
     param = NcnnParam.parse((out / art["path"]).read_text())
     dw = [layer for layer in param.layers if layer.type == "ConvolutionDepthWise"]
-    assert [layer.get(8) for layer in dw] == [1] * sum(m.groups > 1 for m in layers if isinstance(m, nn.Conv2d))
+    assert len(dw) == sum(m.groups > 1 for m in layers if isinstance(m, nn.Conv2d))
+    assert {layer.get(8) % 100 for layer in dw} <= {1}  # one weight scale per group (+100: requantized output)
+    if name == "mobilenetv2":  # expansion 1x1 -> depthwise -> projection 1x1: int8 passed straight through
+        assert {layer.get(8) for layer in dw} == {101} and len(art["requantized_layers"]) >= 2 * len(dw)
 
 
 def test_structure_no_batchnorm_and_pruned_channels_removed(exported):
@@ -226,7 +229,9 @@ def test_int8_files_follow_ncnn_format(digits_int8):
     art = _artifact(report, "int8")
     param = NcnnParam.parse((out / art["path"]).read_text())
     quant = [layer for layer in param.layers if layer.type in ("Convolution", "InnerProduct")]
-    assert [layer.get(8) for layer in quant] == [2, 2, 2, 2]  # int8_scale_term
+    # int8_scale_term: 2 = per-channel weight scales; +100 = int8 output requantized for the next conv
+    assert [layer.get(8) for layer in quant] == [102, 2, 2, 2]  # conv0 -> conv1 direct; conv1 -> max pool
+    assert art["requantized_layers"] == [quant[0].name]
     data = (out / art["path"]).with_suffix(".bin").read_bytes()
     walked = _walk(param, data)  # the int8 file walks to its exact end
     tags = [struct.unpack_from("<I", data, blocks[0][1])[0] for layer, blocks in zip(param.layers, walked) if layer in quant]
