@@ -374,3 +374,16 @@ def test_layer_divergence(digits_int8, tmp_path):
     assert all(r["int8"] and 20 < r["sqnr_db"] < 60 for r in rows), rows  # int8 noise: tens of dB, not exact
     same = layer_divergence(fp32_param, fp32_param, [{"x": s} for s in x])
     assert {r["sqnr_db"] for r in same} == {100.0}  # identical models: no noise (capped at 100 dB)
+
+
+def test_two_inputs_keep_their_names_and_order(tmp_path):
+    from models_for_tests import TwoInputNet, seeded
+
+    report = edgepack.export(seeded(TwoInputNet()), output_dir=tmp_path, formats=("ncnn",),
+                             input_shape=["image:1x3x16x16", "depth:1x1x8x8"])
+    art = _artifact(report, "fp16")
+    assert art["ok"], art["error"]
+    assert art["fidelity"]["rel_error"] <= FP16_TOL
+    assert art["pnnx_blob_names"] == {"image": "in0", "depth": "in1", "output": "out0"}
+    session = get_runtime("ncnn").load(tmp_path / art["path"])
+    assert [(i["name"], i["shape"]) for i in session.inputs] == [("image", [1, 3, 16, 16]), ("depth", [1, 1, 8, 8])]
