@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack.errors import UsageError
+from edgepack.errors import ConversionError, EdgepackError, UsageError
 from edgepack.fsutil import atomic_path
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -90,6 +90,19 @@ def _quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
+@contextlib.contextmanager
+def _quantizer_errors() -> Iterator[None]:
+    """ONNX Runtime's quantizer raises plain exceptions: name it and keep the other artifacts going."""
+    try:
+        yield
+    except EdgepackError:
+        raise
+    except Exception as exc:  # ValueError, RuntimeError, onnx errors ...
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"ONNX Runtime's int8 quantizer failed: {text}; the fp32 and fp16 artifacts "
+                              "are unaffected; --int8-weights-only needs no calibration") from None
+
+
 def quantize_int8(fp32_model, out_path: Path, *, cache_path: Path, method: str,
                   calib_feeds: Sequence[dict[str, np.ndarray]] | None,
                   nodes_to_exclude: Sequence[str] = ()) -> Int8Result:
@@ -100,7 +113,7 @@ def quantize_int8(fp32_model, out_path: Path, *, cache_path: Path, method: str,
     if not Path(cache_path).is_file() and not calib_feeds:
         raise UsageError("int8 needs calibration data: pass --calib, or --int8-weights-only for weights-only int8")
     out_path = Path(out_path)
-    with _as_file(fp32_model) as src, atomic_path(out_path) as tmp, _quiet():
+    with _as_file(fp32_model) as src, atomic_path(out_path) as tmp, _quiet(), _quantizer_errors():
         quantize_static(
             str(src), str(tmp), _Reader(calib_feeds or []),
             quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,

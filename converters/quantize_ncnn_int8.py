@@ -185,9 +185,10 @@ def _quantize(w: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 def quantize_ncnn_int8(model: ir.Model, fp32_param: Path, fp32_bin: Path, ranges: dict[str, tuple[float, float]],
                        out_param: Path, out_table: Path, keep_float: frozenset[str] = frozenset(),
-                       fuse_requantize: bool = True) -> NcnnInt8Result:
+                       float_onnx_nodes: frozenset[str] = frozenset(), fuse_requantize: bool = True) -> NcnnInt8Result:
     """Write the int8 model to `out_param` (+ .bin beside it) and ncnn's calibration table to `out_table`.
-    `keep_float`: ncnn layer names to leave fp32 (the accuracy guard's choice). `fuse_requantize`:
+    `keep_float`: ncnn layer names to leave fp32 (the accuracy guard's choice); `float_onnx_nodes`: the
+    same by ONNX node name (the int8 ONNX guard's choice, so all int8 artifacts agree). `fuse_requantize`:
     a convolution whose output only feeds int8 convolutions hands them int8 (ncnn2int8 does the same)."""
     param = NcnnParam.parse(Path(fp32_param).read_text())
     data = Path(fp32_bin).read_bytes()
@@ -196,7 +197,7 @@ def quantize_ncnn_int8(model: ir.Model, fp32_param: Path, fp32_bin: Path, ranges
     used: set[int] = set()
     result = NcnnInt8Result()
     quant = {layer.name: q for layer, blocks in zip(param.layers, walked)
-             if (q := _layer_int8(layer, blocks, candidates, used, ranges, result, layer.name in keep_float)) is not None}
+             if (q := _layer_int8(layer, blocks, candidates, used, ranges, result, keep_float, float_onnx_nodes)) is not None}
     requant = _requantize_targets(param, {name: q[2] for name, q in quant.items()}) if fuse_requantize else {}
     chunks: list[bytes] = []
     table: list[str] = []
@@ -263,8 +264,8 @@ def _requantize_targets(param: NcnnParam, in_scales: dict[str, float]) -> dict[s
 
 
 def _layer_int8(layer: NcnnLayer, blocks: list, candidates: list[dict], used: set[int],
-                ranges: dict[str, tuple[float, float]], result: NcnnInt8Result,
-                keep_float: bool) -> tuple[np.ndarray, np.ndarray, float] | None:
+                ranges: dict[str, tuple[float, float]], result: NcnnInt8Result, keep_float: frozenset[str],
+                float_onnx_nodes: frozenset[str]) -> tuple[np.ndarray, np.ndarray, float] | None:
     """(int8 weights, weight scales, input scale) for a quantizable layer, or None (kept fp32, reason recorded)."""
     if layer.type not in QUANTIZABLE or not blocks:
         return None
@@ -274,9 +275,10 @@ def _layer_int8(layer: NcnnLayer, blocks: list, candidates: list[dict], used: se
         result.float_layers.append({"layer": layer.name, "why": how})
         return None
     used.add(cand["index"])
-    if keep_float:
+    if layer.name in keep_float or cand["node"].name in float_onnx_nodes:
+        which = "the int8 ONNX's" if cand["node"].name in float_onnx_nodes else "this artifact's"
         result.float_layers.append({"layer": layer.name, "onnx_node": cand["node"].name,
-                                    "why": "kept in float by the accuracy guard (--min-cosine/--min-top1)"})
+                                    "why": f"kept in float by {which} accuracy guard (--min-cosine/--min-top1)"})
         return None
     rng = ranges.get(cand["input"])
     absmax = max(abs(rng[0]), abs(rng[1])) if rng is not None else 0.0

@@ -10,6 +10,8 @@ matched by ONNX name, and each node is scored by how much SQNR it loses relative
 are reported as `float_nodes`."""
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,46 +33,63 @@ class Repair:
     history: list[dict] = field(default_factory=list)
 
 
-def repair_int8(ctx: "ExportContext", path: Path, fidelity: dict) -> Repair:
+def repair_int8(ctx: "ExportContext", path: Path, fidelity: dict, *, entry: dict | None = None,
+                rebuild: Callable[[list[str]], None] | None = None, start: list[str] = ()) -> Repair:
+    """Keep nodes in float until the artifact at `path` meets the target. For an ONNX artifact the
+    int8 ONNX itself is ranked and rebuilt; for another format, `rebuild(float_nodes)` rewrites the
+    artifact and an int8 ONNX with the same float nodes (from the same calibration file) is the
+    stand-in that ranks the nodes, since tensors are matched by ONNX name. `start`: nodes already in
+    float (e.g. the int8 ONNX's choice, reused by the int8 TFLite of the same export)."""
     from edgepack.artifacts import _missed, verify_artifact
     from edgepack.compare import per_node_divergence
 
     fp32 = ctx.fp32_proto
     graph_nodes = {n.name for n in fp32.graph.node}
     feeds = ctx.vset.feeds()[:GUARD_SAMPLES]
-    excluded: list[str] = []
+    entry = entry or {"path": path.name, "format": "onnx"}
+    excluded: list[str] = list(start)
     history = [_step(excluded, fidelity, None)]
     result = None
-    for _ in range(MAX_ROUNDS):
-        ranking = per_node_divergence(fp32, path, feeds)
-        rows = sorted((r for r in ranking if r.get("node") in graph_nodes),
-                      key=lambda r: r.get("sqnr_drop_db") or 0.0, reverse=True)
-        worst = rows[0] if rows else None
-        if worst is None:
-            break
-        if worst["node"] not in excluded:
-            new = [worst["node"]]
-        else:
-            # The damage is at a node already in float: what still hurts is the int8 data it
-            # reads, so keep the nearest quantized producers of its inputs in float.
-            new = _quantized_producers(fp32, worst["node"], excluded)
-        if not new:
-            break
-        excluded.extend(new)
-        for name in new:
-            excluded.extend(n for n in _fused_activation_inputs(fp32, name, excluded) if n not in excluded)
-        result = quantize_int8(fp32, path, cache_path=ctx.calibration_path, method=ctx.options.calib_method,
-                               calib_feeds=ctx.calib_feeds, nodes_to_exclude=excluded)
-        fidelity = verify_artifact(ctx, {"path": path.name, "format": "onnx"}, "int8")
-        history.append(_step(excluded, fidelity, worst))
-        if not _missed(fidelity):
-            break
+    with tempfile.TemporaryDirectory(prefix="edgepack-guard-") as tmp:
+        rank_path = path if rebuild is None else Path(tmp) / "rank.int8.onnx"
+
+        def requantize() -> Int8Result:
+            return quantize_int8(fp32, rank_path, cache_path=ctx.calibration_path, method=ctx.options.calib_method,
+                                 calib_feeds=ctx.calib_feeds, nodes_to_exclude=excluded)
+
+        if rebuild is not None:
+            requantize()
+        for _ in range(MAX_ROUNDS):
+            ranking = per_node_divergence(fp32, rank_path, feeds)
+            rows = sorted((r for r in ranking if r.get("node") in graph_nodes),
+                          key=lambda r: r.get("sqnr_drop_db") or 0.0, reverse=True)
+            worst = rows[0] if rows else None
+            if worst is None:
+                break
+            if worst["node"] not in excluded:
+                new = [worst["node"]]
+            else:
+                # The damage is at a node already in float: what still hurts is the int8 data it
+                # reads, so keep the nearest quantized producers of its inputs in float.
+                new = _quantized_producers(fp32, worst["node"], excluded)
+            if not new:
+                break
+            excluded.extend(new)
+            for name in new:
+                excluded.extend(n for n in _fused_activation_inputs(fp32, name, excluded) if n not in excluded)
+            result = requantize()
+            if rebuild is not None:
+                rebuild(list(excluded))
+            fidelity = verify_artifact(ctx, entry, "int8")
+            history.append(_step(excluded, fidelity, worst))
+            if not _missed(fidelity):
+                break
     if result is None:  # nothing could be excluded: keep the artifact as it was
         import onnx
 
         from edgepack.converters.quantize_int8 import count_quantized_nodes
 
-        q, f = count_quantized_nodes(onnx.load(str(path)))
+        q, f = count_quantized_nodes(onnx.load(str(path))) if rebuild is None else (0, 0)
         result = Int8Result(q, f, ())
     return Repair(fidelity, excluded, result, history)
 

@@ -18,7 +18,7 @@ from edgepack.converters.export_onnx import export_onnx, to_proto, write_proto
 from edgepack.converters.quantize_int8 import Int8Result, quantize_int8, quantize_int8_weights
 from edgepack.errors import EdgepackError, OutputError, UnsupportedError, VerificationFailed
 from edgepack.formats import FORMATS, check_buildable
-from edgepack.fsutil import file_entry
+from edgepack.fsutil import deflated_size, file_entry
 from edgepack.options import ExportOptions
 from edgepack.runtimes import get_runtime
 from edgepack.runtimes.ort import ort_message
@@ -65,6 +65,8 @@ class ExportContext:
     calib_feeds: list[dict[str, np.ndarray]] | None = None
     already_quantized: bool = False
     eval_set: EvalSet | None = None
+    int8_float_nodes: list[str] = field(default_factory=list)  # the accuracy guard's choice for the int8 ONNX
+    tflite_measured: dict | None = field(default=None, repr=False)  # ranges of TFLite-only tensors
     _proto: Any = field(default=None, repr=False)
 
     @property
@@ -101,6 +103,7 @@ def build_artifact(ctx: ExportContext, fmt: str, precision: str) -> dict:
         entry["path"] = path.name
         entry["files"] = [file_entry(f, ctx.out_dir) for f in files]
         entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
+        entry["deflated_bytes"] = sum(deflated_size(f) for f in files)  # what a download of it costs
         if fmt in ("tflite", "ncnn"):
             entry["inputs"], entry["outputs"] = details.pop("io")
         else:
@@ -109,13 +112,22 @@ def build_artifact(ctx: ExportContext, fmt: str, precision: str) -> dict:
         if precision == "int8" and fmt != "ncnn" and not ctx.already_quantized and _missed(entry["fidelity"]):
             from edgepack.accuracy_guard import repair_int8
 
-            repaired = repair_int8(ctx, path, entry["fidelity"])
+            rebuild = None
+            if fmt == "tflite":
+                def rebuild(float_nodes: list[str]) -> None:
+                    entry.update(_export_tflite_int8(ctx, path, float_nodes)[1])
+                    entry["inputs"], entry["outputs"] = entry.pop("io")
+            repaired = repair_int8(ctx, path, entry["fidelity"], entry=entry, rebuild=rebuild,
+                                   start=entry.get("float_nodes") or [])
             entry["fidelity"] = repaired.fidelity
             entry["float_nodes"] = list(repaired.float_nodes)
-            entry["nodes"] = {"quantized": repaired.result.quantized_nodes, "float": repaired.result.float_nodes}
+            if fmt == "onnx":
+                entry["nodes"] = {"quantized": repaired.result.quantized_nodes, "float": repaired.result.float_nodes}
+                ctx.int8_float_nodes = list(repaired.float_nodes)
             entry["guard"] = repaired.history
             entry["files"] = [file_entry(f, ctx.out_dir) for f in files]
             entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
+            entry["deflated_bytes"] = sum(deflated_size(f) for f in files)
         if ctx.eval_set is not None:
             entry["accuracy"] = {"top1": ctx.eval_set.accuracy(run_artifact(ctx, entry)), "samples": len(ctx.eval_set.y)}
         _check(entry, precision)
@@ -170,8 +182,17 @@ def _export_tflite(ctx: ExportContext, path: Path, precision: str) -> tuple[list
     from edgepack.converters.export_tflite import export_tflite
 
     if precision == "int8":
-        return _export_tflite_int8(ctx, path)
+        # start from the nodes the accuracy guard kept in float for the int8 ONNX of this export
+        return _export_tflite_int8(ctx, path, ctx.int8_float_nodes)
     result = export_tflite(ctx.model, path, precision, nchw_io=ctx.options.tflite_nchw_io)
+    if precision == "int8-weights":
+        return result.files, {
+            "weights_precision": "int8", "compute_precision": "int8 (dynamic activations)",
+            "dtypes": {"weights": "int8 (per output channel, symmetric) for CONV_2D / FULLY_CONNECTED",
+                       "activations": "float32 (quantized at run time by hybrid kernels)", "io": "float32"},
+            "nodes": {"quantized": result.weights_only["quantized"], "kept_float": result.weights_only["kept_float"]},
+            "op_census": result.op_census, "transposes": result.transposes, "io": (result.inputs, result.outputs),
+        }
     return result.files, {
         "weights_precision": "fp16" if precision == "fp16" else "fp32",
         "compute_precision": "fp32",
@@ -183,10 +204,11 @@ def _export_tflite(ctx: ExportContext, path: Path, precision: str) -> tuple[list
     }
 
 
-def _export_tflite_int8(ctx: ExportContext, path: Path) -> tuple[list[Path], dict]:
+def _export_tflite_int8(ctx: ExportContext, path: Path, float_nodes: list[str] = ()) -> tuple[list[Path], dict]:
     """Full-integer TFLite from the same calibration file as the int8 ONNX (calibrated here if the
     ONNX int8 was not requested); tensors that exist only in the TFLite graph get the range measured
-    on the float TFLite graph over the same calibration samples."""
+    on the float TFLite graph over the same calibration samples. The operators of `float_nodes` stay
+    float, with QUANTIZE/DEQUANTIZE at their borders."""
     import tempfile
 
     from edgepack.converters.export_tflite import Int8Ranges, export_tflite
@@ -194,14 +216,17 @@ def _export_tflite_int8(ctx: ExportContext, path: Path) -> tuple[list[Path], dic
     from edgepack.converters.quantize_int8 import load_ranges
 
     opts = ctx.options
-    with tempfile.TemporaryDirectory(prefix="edgepack-tflite-") as tmp:
-        if not ctx.calibration_path.is_file():
-            quantize_int8(ctx.fp32_proto, Path(tmp) / "calibrate.onnx", cache_path=ctx.calibration_path,
-                          method=opts.calib_method, calib_feeds=ctx.calib_feeds)
-        float_path = Path(tmp) / "float.tflite"
-        float_graph = export_tflite(ctx.model, float_path, "fp32", nchw_io=opts.tflite_nchw_io)
-        measured = measure_ranges(float_path, ctx.calib_feeds or [], {d["name"]: d["perm"] for d in float_graph.inputs})
-    ranges = Int8Ranges(load_ranges(ctx.calibration_path), measured, int8_io=opts.int8_io)
+    if ctx.tflite_measured is None:  # measured once per export (the guard rebuilds the graph)
+        with tempfile.TemporaryDirectory(prefix="edgepack-tflite-") as tmp:
+            if not ctx.calibration_path.is_file():
+                quantize_int8(ctx.fp32_proto, Path(tmp) / "calibrate.onnx", cache_path=ctx.calibration_path,
+                              method=opts.calib_method, calib_feeds=ctx.calib_feeds)
+            float_path = Path(tmp) / "float.tflite"
+            float_graph = export_tflite(ctx.model, float_path, "fp32", nchw_io=opts.tflite_nchw_io)
+            ctx.tflite_measured = measure_ranges(float_path, ctx.calib_feeds or [],
+                                                 {d["name"]: d["perm"] for d in float_graph.inputs})
+    ranges = Int8Ranges(load_ranges(ctx.calibration_path), ctx.tflite_measured, int8_io=opts.int8_io,
+                        float_nodes=tuple(float_nodes))
     result = export_tflite(ctx.model, path, "int8", nchw_io=opts.tflite_nchw_io, int8=ranges)
     io = "int8 (scale and zero point in inputs/outputs)" if opts.int8_io else "float32 (one QUANTIZE per input, DEQUANTIZE per output)"
     return result.files, {
@@ -210,8 +235,9 @@ def _export_tflite_int8(ctx: ExportContext, path: Path) -> tuple[list[Path], dic
         "op_census": result.op_census,
         "transposes": result.transposes,
         "constrained_ranges": result.constrained,
+        "float_ops": result.float_ops,
         "calibration": {"file": CALIBRATION_NAME, "method": opts.calib_method, "samples": len(ctx.calib_feeds or [])},
-        "float_nodes": [],
+        "float_nodes": list(float_nodes),
         "io": (result.inputs, result.outputs),
     }
 
@@ -254,10 +280,11 @@ def _export_ncnn_int8(ctx: ExportContext, path: Path) -> tuple[list[Path], dict]
         base = export_ncnn(ctx.model, Path(tmp) / "fp32.param", fp16=False)
         io = _ncnn_io(ctx, base.blob_names)
         ranges = load_ranges(ctx.calibration_path)
-        result = quantize_ncnn_int8(ctx.model, base.files[0], base.files[1], ranges, path, table)
+        requantize = functools.partial(quantize_ncnn_int8, ctx.model, base.files[0], base.files[1], ranges, path, table,
+                                       float_onnx_nodes=frozenset(ctx.int8_float_nodes))
+        result = requantize()
         guard: list[dict] = []
         if opts.min_cosine is not None or opts.min_top1 is not None:
-            requantize = functools.partial(quantize_ncnn_int8, ctx.model, base.files[0], base.files[1], ranges, path, table)
             result, guard = _guard_ncnn_int8(ctx, path, base.files[0], io, requantize, result)
     census = NcnnParam.parse(path.read_text()).census()
     return [path, path.with_suffix(".bin"), table], {

@@ -168,6 +168,40 @@ def compare_command(model_a: Path, model_b: Path, inputs_path: Path | None, per_
 
 
 @cli.command()
+@click.argument("export_dir", metavar="OUTDIR", type=click.Path(path_type=Path))
+@click.option("--platform", required=True, type=click.Choice(["android", "ios", "rpi"]), help="Bundle layout.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The bundle, e.g. bundle.zip.")
+@click.option("--labels", type=click.Path(path_type=Path), default=None, help="Text file, one label per output class.")
+@click.option("--name", default=None, help="Model file name in the bundle (default: the exported model's name).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Which TFLite artifact (default: the first the target profile prefers that was exported).")
+@click.option("--cluster", type=int, default=None,
+              help="Share each layer's weights among K values (k-means) so the bundle deflates smaller; re-verified.")
+@click.option("--eval", "eval_data", type=click.Path(path_type=Path), default=None,
+              help=".npz with x and y: top-1 accuracy before/after (default: the export's --eval file if found).")
+@click.option("--author", default="edgepack", show_default=True, help="Author in the TFLite metadata.")
+@click.option("--model-version", "model_version", default="1", show_default=True, help="Version in the TFLite metadata.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (with the manifest) as JSON.")
+@_debug_option
+def pack(export_dir: Path, platform: str, output: Path, labels: Path | None, name: str | None, precision: str | None,
+         cluster: int | None, eval_data: Path | None, author: str, model_version: str, as_json: bool) -> None:
+    """Bundle OUTDIR's TFLite model with metadata, labels and an IO manifest for Android, iOS or a Pi."""
+    from rich.console import Console
+
+    from edgepack.pack import PackOptions, render_summary
+    from edgepack.pack import pack as run_pack
+    from edgepack.report import to_json_text
+
+    summary = run_pack(PackOptions(export_dir=export_dir, platform=platform, output=output, labels=labels, name=name,
+                                   precision=precision, cluster=cluster, eval_data=eval_data, author=author,
+                                   version=model_version))
+    if as_json:
+        click.echo(to_json_text(summary), nl=False)
+        return
+    render_summary(summary, Console(highlight=False, width=None if sys.stdout.isatty() else 160))
+
+
+@cli.command()
 @click.argument("name", required=False)
 def devices(name: str | None) -> None:
     """List device profiles, or show one."""

@@ -21,8 +21,7 @@ class FormatCapability:
 
 FORMATS: dict[str, FormatCapability] = {
     "onnx": FormatCapability("onnx", "onnx", ("fp32", "fp16", "int8", "int8-weights"), built=True),
-    "tflite": FormatCapability("tflite", "tflite", ("fp32", "fp16", "int8"), built=True,
-                               note="int8-weights TFLite is not built yet"),
+    "tflite": FormatCapability("tflite", "tflite", ("fp32", "fp16", "int8", "int8-weights"), built=True),
     "ncnn": FormatCapability("ncnn", "param", ("fp32", "fp16", "int8"), built=True,
                              note="weights stored fp16 unless --ncnn-fp32; needs the ncnn extra (pnnx + ncnn)"),
 }

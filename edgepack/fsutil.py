@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,3 +61,18 @@ def file_entry(path: Path, root: Path) -> dict:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return {"path": str(Path(path).relative_to(root)), "size_bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+DEFLATE_LEVEL = 6  # zlib's default, what zip tools and APK packaging use
+
+
+def deflated_size(data: bytes | Path) -> int:
+    """Bytes after raw deflate: what a file costs in a zip, an APK or an app download."""
+    c = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return len(c.compress(data)) + len(c.flush())
+    n = 0
+    with open(data, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            n += len(c.compress(chunk))
+    return n + len(c.flush())

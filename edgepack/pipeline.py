@@ -152,6 +152,9 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
     eval_set = _load_eval(options, specs, source) if options.eval_data else None
     ctx = ExportContext(model, options.name or _default_name(source), out_dir, vset, reference, output_names, options,
                         calib_feeds, already_quantized, eval_set)
+    # The calibration file is this export's: one left in the folder by an earlier export (another
+    # model, other data or method) must never be taken for it.
+    ctx.calibration_path.unlink(missing_ok=True)
     artifacts = []
     for fmt in options.formats:
         for precision in artifact_precisions(fmt, precisions, options.ncnn_fp32):

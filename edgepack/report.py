@@ -2,8 +2,8 @@
 
 Top-level keys: schema_version, provenance, model, target, preprocessing, passes, verification,
 artifacts, warnings, timings_s, ok. Each artifact: path, files [{path, size_bytes, sha256}],
-format, precision, weights_precision, compute_precision, size_bytes, inputs, outputs, fidelity,
-ok, error. Later versions add fields; these names stay."""
+format, precision, weights_precision, compute_precision, size_bytes, deflated_bytes (raw deflate,
+what a download costs), inputs, outputs, fidelity, ok, error. Later versions add fields; these names stay."""
 from __future__ import annotations
 
 import json
@@ -106,7 +106,7 @@ def render_table(report: dict, console: Any) -> None:
         f"{model['params'] / 1e6:.2f} M params, {model['macs'] / 1e6:.1f} M MACs; target {report['target']['name']}"
     )
     table = Table(title=title, title_justify="left")
-    for col in ("artifact", "precision", "size", "max abs err", "rel err", "tolerance", "cosine", "top-1", "ok"):
+    for col in ("artifact", "precision", "size", "deflated", "max abs err", "rel err", "tolerance", "cosine", "top-1", "ok"):
         table.add_column(col, justify="left" if col in ("artifact", "precision") else "right")
     for art in report["artifacts"]:
         fid = art.get("fidelity") or {}
@@ -115,6 +115,7 @@ def render_table(report: dict, console: Any) -> None:
             escape(art.get("path") or f"({art['format']})"),
             art["precision"],
             _size(art.get("size_bytes")),
+            _size(art.get("deflated_bytes")),
             _fmt(fid.get("max_abs_error"), ".2e"),
             _fmt(fid.get("rel_error"), ".2e"),
             _tolerance_text(tol),

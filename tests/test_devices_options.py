@@ -73,5 +73,6 @@ def test_capability_table():
     with pytest.raises(UnsupportedError, match="does not support precision 'int8-weights'"):
         check_buildable("ncnn", "int8-weights")
     assert check_buildable("tflite", "int8").built
-    with pytest.raises(UnsupportedError, match="does not support precision 'int8-weights'"):
-        check_buildable("tflite", "int8-weights")
+    assert check_buildable("tflite", "int8-weights").built
+    with pytest.raises(UnsupportedError, match="does not support precision 'int4'"):
+        check_buildable("tflite", "int4")

@@ -34,11 +34,14 @@ class TfliteExport:
     op_census: dict[str, int]
     transposes: int
     constrained: list[dict] = field(default_factory=list)  # int8: ranges a kernel constraint changed
+    weights_only: dict = field(default_factory=dict)  # int8-weights: ops quantized / kept float and why
+    float_ops: list[dict] = field(default_factory=list)  # int8: ops without an int8 kernel, kept float
 
 
 def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool = False,
                   int8: "Int8Ranges | None" = None) -> TfliteExport:
-    """`int8`: the calibrated ranges for a full-integer graph (precision "int8"), see quantize.py."""
+    """precision: fp32, fp16 (float16 weights), int8 (full integer; `int8` gives the calibrated
+    ranges) or int8-weights (dynamic range: int8 weights, float activations). See quantize.py."""
     _load_all()
     if precision == "int8" and int8 is None:
         raise ValueError("int8 TFLite needs calibrated ranges")
@@ -50,23 +53,38 @@ def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool 
         tv = ctx.out(value, perm)
         graph.inputs.append(tv.index)
         ins.append(_describe(value.name, graph.shape_of(tv.index), perm))
+    by_id = {id(n): n for n in model.graph}
     for node in model.graph:
         if id(node) in ctx.skip:
             continue
         lower = LOWERINGS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if lower is None:
             raise unsupported(node, "has no TFLite lowering")
+        first, skipped = len(graph.operators), set(ctx.skip)
         lower(ctx, node)
+        # which ONNX nodes each new operator came from (fused activations included): the int8 pass
+        # keeps the operators of the accuracy guard's float nodes in float
+        names = {node.name} | {by_id[i].name for i in ctx.skip - skipped if i in by_id}
+        for op in graph.operators[first:]:
+            graph.origin[id(op)] = names
     outs = []
     for value in model.graph.outputs:
         tv = _output_value(ctx, value, nchw_io)
         graph.outputs.append(tv.index)
         outs.append(_describe(value.name, graph.shape_of(tv.index), tv.perm))
     constrained: list[dict] = []
+    float_ops: list[dict] = []
+    weights_only: dict = {}
+    if precision == "int8-weights":
+        from edgepack.converters.export_tflite.quantize import quantize_weights_only
+
+        weights_only = quantize_weights_only(graph)
     if precision == "int8":
         from edgepack.converters.export_tflite.quantize import quantize_graph
 
-        constrained = quantize_graph(graph, int8.onnx, int8.measured, int8_io=int8.int8_io).constrained
+        graph.drop_unused()  # tensors a fused pattern left behind have no calibrated range
+        qreport = quantize_graph(graph, int8.onnx, int8.measured, int8_io=int8.int8_io, float_nodes=set(int8.float_nodes))
+        constrained, float_ops = qreport.constrained, qreport.float_ops
         for row in ins + outs:
             if not int8.int8_io:
                 continue
@@ -78,7 +96,8 @@ def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool 
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     census = Counter(_op_name(graph, op) for op in graph.operators)
-    return TfliteExport([path], ins, outs, dict(sorted(census.items())), graph.transposes, constrained)
+    return TfliteExport([path], ins, outs, dict(sorted(census.items())), graph.transposes, constrained, weights_only,
+                        float_ops)
 
 
 @dataclass(frozen=True)
@@ -86,6 +105,7 @@ class Int8Ranges:
     onnx: dict[str, tuple[float, float]]  # calibration.json: ONNX tensor name -> (min, max)
     measured: dict[str, tuple[float, float]]  # TFLite-only tensors, measured on the float TFLite graph
     int8_io: bool = False
+    float_nodes: tuple[str, ...] = ()  # ONNX nodes kept in float (the accuracy guard's choice)
 
 
 def _index_by_name(graph: TfliteGraph, name: str) -> int:

@@ -41,6 +41,7 @@ class TfliteGraph:
     outputs: list[int] = field(default_factory=list)
     names: set = field(default_factory=set)
     transposes: int = 0
+    origin: dict = field(default_factory=dict)  # id(operator) -> names of the ONNX nodes it came from
 
     def __post_init__(self) -> None:
         from ai_edge_litert import schema_py_generated as s

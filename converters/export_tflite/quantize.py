@@ -1,4 +1,5 @@
-"""Full-integer int8 for the TFLite graph, from the one calibration of the ONNX graph.
+"""int8 for the TFLite graph: full integer from the one calibration of the ONNX graph
+(`quantize_graph`), or dynamic range with int8 weights only (`quantize_weights_only`).
 
 The float TFLite graph is built first (same lowerings as fp32), then rewritten in place:
 - every float activation tensor becomes int8 with a per-tensor scale and zero point derived from
@@ -8,13 +9,17 @@ The float TFLite graph is built first (same lowerings as fp32), then rewritten i
   by running the float TFLite graph on the same calibration samples;
 - TFLite's kernel constraints are honoured: ops that move data without computing (pooling, concat,
   reshape, pad, slice, gather, resize, split) share one scale between inputs and output (the union
-  of their ranges), and LOGISTIC / SOFTMAX / TANH outputs take their fixed scales; every range a
-  constraint changed is reported;
+  of their ranges), and LOGISTIC / SOFTMAX / TANH / LOG_SOFTMAX outputs take their fixed scales
+  (and so does every tensor that must share a scale with one); every range a constraint changed
+  is reported;
 - weights of CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and TRANSPOSE_CONV are int8 per output
   channel (symmetric, zero point 0), biases int32 with scale = input scale x weight scale; other
   float constants are int8 per tensor;
 - one QUANTIZE at each float input and one DEQUANTIZE at each float output (`int8_io` makes the
-  model's inputs and outputs int8 instead).
+  model's inputs and outputs int8 instead);
+- the operators lowered from the accuracy guard's `float_nodes` stay float (weights too), with a
+  DEQUANTIZE before each int8 tensor they read and a QUANTIZE after each tensor of theirs that an
+  int8 operator reads: the only QUANTIZE/DEQUANTIZE inside the graph.
 
 Written by hand because the only tools that do this (TensorFlow's converter, litert-torch's PT2E
 path) need TensorFlow or leave QUANTIZE/DEQUANTIZE pairs inside the graph."""
@@ -30,15 +35,24 @@ from edgepack.converters.export_tflite.graph import TfliteGraph
 SAME_SCALE = {"MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "CONCATENATION", "GATHER", "STRIDED_SLICE", "SLICE",
               "SPLIT_V", "SPLIT", "PAD", "PADV2", "TRANSPOSE", "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR",
               "MIRROR_PAD", "REDUCE_MAX", "REDUCE_MIN", "SQUEEZE", "EXPAND_DIMS", "MAXIMUM", "MINIMUM"}
-FIXED = {"LOGISTIC": (1.0 / 256.0, -128), "SOFTMAX": (1.0 / 256.0, -128), "TANH": (1.0 / 128.0, 0)}
+FIXED = {"LOGISTIC": (1.0 / 256.0, -128), "SOFTMAX": (1.0 / 256.0, -128), "TANH": (1.0 / 128.0, 0),
+         "LOG_SOFTMAX": (16.0 / 256.0, 127)}
 PER_CHANNEL_WEIGHTS = {"CONV_2D": (1, 0), "DEPTHWISE_CONV_2D": (1, 3), "FULLY_CONNECTED": (1, 0),
                        "TRANSPOSE_CONV": (1, 0)}  # op -> (weight input index, channel axis)
 BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2}
 
 
+# Builtins that LiteRT runs in float only; an int8 graph keeps them float (see _keep_float).
+NO_INT8_KERNEL = {"POW"}
+# Dynamic range: smaller weight tensors stay float (TensorFlow's converter uses the same threshold).
+MIN_WEIGHTS_ELEMENTS = 1024
+HYBRID_WEIGHTS = {"CONV_2D": (1, 0), "FULLY_CONNECTED": (1, 0)}  # op -> (weight input index, channel axis)
+
+
 @dataclass
 class QuantReport:
     constrained: list[dict] = field(default_factory=list)  # ranges a kernel constraint changed
+    float_ops: list[dict] = field(default_factory=list)  # ops kept float because LiteRT has no int8 kernel
 
 
 def _qparams(lo: float, hi: float) -> tuple[float, int]:
@@ -81,19 +95,30 @@ def measure_ranges(tflite_path: Path, feeds: list[dict[str, np.ndarray]], in_per
 
 
 def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float]],
-                   measured: dict[str, tuple[float, float]], *, int8_io: bool = False) -> QuantReport:
+                   measured: dict[str, tuple[float, float]], *, int8_io: bool = False,
+                   float_nodes: set[str] | frozenset[str] = frozenset()) -> QuantReport:
     s = graph.s
     report = QuantReport()
+    consts = {i for i, t in enumerate(graph.tensors) if t.buffer != 0}
     names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
     code_of = {i: c for c, i in graph.opcodes.items()}
-    ops = [(names[code_of[op.opcodeIndex]], op) for op in graph.operators]
-    consts = {i for i, t in enumerate(graph.tensors) if t.buffer != 0}
-    float_acts = {i for i, t in enumerate(graph.tensors) if t.type == s.TensorType.FLOAT32 and i not in consts}
+    no_kernel = [op for op in graph.operators if names[code_of[op.opcodeIndex]] in NO_INT8_KERNEL]
+    for op in no_kernel:
+        report.float_ops.append({"op": names[code_of[op.opcodeIndex]], "from": sorted(graph.origin.get(id(op), ())),
+                                 "why": "LiteRT has no int8 kernel for it: kept float between DEQUANTIZE and QUANTIZE"})
+    kept_float, range_of, borders = _keep_float(graph, float_nodes, consts, {id(op) for op in no_kernel})
+    code_of = {i: c for c, i in graph.opcodes.items()}  # _keep_float may have added QUANTIZE / DEQUANTIZE
+    ops = [(names[code_of[op.opcodeIndex]], op) for op in graph.operators if id(op) not in kept_float]
+    # tensors (weights too) that only float operators touch, and the float side of each QUANTIZE border
+    float_only = _read_only_by(graph, kept_float) | borders
+    consts -= float_only
+    float_acts = {i for i, t in enumerate(graph.tensors)
+                  if t.type == s.TensorType.FLOAT32 and t.buffer == 0 and i not in float_only}
 
     # 1. ranges per activation tensor
     rng: dict[int, tuple[float, float]] = {}
     for i in float_acts:
-        name = graph.tensors[i].name
+        name = range_of.get(i, graph.tensors[i].name)
         r = onnx_ranges.get(name) or measured.get(name)
         if r is not None:
             rng[i] = r
@@ -119,9 +144,22 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
     groups: dict[int, list[int]] = {}
     for i in float_acts:
         groups.setdefault(find(i), []).append(i)
+    # a fixed output scale (LOGISTIC, SOFTMAX, ...) holds for every tensor that must share it
+    fixed = {op.outputs[0]: (name, FIXED[name]) for name, op in ops if name in FIXED and op.outputs[0] in float_acts}
     qp: dict[int, tuple[float, int]] = {}
     for members in groups.values():
+        pinned = [fixed[m] for m in members if m in fixed]
         known = [rng[m] for m in members if m in rng]
+        if pinned:
+            op_name, params = pinned[0]
+            for m in members:
+                qp[m] = params
+                if m in rng and _qparams(*rng[m]) != params:
+                    report.constrained.append({"tensor": graph.tensors[m].name, "calibrated": list(rng[m]),
+                                               "used_scale": params[0], "used_zero_point": params[1],
+                                               "why": f"{op_name} output has a fixed int8 scale" + (
+                                                   "" if m in fixed else f", shared with the {op_name} output")})
+            continue
         if not known:
             continue
         lo, hi = min(r[0] for r in known), max(r[1] for r in known)
@@ -131,13 +169,6 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
             if m in rng and len(members) > 1 and (rng[m][0] > lo + 1e-9 or rng[m][1] < hi - 1e-9):
                 report.constrained.append({"tensor": graph.tensors[m].name, "calibrated": list(rng[m]),
                                            "used": [lo, hi], "why": "shares one scale with the tensors it is moved to/from"})
-    for name, op in ops:
-        if name in FIXED:
-            out = op.outputs[0]
-            if out in qp and qp[out] != FIXED[name]:
-                report.constrained.append({"tensor": graph.tensors[out].name, "used_scale": FIXED[name][0],
-                                           "why": f"{name} output has a fixed int8 scale"})
-            qp[out] = FIXED[name]
     missing = [graph.tensors[i].name for i in float_acts if i not in qp]
     if missing:
         raise ValueError(f"no calibrated range for TFLite tensors {missing[:5]}")
@@ -175,6 +206,105 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
     return report
 
 
+def quantize_weights_only(graph: TfliteGraph) -> dict:
+    """Dynamic-range int8: the weights of CONV_2D and FULLY_CONNECTED become int8 per output
+    channel (symmetric, zero point 0); activations, biases and IO stay float, and LiteRT's hybrid
+    kernels quantize each layer's input at run time (asymmetrically, for FULLY_CONNECTED).
+    DEPTHWISE_CONV_2D keeps float weights: its hybrid kernel is not taken by XNNPACK, and on
+    MobileNetV2 it made the whole model 2.3x slower for 1% of the weight bytes. Returns what was
+    quantized and what was kept float, with the reason."""
+    s = graph.s
+    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    code_of = {i: c for c, i in graph.opcodes.items()}
+    done: set[int] = set()
+    quantized, kept = 0, {}
+    for op in graph.operators:
+        name = names[code_of[op.opcodeIndex]]
+        if name == "DEPTHWISE_CONV_2D":
+            kept["DEPTHWISE_CONV_2D"] = kept.get("DEPTHWISE_CONV_2D", 0) + 1
+            continue
+        if name not in HYBRID_WEIGHTS:
+            continue
+        w_idx, axis = HYBRID_WEIGHTS[name]
+        w = op.inputs[w_idx]
+        t = graph.tensors[w]
+        if w in done or t.buffer == 0 or t.type != s.TensorType.FLOAT32:
+            continue
+        if int(np.prod(t.shape)) < MIN_WEIGHTS_ELEMENTS:
+            kept["small weights"] = kept.get("small weights", 0) + 1
+            continue
+        _quantize_weight(graph, w, axis)
+        done.add(w)
+        quantized += 1
+        if name == "FULLY_CONNECTED":
+            op.builtinOptions.asymmetricQuantizeInputs = True
+    why = {"DEPTHWISE_CONV_2D": "no accelerated hybrid kernel (XNNPACK runs it in float; hybrid was 2.3x slower)",
+           "small weights": f"fewer than {MIN_WEIGHTS_ELEMENTS} weights: not worth a hybrid kernel"}
+    return {"quantized": quantized, "kept_float": [{"what": k, "ops": n, "why": why[k]} for k, n in kept.items()]}
+
+
+def _keep_float(graph: TfliteGraph, float_nodes: set[str] | frozenset[str], consts: set[int],
+                also: set[int] = frozenset()) -> tuple[set[int], dict[int, str], set[int]]:
+    """Mark the operators lowered from `float_nodes` as float and put DEQUANTIZE / QUANTIZE at the
+    borders between them and the int8 operators. Returns the ids of the float operators (the new
+    DEQUANTIZEs included), for each new int8 tensor the name whose range it takes, and the float
+    tensors that a new QUANTIZE reads."""
+    float_ops = {id(op) for op in graph.operators if graph.origin.get(id(op), set()) & set(float_nodes)} | set(also)
+    if not float_ops:
+        return set(), {}, set()
+    producer = {o: op for op in graph.operators for o in op.outputs}
+    readers: dict[int, list] = {}
+    for op in graph.operators:
+        for i in op.inputs:
+            readers.setdefault(i, []).append(op)
+    graph_inputs = set(graph.inputs)
+
+    def is_float(t: int) -> bool:  # a tensor that stays float: made by a float op, or an input only they read
+        if t in producer:
+            return id(producer[t]) in float_ops
+        return t in graph_inputs and all(id(r) in float_ops for r in readers.get(t, []))
+
+    range_of: dict[int, str] = {}
+    borders: set[int] = set()
+    new_ops: list = []
+    dequantized: dict[int, int] = {}
+    for op in graph.operators:
+        if id(op) in float_ops:
+            for pos, t in enumerate(op.inputs):
+                if t < 0 or t in consts or is_float(t) or graph.tensors[t].type != graph.s.TensorType.FLOAT32:
+                    continue
+                if t not in dequantized:  # an int8 tensor read by a float op: one DEQUANTIZE per tensor
+                    dequantized[t] = graph.tensor(graph.tensors[t].name + "_float", graph.shape_of(t), np.float32)
+                    graph.op("DEQUANTIZE", [t], [dequantized[t]])
+                    deq = graph.operators.pop()
+                    float_ops.add(id(deq))
+                    new_ops.append(deq)
+                op.inputs[pos] = dequantized[t]
+            new_ops.append(op)
+            for t in op.outputs:
+                int8_readers = [r for r in readers.get(t, []) if id(r) not in float_ops]
+                if not int8_readers:
+                    continue
+                q = graph.tensor(graph.tensors[t].name + "_int8", graph.shape_of(t), np.float32)
+                range_of[q] = graph.tensors[t].name
+                borders.add(t)
+                graph.op("QUANTIZE", [t], [q])
+                new_ops.append(graph.operators.pop())
+                for r in int8_readers:
+                    r.inputs = [q if i == t else i for i in r.inputs]
+        else:
+            new_ops.append(op)
+    graph.operators = new_ops
+    return float_ops, range_of, borders
+
+
+def _read_only_by(graph: TfliteGraph, float_ops: set[int]) -> set[int]:
+    """Tensors that only float operators produce or read (they keep float32)."""
+    touched_int8 = {i for op in graph.operators if id(op) not in float_ops for i in [*op.inputs, *op.outputs]}
+    touched_float = {i for op in graph.operators if id(op) in float_ops for i in [*op.inputs, *op.outputs]}
+    return touched_float - touched_int8
+
+
 def _quantize_weight(graph: TfliteGraph, index: int, axis: int) -> np.ndarray:
     arr = _buffer_array(graph, index)
     moved = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1)
@@ -190,7 +320,8 @@ def _quantize_weight(graph: TfliteGraph, index: int, axis: int) -> np.ndarray:
 
 def _quantize_per_tensor(graph: TfliteGraph, index: int, scale: float, zp: int) -> None:
     arr = _buffer_array(graph, index)
-    _set_buffer(graph, index, np.clip(np.round(arr / scale) + zp, -128, 127).astype(np.int8))
+    with np.errstate(over="ignore"):  # a max pool's -FLT_MAX pad value saturates to -128, as it should
+        _set_buffer(graph, index, np.clip(np.round(arr / scale) + zp, -128, 127).astype(np.int8))
     _set_quant(graph, index, [scale], [zp])
 
 
