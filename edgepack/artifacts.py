@@ -320,7 +320,8 @@ def _guard_ncnn_int8(ctx: ExportContext, path: Path, fp32_param: Path, io: tuple
     history = []
     for _ in range(MAX_ROUNDS):
         fid = verify_artifact(ctx, entry, "int8")
-        history.append({"float_layers": sorted(keep), "cosine": fid["cosine"], "top1_agreement": fid.get("top1_agreement")})
+        history.append({"float_layers": [f["layer"] for f in result.float_layers], "cosine": fid["cosine"],
+                        "top1_agreement": fid.get("top1_agreement")})
         if not _missed(fid):
             break
         rows = [r for r in layer_divergence(fp32_param, path, feeds) if r["int8"]]
