@@ -13,8 +13,8 @@ ncnn nor the pnnx wheel), following ncnn's documented int8 format ("quantized in
   output channel (per group for depthwise), the layer's input from the calibrated (min, max) of the
   ONNX tensor feeding the node it came from, symmetric (ncnn quantizes activations to [-127, 127]);
 - the calibration table ncnn2int8 reads (`<layer>_param_0 <weight scales...>` and `<layer> <input
-  scale>` lines) is written too, so `ncnn2int8 model.fp32.param model.fp32.bin out.param out.bin
-  model.int8.table` reproduces the artifact with ncnn's own tool.
+  scale>` lines) is written too, for `ncnn2int8 model.fp32.param model.fp32.bin out.param out.bin
+  model.int8.table` (ncnn's own tool, built from source; not run by edgepack or its tests).
 
 pnnx renames blobs (`in0`, `1`, ...) and fuses Conv with Clip/ReLU, so layers are mapped to ONNX nodes
 by structure, not by name: the k-th quantizable ncnn layer (in file order) is matched to the first
