@@ -52,6 +52,7 @@ def export(
     eval_data: str | Path | None = None,
     tflite_nchw_input: bool = False,
     int8_io: bool = False,
+    ncnn_fp32: bool = False,
     console: Any = None,
 ) -> dict:
     """Export and verify; returns the report (also written to OUTDIR/report.json).
@@ -90,6 +91,7 @@ def export(
         eval_data=Path(eval_data) if eval_data is not None else None,
         tflite_nchw_io=tflite_nchw_input,
         int8_io=int8_io,
+        ncnn_fp32=ncnn_fp32,
     )
     return run_export(model_or_path, options, console)
 

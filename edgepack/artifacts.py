@@ -16,7 +16,7 @@ import onnx_ir as ir
 from edgepack.converters.cast_fp16 import cast_fp16
 from edgepack.converters.export_onnx import export_onnx, to_proto, write_proto
 from edgepack.converters.quantize_int8 import Int8Result, quantize_int8, quantize_int8_weights
-from edgepack.errors import EdgepackError, OutputError, VerificationFailed
+from edgepack.errors import EdgepackError, OutputError, UnsupportedError, VerificationFailed
 from edgepack.formats import FORMATS, check_buildable
 from edgepack.fsutil import deflated_size, file_entry
 from edgepack.options import ExportOptions
@@ -93,6 +93,8 @@ def build_artifact(ctx: ExportContext, fmt: str, precision: str) -> dict:
         try:
             if fmt == "tflite":
                 files, details = _export_tflite(ctx, path, precision)
+            elif fmt == "ncnn":
+                files, details = _export_ncnn(ctx, path, precision)
             else:
                 files, details = _export_onnx_precision(ctx, path, precision)
         except OSError as exc:
@@ -102,12 +104,12 @@ def build_artifact(ctx: ExportContext, fmt: str, precision: str) -> dict:
         entry["files"] = [file_entry(f, ctx.out_dir) for f in files]
         entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
         entry["deflated_bytes"] = sum(deflated_size(f) for f in files)  # what a download of it costs
-        if fmt == "tflite":
+        if fmt in ("tflite", "ncnn"):
             entry["inputs"], entry["outputs"] = details.pop("io")
         else:
             entry["inputs"], entry["outputs"] = _io_of_file(path, entry["inputs"], entry["outputs"])
         entry["fidelity"] = verify_artifact(ctx, entry, precision)
-        if precision == "int8" and not ctx.already_quantized and _missed(entry["fidelity"]):
+        if precision == "int8" and fmt != "ncnn" and not ctx.already_quantized and _missed(entry["fidelity"]):
             from edgepack.accuracy_guard import repair_int8
 
             rebuild = None
@@ -240,6 +242,106 @@ def _export_tflite_int8(ctx: ExportContext, path: Path, float_nodes: list[str] =
     }
 
 
+def _export_ncnn(ctx: ExportContext, path: Path, precision: str) -> tuple[list[Path], dict]:
+    """ncnn via pnnx from the processed graph; int8 from the same calibration file as the int8 ONNX."""
+    from edgepack.converters.export_ncnn import export_ncnn
+
+    if ctx.already_quantized:
+        raise UnsupportedError("the model is already quantized (Q/DQ ops): pnnx cannot convert those to ncnn; "
+                               "export the float model with --int8 --calib DATA instead")
+    if precision == "int8":
+        return _export_ncnn_int8(ctx, path)
+    result = export_ncnn(ctx.model, path, fp16=precision == "fp16")
+    return result.files, {
+        "weights_precision": precision,
+        "compute_precision": "fp16 where the CPU has it (ncnn's default options), else fp32" if precision == "fp16"
+        else "fp32 (run with ncnn's opt.use_fp16_storage/packed/arithmetic = False; ncnn turns them on by default)",
+        "dtypes": {"weights": "float16" if precision == "fp16" else "float32", "io": "float32"},
+        "layer_census": result.census,
+        "pnnx_blob_names": result.pnnx_names,
+        "io": _ncnn_io(ctx, result.blob_names),
+    }
+
+
+def _export_ncnn_int8(ctx: ExportContext, path: Path) -> tuple[list[Path], dict]:
+    import functools
+    import tempfile
+
+    from edgepack.converters.export_ncnn import NcnnParam, export_ncnn
+    from edgepack.converters.quantize_int8 import load_ranges
+    from edgepack.converters.quantize_ncnn_int8 import quantize_ncnn_int8
+
+    opts = ctx.options
+    table = path.with_suffix(".table")
+    with tempfile.TemporaryDirectory(prefix="edgepack-ncnn-") as tmp:
+        if not ctx.calibration_path.is_file():
+            quantize_int8(ctx.fp32_proto, Path(tmp) / "calibrate.onnx", cache_path=ctx.calibration_path,
+                          method=opts.calib_method, calib_feeds=ctx.calib_feeds)
+        base = export_ncnn(ctx.model, Path(tmp) / "fp32.param", fp16=False)
+        io = _ncnn_io(ctx, base.blob_names)
+        ranges = load_ranges(ctx.calibration_path)
+        requantize = functools.partial(quantize_ncnn_int8, ctx.model, base.files[0], base.files[1], ranges, path, table,
+                                       float_onnx_nodes=frozenset(ctx.int8_float_nodes))
+        result = requantize()
+        guard: list[dict] = []
+        if opts.min_cosine is not None or opts.min_top1 is not None:
+            result, guard = _guard_ncnn_int8(ctx, path, base.files[0], io, requantize, result)
+    census = NcnnParam.parse(path.read_text()).census()
+    return [path, path.with_suffix(".bin"), table], {
+        "weights_precision": "int8", "compute_precision": "int8",
+        "dtypes": {"weights": "int8 (per output channel, symmetric, scale 127/absmax); bias float32",
+                   "activations": "int8 at the input of each int8 layer (symmetric), float32 between layers",
+                   "io": "float32"},
+        "layer_census": census,
+        "pnnx_blob_names": base.pnnx_names,
+        "nodes": {"quantized": len(result.quantized), "float": len(result.float_layers)},
+        "int8_layers": result.quantized,
+        "requantized_layers": result.requantized,
+        "float_nodes": [f["layer"] for f in result.float_layers],
+        "float_layers": result.float_layers,
+        "calibration": {"file": CALIBRATION_NAME, "method": opts.calib_method, "samples": len(ctx.calib_feeds or []),
+                        "ncnn_table": table.name},
+        **({"guard": guard} if guard else {}),
+        "io": io,
+    }
+
+
+def _guard_ncnn_int8(ctx: ExportContext, path: Path, fp32_param: Path, io: tuple[list[dict], list[dict]],
+                     requantize: Callable[..., Any], result: Any) -> tuple[Any, list[dict]]:
+    """The accuracy guard for ncnn int8: while --min-cosine/--min-top1 is missed, keep the int8 layer
+    that loses most SQNR (`layer_divergence`, on held-out samples) in fp32 and write the model again."""
+    from edgepack.accuracy_guard import GUARD_SAMPLES, MAX_ROUNDS
+    from edgepack.converters.quantize_ncnn_int8 import layer_divergence
+
+    entry = {"path": path.name, "format": "ncnn", "precision": "int8", "inputs": io[0], "outputs": io[1]}
+    blob = {d["name"]: d["ncnn_blob"] for d in io[0]}
+    feeds = [{blob[k]: v[0] for k, v in feed.items()} for feed in ctx.vset.feeds()[:GUARD_SAMPLES]]
+    keep: set[str] = set()
+    history = []
+    for _ in range(MAX_ROUNDS):
+        fid = verify_artifact(ctx, entry, "int8")
+        history.append({"float_layers": [f["layer"] for f in result.float_layers], "cosine": fid["cosine"],
+                        "top1_agreement": fid.get("top1_agreement")})
+        if not _missed(fid):
+            break
+        rows = [r for r in layer_divergence(fp32_param, path, feeds) if r["int8"]]
+        if not rows:
+            break
+        worst = max(rows, key=lambda r: r["sqnr_drop_db"])
+        history[-1]["worst"] = worst
+        keep.add(worst["layer"])
+        result = requantize(keep_float=frozenset(keep))
+    return result, history
+
+
+def _ncnn_io(ctx: ExportContext, blob_names: dict[str, str]) -> tuple[list[dict], list[dict]]:
+    """The ONNX IO rows plus the blob name to pass to ncnn's Extractor.input / extract."""
+    def add(rows: list[dict]) -> list[dict]:
+        return [{**r, "ncnn_blob": blob_names[r["name"]]} for r in rows]
+
+    return add(_io(ctx.model.graph.inputs)), add(_io(ctx.model.graph.outputs))
+
+
 # ---------------------------------------------------------------- verification
 
 
@@ -265,11 +367,32 @@ def _tflite_runner(path: Path, inputs: list[dict], outputs: list[dict]) -> Calla
     return run
 
 
+def _ncnn_runner(path: Path, precision: str, inputs: list[dict], outputs: list[dict]) -> Callable:
+    """Run an ncnn artifact (NCHW like ONNX; no batch axis inside, the adapter loops over it). ncnn
+    stores activations in fp16 by default where the CPU can (x86 with F16C too): the fp32 artifact
+    is run with that off, the others with ncnn's defaults, as deployed."""
+    session = get_runtime("ncnn").load(path, fp16=False if precision == "fp32" else None)
+    blob = {d["name"]: d["ncnn_blob"] for d in inputs}
+
+    def shaped(y: np.ndarray, d: dict) -> np.ndarray:
+        shape = d.get("shape")
+        fits = shape and all(isinstance(n, int) for n in shape) and int(np.prod(shape)) == y.size
+        return y.reshape(shape) if fits else y
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        got = session.run({blob[k]: v for k, v in feed.items()})
+        return [shaped(got[d["ncnn_blob"]], d) for d in outputs]
+
+    return run
+
+
 def run_artifact(ctx: ExportContext, entry: dict) -> Callable:
     """A function running a built artifact on ONNX-layout feeds, returning outputs in ONNX layout."""
     path = ctx.out_dir / entry["path"]
     if entry["format"] == "tflite":
         return _tflite_runner(path, entry["inputs"], entry["outputs"])
+    if entry["format"] == "ncnn":
+        return _ncnn_runner(path, entry["precision"], entry["inputs"], entry["outputs"])
     session = get_runtime("onnxruntime").load(path)
     return lambda feed: [session.run(feed)[n].astype(np.float32) for n in ctx.output_names]
 
@@ -277,14 +400,15 @@ def run_artifact(ctx: ExportContext, entry: dict) -> Callable:
 def verify_artifact(ctx: ExportContext, entry: dict, precision: str) -> dict:
     """Run the artifact on the verification set in its runtime and compare with the reference.
     Every non-fp32 artifact is held to the user's --min-cosine / --min-top1 when given."""
-    tflite = entry["format"] == "tflite"
-    runtime = get_runtime("litert" if tflite else "onnxruntime")
+    fmt = entry["format"]
+    runtime = get_runtime({"tflite": "litert", "ncnn": "ncnn"}.get(fmt, "onnxruntime"))
     try:
         actual = run_all(run_artifact(ctx, entry), ctx.vset)
     except Exception as exc:  # the artifact itself is broken: it cannot be verified
-        why = str(exc).splitlines()[0][:300] if tflite else ort_message(exc)
+        why = ort_message(exc) if fmt == "onnx" else str(exc).splitlines()[0][:300]
+        label = {"tflite": "LiteRT", "ncnn": "ncnn"}.get(fmt, "ONNX Runtime")
         raise VerificationFailed(
-            f"{'LiteRT' if tflite else 'ONNX Runtime'} cannot run {entry['path']}: {why}; the artifact is kept for inspection"
+            f"{label} cannot run {entry['path']}: {why}; the artifact is kept for inspection"
         ) from None
     result = compare(ctx.reference, actual, ctx.output_names)
     opts = ctx.options

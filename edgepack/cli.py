@@ -80,6 +80,7 @@ def cli() -> None:
 @click.option("--tflite-nchw-input", "tflite_nchw_io", is_flag=True,
               help="TFLite: keep NCHW image inputs and 4-D outputs (one TRANSPOSE at each) instead of NHWC.")
 @click.option("--int8-io", is_flag=True, help="int8 TFLite: int8 inputs and outputs (scale and zero point in the report).")
+@click.option("--ncnn-fp32", is_flag=True, help="ncnn: keep fp32 weights (default: fp16 weight storage, labelled fp16).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
 @_debug_option
 def export(model: Path, output_dir: Path, formats: str, target: str, input_shapes: tuple[str, ...], name: str | None,
@@ -88,7 +89,7 @@ def export(model: Path, output_dir: Path, formats: str, target: str, input_shape
            no_prune: bool, prune_approx: bool, round_channels: int | None, int8: bool, fp16: bool, int8_weights_only: bool,
            fp16_io: bool, calib_method: str, calib_samples: int | None, resize: str | None, crop: str | None,
            min_cosine: float | None, min_top1: float | None, eval_data: Path | None, tflite_nchw_io: bool,
-           int8_io: bool, as_json: bool) -> None:
+           int8_io: bool, ncnn_fp32: bool, as_json: bool) -> None:
     """Export MODEL (.pt, .pt2, TorchScript or .onnx) and verify every artifact."""
     from rich.console import Console
 
@@ -106,7 +107,7 @@ def export(model: Path, output_dir: Path, formats: str, target: str, input_shape
         prune_approx=prune_approx, round_channels=round_channels, int8=int8, fp16=fp16,
         int8_weights_only=int8_weights_only, fp16_io=fp16_io, calib_method=calib_method, calib_samples=calib_samples,
         min_cosine=min_cosine, min_top1=min_top1, eval_data=eval_data, tflite_nchw_input=tflite_nchw_io,
-        int8_io=int8_io, console=err,
+        int8_io=int8_io, ncnn_fp32=ncnn_fp32, console=err,
     )
     out = err if as_json else Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     render_table(report, out)

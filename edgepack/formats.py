@@ -22,8 +22,8 @@ class FormatCapability:
 FORMATS: dict[str, FormatCapability] = {
     "onnx": FormatCapability("onnx", "onnx", ("fp32", "fp16", "int8", "int8-weights"), built=True),
     "tflite": FormatCapability("tflite", "tflite", ("fp32", "fp16", "int8", "int8-weights"), built=True),
-    "ncnn": FormatCapability("ncnn", "param", ("fp32", "fp16", "int8"), built=False,
-                             note="ncnn exporter not built yet"),
+    "ncnn": FormatCapability("ncnn", "param", ("fp32", "fp16", "int8"), built=True,
+                             note="weights stored fp16 unless --ncnn-fp32; needs the ncnn extra (pnnx + ncnn)"),
 }
 
 
@@ -41,6 +41,14 @@ def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     if unknown:
         raise UsageError(f"unknown format(s) {', '.join(unknown)}; known formats: {', '.join(FORMATS)}")
     return tuple(dict.fromkeys(names))
+
+
+def artifact_precisions(fmt: str, precisions: tuple[str, ...], ncnn_fp32: bool = False) -> tuple[str, ...]:
+    """The precisions built for `fmt`. ncnn stores weights fp16 by default (its mobile deployments
+    do): the base artifact is the fp16 one, labelled fp16, unless --ncnn-fp32 keeps an fp32 one."""
+    if fmt != "ncnn" or ncnn_fp32:
+        return precisions
+    return tuple(dict.fromkeys("fp16" if p == "fp32" else p for p in precisions))
 
 
 def check_buildable(fmt: str, precision: str) -> FormatCapability:

@@ -128,6 +128,7 @@ class ExportOptions:
     eval_data: Path | None = None
     tflite_nchw_io: bool = False
     int8_io: bool = False
+    ncnn_fp32: bool = False
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -151,6 +152,8 @@ class ExportOptions:
             raise UsageError(f"--calib-samples {self.calib_samples} must be 1 or more")
         if self.int8_io and not (self.int8 and "tflite" in self.formats):
             raise UsageError("--int8-io applies to the int8 TFLite artifact: add --int8 and --format tflite")
+        if self.ncnn_fp32 and "ncnn" not in self.formats:
+            raise UsageError("--ncnn-fp32 applies to the ncnn artifact: add --format ncnn")
         if self.fp16_io and not self.fp16:
             raise UsageError("--fp16-io applies to the fp16 artifact: add --fp16")
         for flag, value in (("--min-cosine", self.min_cosine), ("--min-top1", self.min_top1)):

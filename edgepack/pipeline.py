@@ -30,6 +30,7 @@ from edgepack.converters.fold_batchnorm import fold_batchnorm
 from edgepack.converters.remove_pruned_channels import remove_pruned_channels
 from edgepack.devices import DeviceProfile, load_profile
 from edgepack.devices.estimate import describe_precision_gain, report_estimate
+from edgepack.formats import artifact_precisions
 from edgepack.errors import (
     EdgepackError, InputShapeError, LoadError, UnsupportedError, UsageError, VerificationFailed,
 )
@@ -160,7 +161,7 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
     ctx.calibration_path.unlink(missing_ok=True)
     artifacts = []
     for fmt in options.formats:
-        for precision in precisions:
+        for precision in artifact_precisions(fmt, precisions, options.ncnn_fp32):
             with steps(f"artifact:{fmt}.{precision}", f"export + verify {fmt} {precision}"):
                 artifacts.append(build_artifact(ctx, fmt, precision))
     _int8_agreement(ctx, artifacts)

@@ -50,6 +50,7 @@ ADAPTERS: dict[str, str] = {
     "onnxruntime": "edgepack.runtimes.ort:OnnxRuntime",
     "torch": "edgepack.runtimes.torch_eager:TorchEager",
     "litert": "edgepack.runtimes.litert:LiteRt",
+    "ncnn": "edgepack.runtimes.ncnn:Ncnn",
 }
 
 # artifact file suffix -> the runtime that runs it (an ncnn model is its .param file + .bin beside it).

@@ -128,7 +128,8 @@ BAD_INPUTS = {
 GOOD_RUNS = {
     "two-named-inputs": ["export", "{two_inputs.pt}", "--allow-pickle", "-o", "OUT", "--input-shape", "image:1x3x16x16",
                          "--input-shape", "depth:1x1x8x8"],
-    "onnx-and-ncnn": ["export", "{pickled.pt}", "--allow-pickle", "--format", "onnx,ncnn", "-o", "OUT", *SHAPE],
+    "onnx-and-ncnn-int8-weights": ["export", "{pickled.pt}", "--allow-pickle", "--format", "onnx,ncnn",
+                                   "--int8-weights-only", "-o", "OUT", *SHAPE],
     "preprocessing": ["export", "{pickled.pt}", "--allow-pickle", "-o", "OUT", *SHAPE, "--mean", "0.5", "--std", "0.25", "--bgr"],
     "example-json": ["export", str(EXAMPLE), "--calib", str(EXAMPLE_CALIB), "-o", "OUT", "--json"],
     "debug-traceback": ["export", "{empty.pt}", "-o", "OUT", "--debug"],
@@ -215,17 +216,19 @@ def test_two_named_input_shapes(runs):
     assert [(i.name, i.shape) for i in session.get_inputs()] == [("image", [1, 3, 16, 16]), ("depth", [1, 1, 8, 8])]
 
 
-def test_unbuilt_format_fails_only_its_artifact_with_exit_4(runs):
-    run = runs["onnx-and-ncnn"]
+def test_unbuilt_precision_fails_only_its_artifact_with_exit_4(runs):
+    run = runs["onnx-and-ncnn-int8-weights"]
     assert run.code == 4
     report = json.loads((run.out / "report.json").read_text())
-    onnx_art, ncnn_art = report["artifacts"]
-    assert (onnx_art["format"], onnx_art["ok"]) == ("onnx", True)
-    assert (run.out / onnx_art["path"]).is_file() and onnx_art["fidelity"]["rel_error"] <= 1e-4
-    assert (ncnn_art["format"], ncnn_art["ok"], ncnn_art["path"], ncnn_art["exit_code"]) == ("ncnn", False, None, 4)
-    assert "supported formats: onnx, tflite" in ncnn_art["error"]
+    arts = {(a["format"], a["precision"]): a for a in report["artifacts"]}
+    assert list(arts) == [("onnx", "fp32"), ("onnx", "int8-weights"), ("ncnn", "fp16"), ("ncnn", "int8-weights")]
+    assert arts["onnx", "fp32"]["ok"] and arts["onnx", "int8-weights"]["ok"]
+    assert (run.out / arts["onnx", "fp32"]["path"]).is_file() and arts["onnx", "fp32"]["fidelity"]["rel_error"] <= 1e-4
+    bad = arts["ncnn", "int8-weights"]
+    assert (bad["ok"], bad["path"], bad["exit_code"]) == (False, None, 4)
+    assert "does not support precision 'int8-weights'" in bad["error"]
     assert report["exit_code"] == 4 and report["ok"] is False
-    assert not list(run.out.glob("*.param")) and not list(run.out.glob(".*.tmp"))
+    assert not list(run.out.glob("*.int8-weights.param")) and not list(run.out.glob(".*.tmp"))
 
 
 # ------------------------------------------------------------------ E: CLI basics and the shipped example

@@ -69,8 +69,9 @@ def test_capability_table():
     assert parse_formats("onnx,tflite") == ("onnx", "tflite")
     assert check_buildable("onnx", "fp32").built
     assert check_buildable("tflite", "fp16").built
-    with pytest.raises(UnsupportedError, match="supported formats: onnx, tflite"):
-        check_buildable("ncnn", "fp32")
+    assert check_buildable("ncnn", "fp16").built and check_buildable("ncnn", "int8").built
+    with pytest.raises(UnsupportedError, match="does not support precision 'int8-weights'"):
+        check_buildable("ncnn", "int8-weights")
     assert check_buildable("tflite", "int8").built
     assert check_buildable("tflite", "int8-weights").built
     with pytest.raises(UnsupportedError, match="does not support precision 'int4'"):

@@ -1,0 +1,218 @@
+"""ncnn exporter: the processed ONNX graph (BatchNorm folded, pruned channels removed) converted by
+pnnx (the converter ncnn ships, from the `pnnx` wheel) into an ncnn `.param` + `.bin`.
+
+pnnx's executable is run on the ONNX file in a temporary folder (it writes half a dozen side files:
+pnnx.param, .py, .onnx); only the ncnn `.param`/`.bin` are kept, written atomically beside each
+other. pnnx names the blobs `in0`, `out0`, `1`, `2`, ...: the graph's inputs and outputs are renamed
+back to their ONNX names in the `.param` (when a name is a valid ncnn blob name), so the report's
+input/output names are the names a device program passes to `Extractor.input/extract`; the mapping
+from pnnx's names is recorded. Weights are stored fp16 by default (pnnx `fp16=1`: half the file; ncnn
+computes in fp16 where the CPU supports it, else widens to fp32 at load) or fp32 (`fp16=0`).
+
+The `.param` reader/writer (`NcnnParam`) is written here because neither wheel exposes one; the int8
+pass (quantize_ncnn_int8.py) reuses it."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx_ir as ir
+
+from edgepack.errors import ConversionError, UnsupportedError
+from edgepack.fsutil import atomic_path
+
+PARAM_MAGIC = "7767517"
+INSTALL_HINT = "pip install 'edgepack[ncnn]' (or: pip install pnnx ncnn)"
+_PNNX_TYPES = {"float32": "f32", "float16": "f16", "float64": "f64", "int64": "i64", "int32": "i32", "int8": "i8",
+               "uint8": "u8", "bool": "bool"}
+
+
+# ---------------------------------------------------------------- .param text format
+
+
+@dataclass
+class NcnnLayer:
+    type: str
+    name: str
+    bottoms: list[str]
+    tops: list[str]
+    params: list[tuple[str, str]] = field(default_factory=list)  # (key, value text), order kept
+
+    def get(self, key: int, default: int = 0) -> int:
+        for k, v in self.params:
+            if k == str(key):
+                return int(float(v))
+        return default
+
+    def set(self, key: int, value: int) -> None:
+        for i, (k, _) in enumerate(self.params):
+            if k == str(key):
+                self.params[i] = (k, str(value))
+                return
+        self.params.append((str(key), str(value)))
+
+    def line(self) -> str:
+        head = f"{self.type:<24} {self.name:<24} {len(self.bottoms)} {len(self.tops)}"
+        return " ".join([head, *self.bottoms, *self.tops, *(f"{k}={v}" for k, v in self.params)])
+
+
+@dataclass
+class NcnnParam:
+    layers: list[NcnnLayer]
+
+    @classmethod
+    def parse(cls, text: str) -> NcnnParam:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        if not lines or lines[0].strip() != PARAM_MAGIC:
+            raise ConversionError(f"not an ncnn text .param (first line {lines[0][:20] if lines else ''!r}, expected {PARAM_MAGIC})")
+        layers = []
+        for ln in lines[2:]:
+            parts = ln.split()
+            nb, nt = int(parts[2]), int(parts[3])
+            bottoms, tops = parts[4 : 4 + nb], parts[4 + nb : 4 + nb + nt]
+            params = [tuple(p.split("=", 1)) for p in parts[4 + nb + nt :]]
+            layers.append(NcnnLayer(parts[0], parts[1], bottoms, tops, params))  # type: ignore[arg-type]
+        return cls(layers)
+
+    def text(self) -> str:
+        blobs = {b for layer in self.layers for b in layer.bottoms + layer.tops}
+        return "\n".join([PARAM_MAGIC, f"{len(self.layers)} {len(blobs)}", *(layer.line() for layer in self.layers)]) + "\n"
+
+    def census(self) -> dict[str, int]:
+        return dict(Counter(layer.type for layer in self.layers))
+
+    def rename_blob(self, old: str, new: str) -> None:
+        for layer in self.layers:
+            if layer.type == "Input" and layer.name == old:
+                layer.name = new
+            layer.bottoms = [new if b == old else b for b in layer.bottoms]
+            layer.tops = [new if t == old else t for t in layer.tops]
+
+
+# ---------------------------------------------------------------- export
+
+
+@dataclass
+class NcnnExport:
+    files: list[Path]
+    census: dict[str, int]
+    blob_names: dict[str, str]  # ONNX input/output name -> blob name in the .param
+    pnnx_names: dict[str, str]  # ONNX input/output name -> pnnx's original blob name
+
+
+def pnnx_executable() -> Path:
+    """The `pnnx` binary inside the pnnx wheel, found without importing the package (which imports
+    torch). Raises UnsupportedError with the install command when pnnx or ncnn is missing."""
+    spec = importlib.util.find_spec("pnnx")
+    exe = None
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            for name in ("pnnx", "pnnx.exe"):
+                if (Path(folder) / name).is_file():
+                    exe = Path(folder) / name
+    missing = [pkg for pkg, ok in (("pnnx", exe is not None), ("ncnn", importlib.util.find_spec("ncnn") is not None)) if not ok]
+    if missing:
+        raise UnsupportedError(f"--format ncnn needs the optional packages pnnx (converter) and ncnn (runtime, to verify); "
+                               f"{' and '.join(missing)} not installed: {INSTALL_HINT}")
+    return exe  # type: ignore[return-value]
+
+
+def export_ncnn(model: ir.Model, path: Path, *, fp16: bool) -> NcnnExport:
+    """Convert the processed graph to `path` (.param) and `path.with_suffix('.bin')`."""
+    from edgepack.converters.export_onnx import export_onnx
+
+    exe = pnnx_executable()
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="edgepack-pnnx-") as tmp:
+        work = Path(tmp)
+        src = work / "model.onnx"
+        export_onnx(model, src)
+        shapes = ",".join(_shape_arg(v) for v in model.graph.inputs)
+        outs = {k: str(work / f"model.{k}") for k in ("ncnnparam", "ncnnbin", "ncnnpy", "pnnxparam", "pnnxbin",
+                                                         "pnnxpy", "pnnxonnx")}
+        cmd = [str(exe), str(src), f"inputshape={shapes}", "device=cpu", f"fp16={int(fp16)}",
+               *(f"{k}={v}" for k, v in outs.items())]
+        try:
+            proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConversionError(f"pnnx could not run ({exc}); reinstall it: {INSTALL_HINT}") from None
+        param_file, bin_file = Path(outs["ncnnparam"]), Path(outs["ncnnbin"])
+        if proc.returncode != 0 or not param_file.is_file() or not bin_file.is_file():
+            how = f"crashed, signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+            raise ConversionError(f"pnnx failed on the processed ONNX ({how}): {_last_words(proc.stderr + proc.stdout)}; "
+                                  f"run `{exe} model.fp32.onnx inputshape={shapes}` on the ONNX artifact for the full log, "
+                                  "(export it with --format onnx), or use --format onnx or tflite for this model")
+        param = NcnnParam.parse(param_file.read_text())
+        _check_layers(param)
+        blob_names, pnnx_names = _rename_io(param, [v.name for v in model.graph.inputs], [v.name for v in model.graph.outputs])
+        _declare_input_shapes(param, {blob_names[v.name]: v.shape for v in model.graph.inputs})
+        bin_path = path.with_suffix(".bin")
+        with atomic_path(bin_path) as tmp_bin:
+            os.replace(bin_file, tmp_bin)
+        with atomic_path(path) as tmp_param:
+            tmp_param.write_text(param.text())
+    return NcnnExport([path, bin_path], param.census(), blob_names, pnnx_names)
+
+
+def _last_words(log: str) -> str:
+    """The last informative line of pnnx's log: no colour codes, progress lines or runtime warnings."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in log.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#") and "..." not in ln and "[W:" not in ln]
+    return (lines[-1] if lines else "no output")[:300]
+
+
+def _shape_arg(value: ir.Value) -> str:
+    if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+        raise UnsupportedError(f"input {value.name!r} has no static shape ({value.shape}); pass --input-shape")
+    dtype = value.dtype.numpy().name if value.dtype is not None else "float32"
+    return "[" + ",".join(str(d) for d in value.shape) + "]" + _PNNX_TYPES.get(dtype, "f32")
+
+
+def _check_layers(param: NcnnParam) -> None:
+    """pnnx writes ops it cannot map to ncnn under their pnnx/torch names; ncnn cannot load those."""
+    import ncnn
+
+    unknown = sorted({layer.type for layer in param.layers if ncnn.layer_to_index(layer.type) < 0})
+    if unknown:
+        raise UnsupportedError(f"pnnx left op(s) that ncnn has no layer for: {', '.join(unknown)}; "
+                               "ncnn cannot run this model: use --format onnx or tflite for it")
+
+
+def _declare_input_shapes(param: NcnnParam, shapes: dict[str, ir.Shape]) -> None:
+    """Write each batch-1 input's shape into its Input layer (0=w 1=h 2=c, ncnn's order without the
+    batch axis), so the .param alone says what to feed; pnnx leaves them out."""
+    for layer in param.layers:
+        shape = shapes.get(layer.tops[0]) if layer.type == "Input" and layer.tops else None
+        if shape is None or len(shape) not in (2, 3, 4) or shape[0] != 1 or layer.params:
+            continue
+        for key, dim in zip((0, 1, 2), reversed(list(shape)[1:])):
+            layer.set(key, int(dim))
+
+
+def _rename_io(param: NcnnParam, inputs: list[str], outputs: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """pnnx numbers the graph inputs in0, in1, ... and outputs out0, ... in ONNX order: give them
+    back their ONNX names where ncnn can hold them (no whitespace, < 256 chars, not already a blob)."""
+    blobs = {b for layer in param.layers for b in layer.bottoms + layer.tops}
+    blob_names, pnnx_names = {}, {}
+    for prefix, names in (("in", inputs), ("out", outputs)):
+        for i, onnx_name in enumerate(names):
+            old = f"{prefix}{i}"
+            if old not in blobs:
+                raise ConversionError(f"pnnx output has no blob {old!r} for ONNX {('input', 'output')[prefix == 'out']} "
+                                      f"{onnx_name!r}; the .param cannot be mapped back to the ONNX names")
+            pnnx_names[onnx_name] = old
+            ok = onnx_name == old or (onnx_name and len(onnx_name) < 256 and not any(c.isspace() for c in onnx_name)
+                                      and "=" not in onnx_name and onnx_name not in blobs)
+            new = onnx_name if ok else old
+            if new != old:
+                param.rename_blob(old, new)
+                blobs.discard(old)
+                blobs.add(new)
+            blob_names[onnx_name] = new
+    return blob_names, pnnx_names
