@@ -28,7 +28,16 @@ from edgepack.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ROOT / "benchmarks" / "data" / "reference_layers.json"
-CORES_CSV = ROOT / "benchmarks" / "data" / "published" / "arm-cores.csv"
+# the published measurements: the repo's sibling folder shared/reference/ (CI clones shared/ beside the repo)
+REFERENCE = ROOT.parent / "shared" / "reference"
+
+
+def _reference(name: str) -> Path:
+    path = REFERENCE / name
+    if not path.is_file():
+        pytest.skip(f"no {name} in {REFERENCE}: the published measurements are not in the repo; "
+                    "clone shared/ beside it (shared/reference/) to run this test")
+    return path
 
 
 def _data(name: str = "rpi4") -> dict:
@@ -53,7 +62,7 @@ def test_every_required_profile_loads_with_its_cores():
 
 
 def test_profile_isa_facts_agree_with_arm_cores_csv():
-    rows = {r["core"]: r for r in csv.DictReader(CORES_CSV.open())}
+    rows = {r["core"]: r for r in csv.DictReader(_reference("arm-cores.csv").open())}
     checked = 0
     for name in list_profiles():
         for cluster in load_profile(name).clusters:
@@ -228,12 +237,13 @@ def test_fit_script_reproduces_the_shipped_parameters(tables):
         read_ncnn_rows,
     )
 
-    rows, excluded = read_ncnn_rows()
+    _reference("ncnn-published-latency.csv"), _reference("tflite-published-latency.csv")
+    rows, excluded = read_ncnn_rows(REFERENCE)
     assert len(excluded) == 3 and all(why for _, why in excluded)
     shipped = load_params()["runtimes"]
     ncnn = fit_both(Problem(tables, rows, "ncnn"), rows, FIXED)
     assert params_match(shipped["ncnn"]["params"], vars(ncnn)), (shipped["ncnn"], vars(ncnn))
-    litert_rows = read_litert_rows()
+    litert_rows = read_litert_rows(REFERENCE)
     assert len(litert_rows) == 96
     litert = {**vars(fit_both(Problem(tables, litert_rows, "litert"), litert_rows, LITERT_FIXED)),
               "in_order_eff": ncnn.in_order_eff}
