@@ -192,8 +192,8 @@ class Problem:
         for r in rows or self.rows:
             profile = self.profiles[r.board]
             num = numerics(self.runtime, r.precision, profile)
-            c, m, o = layer_seconds(self.features[r.model], profile, self.runtime, num, rp, r.threads)
-            out.append(float(combine(c, m, o).sum()) * 1e3)
+            out.append(float(combine(*layer_seconds(self.features[r.model], profile, self.runtime, num, rp,
+                                                    r.threads)).sum()) * 1e3)
         return np.array(out)
 
 
