@@ -270,15 +270,19 @@ def layer_seconds(f: LayerFeatures, profile: DeviceProfile, runtime: str, num: N
     # the shared cache and DRAM: their bandwidth grows with threads only as far as the profile says
     per_byte = (cached / (rp.cache_bw * dram) + (1 - cached) / dram) / bandwidth_scaling(profile, threads)
     overhead = np.full_like(compute, rp.layer_cycles / clock)
-    compute = compute * thread_factor(rp, threads, int8, profile)
+    share = np.full_like(compute, rp.memory_share_int8 if int8 else rp.memory_share)
+    if int8 and runtime == "ncnn" and core.int8_dotprod:
+        # the int16 Winograd kernel runs at the rate without the dot product: at the same bytes per
+        # multiply it waits on the shared cache for a proportionally smaller share of its time
+        share = np.where(f.winograd, share * rp.int8_nodot / rp.int8_dot, share)
+    compute = compute * thread_factor(share, threads, profile)
     return compute, (streamed - weights) * per_byte, weights * per_byte, overhead
 
 
-def thread_factor(rp: RuntimeParams, threads: int, int8: bool, profile: DeviceProfile) -> float:
+def thread_factor(share: np.ndarray, threads: int, profile: DeviceProfile) -> np.ndarray:
     """Compute time with `threads` / with 1. A share of each kernel's time waits on the shared cache
     and DRAM and speeds up only as the profile's bandwidth does; the rest divides by the threads.
     bandwidth_scaling <= threads, so the speed-up is <= threads."""
-    share = rp.memory_share_int8 if int8 else rp.memory_share
     return share / bandwidth_scaling(profile, threads) + (1 - share) / threads
 
 
