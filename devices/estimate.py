@@ -26,6 +26,8 @@ activations into the conv before it; ncnn keeps HardSwish/HardSigmoid as layers)
 Threads: a share `memory_share` of each kernel's compute time waits on the shared cache and DRAM
 and speeds up only as the profile's `dram_thread_scaling` says; the rest divides by the threads
 (a saturating speed-up, never more than `threads`); memory time scales with the same bandwidth.
+ncnn's int8 Winograd on a core with the dot product runs at the slower rate without it, so at the
+same bytes per multiply its share is memory_share_int8 x int8_nodot / int8_dot.
 Peak memory = weights + the activation arena from a liveness analysis (`arena.py`).
 
 The free parameters (one set per runtime) live in `estimator_params.json`, fitted on published
