@@ -14,7 +14,8 @@ leaving each model out of the fit in turn and predicting it (the held-out error)
 a plain MACs estimate (ms = c x GMACs, c fitted per board x threads x precision on the same
 training models), the usual back-of-envelope.
 
-Excluded rows (no sane model reproduces them), each with its reason, are in EXCLUDED."""
+Excluded rows (no sane model reproduces them), each with its reason, are in EXCLUDED; rows once
+called outliers that the model now reproduces stay in the fit and are listed in REPRODUCED."""
 from __future__ import annotations
 
 import argparse
