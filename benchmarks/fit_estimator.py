@@ -293,7 +293,7 @@ def run(write: bool, rebuild: bool, reference: Path = REFERENCE) -> int:
 
     shipped = load_params() if PARAMS.is_file() else None
     new = {
-        "version": "1",
+        "version": "2",
         "fitted_by": "python -m benchmarks.fit_estimator --write",
         "data": {"ncnn": "ncnn-published-latency.csv (boards: " + ", ".join(sorted(BOARDS)) + ")",
                  "litert": "tflite-published-latency.csv, TFLite 2.18 benchmark_model + XNNPACK (rpi4, rpi5)"},
