@@ -4,22 +4,30 @@ For each layer of the runtime's own graph (`runtime_graph`: ncnn and XNNPACK fus
 activations into the conv before it; ncnn keeps HardSwish/HardSigmoid as layers):
 
     compute = MACs' / (peak MAC/cycle x efficiency x clock)
-      MACs'       MACs, divided by the Winograd factor for ncnn's 3x3 stride-1 convs (int8: the
-                  factor x 4/5.06, F(4,3) instead of F(6,3) tiles)
+      MACs'       MACs; for ncnn's 3x3 stride-1 convs the Winograd multiplies instead
+                  (`winograd_geometry`: whole F(6,3) or F(4,3) output tiles, so a 7x7 map pays
+                  for 8x8), over the fitted efficiency `winograd` of that kernel
       peak        FP32 FLOP/cycle / 2 from the profile; FP16 FLOP/cycle / 2 where the runtime
                   computes in fp16 (ncnn on cores with fp16 arithmetic); x an int8 gain, smaller
-                  without the dot-product extension
+                  without the dot-product extension; ncnn's int8 Winograd multiplies int16
+                  transforms, so it gets the gain without the dot product on every core
       efficiency  dense conv / fc: gemm_eff x w / (w + width_half), w = min(K, N) (a GEMM's
                   efficiency grows with its width); depthwise: dw_eff; x in_order_eff on
                   in-order cores (A53/A55)
     memory  = act_passes x activation bytes (in + out) + weight bytes, over the bandwidth; the
               share that fits in the last-level cache streams cache_bw times faster than DRAM
-              (depthwise convs and element-wise ops end up memory-bound)
-    layer   = (compute^3 + memory^3)^(1/3) + layer_cycles / clock   (a smooth roofline + a fixed cost)
+              (depthwise convs and element-wise ops end up memory-bound). ncnn specifics: the
+              Winograd weights are (m + 2)^2 / 9 times larger and its transformed tiles are
+              written and read back; in an int8 graph only the blobs between two convs are int8
+              (`int8_blobs`), every other blob stays float
+    layer   = ((compute + activation memory)^1.5 + weight memory^1.5)^(1/1.5) + layer_cycles / clock
+              (arithmetic and activation passes add up; the prefetched weight stream overlaps them)
 
 Threads: a share `memory_share` of each kernel's compute time waits on the shared cache and DRAM
 and speeds up only as the profile's `dram_thread_scaling` says; the rest divides by the threads
 (a saturating speed-up, never more than `threads`); memory time scales with the same bandwidth.
+ncnn's int8 Winograd on a core with the dot product runs at the slower rate without it, so at the
+same bytes per multiply its share is memory_share_int8 x int8_nodot / int8_dot.
 Peak memory = weights + the activation arena from a liveness analysis (`arena.py`).
 
 The free parameters (one set per runtime) live in `estimator_params.json`, fitted on published
@@ -47,10 +55,9 @@ FUSED_ACTIVATIONS = {
     "onnxruntime": {"Relu", "Clip", "LeakyRelu", "Sigmoid", "BatchNormalization"},
 }
 FUSES_INTO = ("conv", "dwconv", "fc")
-SOFT_MAX_POWER = 3.0
-# ncnn's float 3x3 convs use Winograd F(6x6, 3x3) (5.06x fewer multiplies), its int8 ones F(4x4, 3x3)
-# (4x): the int8 Winograd gain is the float one times 4 / 5.06 (a ratio of tile sizes, not fitted).
-WINOGRAD_INT8_RATIO = (4 * 4 * 9 / 6**2) / (6 * 6 * 9 / 8**2)
+# see `combine`; chosen by the fit script's held-out ncnn error (median / worst): adding everything
+# (p = 1) 6.4% / 42.7%, p = 1.25 6.9% / 38.7%, p = 1.5 6.5% / 37.7%, p = 2 7.3% / 40.7%
+WEIGHT_OVERLAP_POWER = 1.5
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,7 @@ class RuntimeParams:
     gemm_eff: float
     width_half: float
     dw_eff: float
-    winograd: float  # effective MAC reduction of 3x3 stride-1 convs (1 = no Winograd)
+    winograd: float  # ncnn's Winograd multiplies per cycle / peak (transforms included; 1 = at the peak)
     int8_nodot: float  # int8 peak / fp32 peak without SDOT
     int8_dot: float  # int8 peak / fp32 peak with SDOT
     in_order_eff: float
@@ -148,8 +155,33 @@ def numerics(runtime: str, precision: str, profile: DeviceProfile) -> Numerics:
 
 
 def winograd_eligible(layer: Layer) -> bool:
-    return (layer.kind == "conv" and layer.kernel == 9 and layer.stride == 1 and layer.groups == 1
-            and layer.cin >= 16 and layer.cout >= 16)
+    """A 3x3 stride-1 dense conv; a grouped one too (ncnn runs each group as its own Convolution)."""
+    return (layer.kind == "conv" and layer.kernel == 9 and layer.stride == 1
+            and layer.cin >= 16 and layer.cout // layer.groups >= 16)
+
+
+def winograd_tile(layer: Layer, int8: bool) -> int:
+    """The output tile m of the F(m x m, 3 x 3) Winograd kernel ncnn picks for a 3x3 stride-1 conv
+    (0: no Winograd). Float: F(6,3) up to 128 channels in and out, F(4,3) for wider convs, as
+    ncnn's ARM `Convolution_arm::create_pipeline` selects; int8: F(4,3) on int16 transforms."""
+    if not winograd_eligible(layer):
+        return 0
+    return 4 if int8 or layer.cin > 128 or layer.cout // layer.groups > 128 else 6
+
+
+def winograd_geometry(layer: Layer, int8: bool) -> tuple[float, float, float]:
+    """(multiplies, transformed weight elements, transformed activation elements moved) of ncnn's
+    Winograd conv: the output is covered by whole m x m tiles (a 7x7 map costs 2 x 2 tiles of 4x4),
+    each an element-wise product of (m + 2)^2 transformed values per input x output channel; the
+    transformed weights are (m + 2)^2 / 9 times the 3x3 ones and are streamed once per inference;
+    the transformed input and output tiles are written, then read back."""
+    m = winograd_tile(layer, int8)
+    if not m:
+        return float(layer.macs), float(layer.weight_elems), 0.0
+    side = max(1.0, layer.out_hw ** 0.5)
+    tiles = float(np.ceil(side / m) ** 2)
+    per_pair = (m + 2) ** 2 * layer.cin * layer.cout
+    return tiles * per_pair, float(per_pair), 2 * tiles * (m + 2) ** 2 * (layer.cin + layer.cout)
 
 
 @dataclass(frozen=True)
@@ -164,10 +196,20 @@ class LayerFeatures:
     winograd: np.ndarray
     act_elems: np.ndarray  # activation elements read + written
     weight_elems: np.ndarray
+    wino_macs: np.ndarray  # ncnn's Winograd multiplies (float, int8); = macs where not Winograd
+    wino_macs_int8: np.ndarray
+    wino_weights: np.ndarray  # ncnn's transformed weight elements (float, int8)
+    wino_weights_int8: np.ndarray
+    wino_acts: np.ndarray  # ncnn's transformed activation elements written and read back (float, int8)
+    wino_acts_int8: np.ndarray
+    int8_act_elems: np.ndarray  # of act_elems, those ncnn's int8 graph keeps in int8 (`int8_blobs`)
 
     @classmethod
     def of(cls, layers: list[Layer], tensors: dict[str, int]) -> LayerFeatures:
         dense = [layer.kind in ("conv", "fc", "matmul") and layer.macs > 0 for layer in layers]
+        int8 = int8_blobs(layers)
+        geo = np.array([winograd_geometry(layer, False) + winograd_geometry(layer, True) for layer in layers],
+                       dtype=np.float64).reshape(-1, 6)
         return cls(
             macs=np.array([layer.macs for layer in layers], dtype=np.float64),
             dense=np.array(dense, dtype=bool),
@@ -177,38 +219,72 @@ class LayerFeatures:
             act_elems=np.array([sum(max(0, tensors.get(t, 0)) for t in layer.inputs + layer.outputs) for layer in layers],
                                dtype=np.float64),
             weight_elems=np.array([layer.weight_elems for layer in layers], dtype=np.float64),
+            wino_macs=geo[:, 0], wino_weights=geo[:, 1], wino_acts=geo[:, 2],
+            wino_macs_int8=geo[:, 3], wino_weights_int8=geo[:, 4], wino_acts_int8=geo[:, 5],
+            int8_act_elems=np.array([sum(max(0, tensors.get(t, 0)) for t in layer.inputs + layer.outputs if t in int8)
+                                     for layer in layers], dtype=np.float64),
         )
 
 
+def int8_blobs(layers: list[Layer]) -> set[str]:
+    """The tensors an int8 ncnn graph stores as int8: a conv's output read only by convs (ncnn2int8's
+    `fuse_requantize`: conv -> conv, or conv -> Split -> convs, requantized in the producing conv).
+    Every other blob is float (fp16 on cores with fp16 arithmetic): each int8 conv quantizes a float
+    input and dequantizes to a float output."""
+    convs = ("conv", "dwconv")
+    producer = {t: layer.kind for layer in layers for t in layer.outputs}
+    readers: dict[str, list[str]] = {}
+    for layer in layers:
+        for t in layer.inputs:
+            readers.setdefault(t, []).append(layer.kind)
+    return {t for t, kinds in readers.items() if producer.get(t) in convs and all(k in convs for k in kinds)}
+
+
 def layer_seconds(f: LayerFeatures, profile: DeviceProfile, runtime: str, num: Numerics, rp: RuntimeParams,
-                  threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(compute, memory, overhead) seconds of each layer with `threads` threads."""
+                  threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(compute, activation memory, weight memory, overhead) seconds of each layer with `threads` threads."""
     core = profile.big
     clock = core.clock_ghz * 1e9
-    winograd = rp.winograd * (WINOGRAD_INT8_RATIO if num.compute == "int8" else 1.0)
-    macs = np.where(f.winograd, f.macs / winograd, f.macs) if runtime == "ncnn" else f.macs
-    peak = (core.fp16_flop_per_cycle if num.compute == "fp16" else core.fp32_flop_per_cycle) / 2
-    if num.compute == "int8":
-        peak *= rp.int8_dot if core.int8_dotprod else rp.int8_nodot
+    int8 = num.compute == "int8"
+    weights = f.weight_elems * num.weight_bytes
+    if runtime == "ncnn":  # Winograd: fewer multiplies, at the Winograd kernel's efficiency; more weight bytes
+        macs = np.where(f.winograd, (f.wino_macs_int8 if int8 else f.wino_macs) / rp.winograd, f.macs)
+        weights = np.where(f.winograd, f.wino_weights_int8 * 2 if int8 else f.wino_weights * num.weight_bytes, weights)
+    else:
+        macs = f.macs
+    peak = np.full_like(f.macs, (core.fp16_flop_per_cycle if num.compute == "fp16" else core.fp32_flop_per_cycle) / 2)
+    if int8:  # ncnn's int8 Winograd multiplies int16 transforms (no dot product there)
+        dot = ~f.winograd if runtime == "ncnn" and core.int8_dotprod else np.full(f.macs.shape, core.int8_dotprod)
+        peak = peak * np.where(dot, rp.int8_dot, rp.int8_nodot)
     eff = np.where(f.depthwise, rp.dw_eff, rp.gemm_eff * f.width / (f.width + rp.width_half))
     if core.in_order:
         eff = eff * rp.in_order_eff
     compute = np.where(f.dense | f.depthwise, macs, 0.0) / (peak * eff * clock)
-    streamed = rp.act_passes * num.act_bytes * f.act_elems + num.weight_bytes * f.weight_elems
+    act_bytes = num.act_bytes * f.act_elems
+    if runtime == "ncnn" and int8:  # float blobs, but int8 ones between convs
+        act_bytes = act_bytes - (num.act_bytes - 1) * f.int8_act_elems
+    if runtime == "ncnn":  # Winograd's transformed tiles (int16 for int8)
+        act_bytes = act_bytes + np.where(f.winograd, f.wino_acts_int8 * 2 if int8 else f.wino_acts * num.act_bytes, 0.0)
+    streamed = rp.act_passes * act_bytes + weights
     llc = 1024.0 * (profile.memory.l3_kb + (core.l2_kb if core.l2_shared or profile.memory.l3_kb == 0 else 0))
     cached = np.minimum(1.0, llc / np.maximum(streamed, 1.0))
     dram = profile.memory.dram_gbs * 1e9
     # the shared cache and DRAM: their bandwidth grows with threads only as far as the profile says
-    memory = streamed * (cached / (rp.cache_bw * dram) + (1 - cached) / dram) / bandwidth_scaling(profile, threads)
+    per_byte = (cached / (rp.cache_bw * dram) + (1 - cached) / dram) / bandwidth_scaling(profile, threads)
     overhead = np.full_like(compute, rp.layer_cycles / clock)
-    return compute * thread_factor(rp, threads, num.compute == "int8", profile), memory, overhead
+    share = np.full_like(compute, rp.memory_share_int8 if int8 else rp.memory_share)
+    if int8 and runtime == "ncnn" and core.int8_dotprod:
+        # the int16 Winograd kernel runs at the rate without the dot product: at the same bytes per
+        # multiply it waits on the shared cache for a proportionally smaller share of its time
+        share = np.where(f.winograd, share * rp.int8_nodot / rp.int8_dot, share)
+    compute = compute * thread_factor(share, threads, profile)
+    return compute, (streamed - weights) * per_byte, weights * per_byte, overhead
 
 
-def thread_factor(rp: RuntimeParams, threads: int, int8: bool, profile: DeviceProfile) -> float:
+def thread_factor(share: np.ndarray, threads: int, profile: DeviceProfile) -> np.ndarray:
     """Compute time with `threads` / with 1. A share of each kernel's time waits on the shared cache
     and DRAM and speeds up only as the profile's bandwidth does; the rest divides by the threads.
     bandwidth_scaling <= threads, so the speed-up is <= threads."""
-    share = rp.memory_share_int8 if int8 else rp.memory_share
     return share / bandwidth_scaling(profile, threads) + (1 - share) / threads
 
 
@@ -219,10 +295,13 @@ def bandwidth_scaling(profile: DeviceProfile, threads: int) -> float:
     return 1 + (profile.memory.dram_thread_scaling - 1) * (min(threads, n) - 1) / (n - 1)
 
 
-def combine(compute: np.ndarray, memory: np.ndarray, overhead: np.ndarray) -> np.ndarray:
-    """A smooth roofline: close to max(compute, memory) when one dominates; plus the fixed cost."""
-    p = SOFT_MAX_POWER
-    return (compute ** p + memory ** p) ** (1 / p) + overhead
+def combine(compute: np.ndarray, act_memory: np.ndarray, weight_memory: np.ndarray, overhead: np.ndarray) -> np.ndarray:
+    """Each layer's time: its arithmetic and its activation passes (packing, padding, Winograd
+    transforms: loops of their own) add up; the weight stream, read front to back and prefetched,
+    overlaps them: a soft maximum ((compute + act)^p + weights^p)^(1/p), p = WEIGHT_OVERLAP_POWER;
+    plus the fixed per-layer cost."""
+    p = WEIGHT_OVERLAP_POWER
+    return ((compute + act_memory) ** p + weight_memory ** p) ** (1 / p) + overhead
 
 
 # ---------------------------------------------------------------- the whole model
@@ -269,8 +348,9 @@ def estimate(table: LayerTable, profile: DeviceProfile, runtime: str | None = No
     rp = runtime_params(runtime, params)
     num = numerics(runtime, precision, profile)
     layers, alias = runtime_graph(table, runtime)
-    c, m, o = layer_seconds(LayerFeatures.of(layers, table.tensors), profile, runtime, num, rp, threads)
-    seconds = combine(c, m, o)
+    c, a, w, o = layer_seconds(LayerFeatures.of(layers, table.tensors), profile, runtime, num, rp, threads)
+    seconds = combine(c, a, w, o)
+    m = a + w
     total = float(seconds.sum())
     rows = []
     for i, layer in enumerate(layers):
