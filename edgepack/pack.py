@@ -353,15 +353,29 @@ def _cluster_summary(original: bytes, packed: bytes, checks: dict, artifact: dic
 # ---------------------------------------------------------------- manifest
 
 
-def latency(artifact: dict) -> dict:
-    """Measured (`edgepack bench`) when present, else the estimate (`edgepack estimate`), saying which."""
+def latency(artifact: dict, target: str | None = None) -> dict:
+    """The latency an app developer should expect on the export's target, saying where it comes from:
+    `edgepack bench` measured on a board of the target's profile, else the estimate for the target
+    (`edgepack estimate`), else a bench measured elsewhere (this machine, or another board), named
+    as such. A measurement on another machine is kept beside the estimate as `measured_elsewhere`."""
     bench = artifact.get("bench")
-    if bench:
-        p50 = (bench.get("latency_ms") or {}).get("p50")
-        return {"source": "measured", "ms": p50, "statistic": "p50", "details": bench}
     estimate = artifact.get("estimate")
+    if estimate and estimate.get("error"):
+        estimate = None
+    on_target = bool(bench) and target is not None and bench.get("device_profile") == target
+    if bench and (on_target or not estimate):
+        p50 = (bench.get("latency_ms") or {}).get("p50")
+        where = bench.get("device") or (bench.get("host") or {}).get("hostname") or "this machine"
+        out = {"source": "measured", "ms": p50, "statistic": "p50", "measured_on": where, "details": bench}
+        if not on_target:
+            out["note"] = f"measured on {where}, not on a {target or 'target'} board: run `edgepack bench --device ...` there"
+        return out
     if estimate:
-        return {"source": "estimate", "ms": estimate.get("latency_ms"), "details": estimate}
+        out = {"source": "estimate", "ms": estimate.get("latency_ms"), "details": estimate}
+        if bench:
+            out["measured_elsewhere"] = {"ms": (bench.get("latency_ms") or {}).get("p50"), "statistic": "p50",
+                                         "on": bench.get("device") or (bench.get("host") or {}).get("hostname")}
+        return out
     return {"source": "unknown", "ms": None,
             "note": "not measured or estimated: run `edgepack bench` on the device, or `edgepack estimate` for the target"}
 
@@ -392,7 +406,7 @@ def build_manifest(report: dict, artifact: dict, choice: str, name: str, options
         "preprocessing": report.get("preprocessing"),
         "labels": {"file": LABELS_NAME, "count": len(labels), "output": labelled_output} if labels else None,
         "target": report.get("target"),
-        "latency": latency(artifact),
+        "latency": latency(artifact, (report.get("target") or {}).get("name")),
         "fidelity": {"export": {k: fid.get(k) for k in ("max_abs_error", "rel_error", "cosine", "top1_agreement")},
                      "packed": checks.get("fidelity"), "runtime": checks.get("runtime")},
         "accuracy": checks.get("accuracy"),
@@ -478,7 +492,8 @@ def render_summary(summary: dict, console: Any) -> None:
         console.print(f"--cluster {cl['clusters']}: {cl['layers_clustered']} weight tensor(s) share {cl['clusters']} values each; "
                       f"deflated {_size(cl['deflated_before'])} -> {_size(cl['deflated_after'])} ({cl['deflate_ratio']:.2f}x smaller)")
     lat = summary["manifest"]["latency"]
-    console.print(f"latency: {lat['ms']} ms ({lat['source']})" if lat.get("ms") is not None else f"latency: unknown ({lat['note']})")
+    where = f" on {lat['measured_on']}" if lat.get("measured_on") else ""
+    console.print(f"latency: {lat['ms']} ms ({lat['source']}{where})" if lat.get("ms") is not None else f"latency: unknown ({lat['note']})")
     console.print(f"TFLite metadata: min_runtime_version {summary['manifest']['model']['tflite_metadata']['min_runtime_version']}"
                   + (f", labels {summary['manifest']['labels']['count']} -> {summary['manifest']['labels']['output']}"
                      if summary["manifest"]["labels"] else ", no labels (pass --labels)"))

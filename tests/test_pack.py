@@ -302,13 +302,19 @@ def test_cluster_int8_shares_integer_levels(export_dir, tmp_path):
 # ---------------------------------------------------------------- latency and precision choices
 
 
-def test_latency_prefers_measured_then_estimate():
-    bench = {"latency_ms": {"p50": 1.5, "p90": 2.0, "p99": 2.5, "mean": 1.6, "std": 0.1, "min": 1.4, "max": 3.0},
-             "runtime": "litert", "threads": 1, "runs": 50}
+def test_latency_prefers_a_measurement_on_the_target_then_the_estimate():
+    here = {"latency_ms": {"p50": 1.5, "p90": 2.0, "p99": 2.5, "mean": 1.6, "std": 0.1, "min": 1.4, "max": 3.0},
+            "runtime": "litert", "threads": 1, "runs": 50, "host": {"hostname": "laptop"}}
+    on_pi = {**here, "latency_ms": {**here["latency_ms"], "p50": 9.5}, "device": "mypi", "device_profile": "rpi4"}
     estimate = {"latency_ms": 4.2, "peak_memory_mb": 3.0, "target": "rpi4"}
-    assert latency({"bench": bench, "estimate": estimate}) == {"source": "measured", "ms": 1.5, "statistic": "p50",
-                                                              "details": bench}
-    assert latency({"estimate": estimate}) == {"source": "estimate", "ms": 4.2, "details": estimate}
+    got = latency({"bench": on_pi, "estimate": estimate}, "rpi4")
+    assert (got["source"], got["ms"], got["measured_on"]) == ("measured", 9.5, "mypi") and "note" not in got
+    # measured on this machine, not on an rpi4: the estimate for the target wins, the measurement is kept beside it
+    got = latency({"bench": here, "estimate": estimate}, "rpi4")
+    assert (got["source"], got["ms"], got["measured_elsewhere"]) == ("estimate", 4.2, {"ms": 1.5, "statistic": "p50", "on": "laptop"})
+    got = latency({"bench": here}, "rpi4")  # no estimate: the measurement, saying where it was taken
+    assert (got["source"], got["ms"], got["measured_on"]) == ("measured", 1.5, "laptop") and "not on a rpi4" in got["note"]
+    assert latency({"estimate": estimate}, "rpi4") == {"source": "estimate", "ms": 4.2, "details": estimate}
     assert latency({})["source"] == "unknown" and latency({})["ms"] is None
 
 
@@ -319,14 +325,14 @@ def test_manifest_latency_from_report_bench(export_dir, tmp_path):
     for art in report["artifacts"]:
         if art["path"] == "digits_cnn.fp32.tflite":
             art["estimate"] = {"latency_ms": 0.8, "target": "rpi4"}
-        if art["path"] == "digits_cnn.int8.tflite":
-            art["bench"] = {"latency_ms": {"p50": 0.05}, "runtime": "litert"}
+        if art["path"] == "digits_cnn.int8.tflite":  # benched on a board of the export's target profile
+            art["bench"] = {"latency_ms": {"p50": 0.05}, "runtime": "litert", "device": "mypi", "device_profile": "rpi4"}
     (copy / "report.json").write_text(json.dumps(report))
     _, z = _pack(copy, tmp_path, "ios", precision="fp32")
     assert json.loads(z.read("edgepack.json"))["latency"]["source"] == "estimate"
     _, z = _pack(copy, tmp_path, "ios", precision="int8")
-    assert json.loads(z.read("edgepack.json"))["latency"] == {"source": "measured", "ms": 0.05, "statistic": "p50",
-                                                             "details": {"latency_ms": {"p50": 0.05}, "runtime": "litert"}}
+    lat = json.loads(z.read("edgepack.json"))["latency"]
+    assert (lat["source"], lat["ms"], lat["measured_on"]) == ("measured", 0.05, "mypi")
 
 
 def test_precision_choice():
