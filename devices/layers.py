@@ -310,6 +310,17 @@ def _ncnn_params(tokens: list[str]) -> dict[int, list[float]]:
     return params
 
 
+def _declared_input_shapes(rows: list) -> dict[str, tuple[int, ...]]:
+    """Shapes an Input layer declares (`0=w 1=h 2=c`, as edgepack's ncnn exporter writes them), NCHW
+    with batch 1; inputs that declare none are left out."""
+    out = {}
+    for kind, _, _, tops, params in rows:
+        if kind == "Input" and params.get(0):
+            dims = [int(params[k][0]) for k in (2, 1, 0) if params.get(k)]  # c, h, w
+            out[tops[0]] = (1, *dims)
+    return out
+
+
 def layers_from_ncnn(path: Path, input_shapes: dict[str, tuple[int, ...]]) -> LayerTable:
     """Layer table of an ncnn .param (+ its .bin next to it). A .param stores no blob shapes: ncnn
     itself runs the net once on zeros (input shape from `input_shapes`, NCHW) and every blob is
@@ -325,6 +336,7 @@ def layers_from_ncnn(path: Path, input_shapes: dict[str, tuple[int, ...]]) -> La
     rows = [(t[0], t[1], t[4:4 + int(t[2])], t[4 + int(t[2]):4 + int(t[2]) + int(t[3])],
              _ncnn_params(t[4 + int(t[2]) + int(t[3]):])) for t in lines]
     inputs = [tops[0] for kind, _, _, tops, _ in rows if kind == "Input"]
+    input_shapes = {**_declared_input_shapes(rows), **dict(input_shapes or {})}
     missing = [name for name in inputs if name not in input_shapes and len(input_shapes) != 1]
     if missing or not input_shapes:
         raise UsageError(f"{path.name} does not store its input shape: pass --input-shape (e.g. 1x3x224x224), "

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -125,7 +126,15 @@ BAD_INPUTS = {
     "bad-flag-value": (["export", "{pickled.pt}", "--opset", "eighteen", "-o", "OUT"], 2, ["'--opset'"]),
 }
 
+def _readme_export_args() -> list[str]:
+    """The export in the README's first command (after the installs), its paths made absolute."""
+    line = next(t for t in (ROOT / "README.md").read_text().splitlines() if t.startswith("python3 -m venv"))
+    words = shlex.split(line.split("&& edgepack ", 1)[1])
+    return [str(ROOT / w) if w.startswith("examples/") else ("OUT" if w == "out/" else w) for w in words]
+
+
 GOOD_RUNS = {
+    "readme-first-command": _readme_export_args(),
     "two-named-inputs": ["export", "{two_inputs.pt}", "--allow-pickle", "-o", "OUT", "--input-shape", "image:1x3x16x16",
                          "--input-shape", "depth:1x1x8x8"],
     "onnx-and-ncnn-int8-weights": ["export", "{pickled.pt}", "--allow-pickle", "--format", "onnx,ncnn",
@@ -248,6 +257,22 @@ def test_version_and_help(tmp_path):
     export_help = cli("export", "--help", cwd=tmp_path)
     for flag in ("--input-shape", "--allow-pickle", "--arch", "--calib", "--json", "--format"):
         assert flag in export_help.stdout
+
+
+def test_the_readme_first_command_exports_every_format_verified_with_an_estimate(runs):
+    run = runs["readme-first-command"]
+    assert run.code == 0, run.stderr
+    report = json.loads((run.out / "report.json").read_text())
+    arts = {(a["format"], a["precision"]): a for a in report["artifacts"]}
+    assert set(arts) == {("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8"), ("ncnn", "fp16"),
+                         ("ncnn", "int8")}
+    reference = report["evaluation"]["reference_top1"]
+    for key, art in arts.items():
+        assert art["ok"], (key, art["error"])
+        assert reference - art["accuracy"]["top1"] <= 0.01, key  # int8 within a point of PyTorch on real digits
+        assert art["estimate"]["target"] == "rpi4" and art["estimate"]["latency_ms"] > 0, key
+    prune = next(p for p in report["passes"] if p["name"] == "remove_pruned_channels")
+    assert prune["counts"]["channels_removed"] == 16 and prune["counts"]["round_channels"] == 4  # rpi4 rounds to 4
 
 
 def test_json_on_the_shipped_example_uses_the_calibration_holdout(runs):
