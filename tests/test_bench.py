@@ -204,7 +204,7 @@ def test_runner_zip_is_self_contained(export_dir, tmp_path):
 
 
 
-def test_bench_and_inspect_without_torch(export_dir, tmp_path):
+def test_bench_estimate_and_inspect_without_torch(export_dir, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(BLOCK_TORCH)
     env = {"PYTHONPATH": str(tmp_path)}
     blocked = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True,
@@ -216,6 +216,9 @@ def test_bench_and_inspect_without_torch(export_dir, tmp_path):
     proc = run_cli("inspect", str(export_dir / "digits_cnn.fp32.onnx"), "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["ops"]["Conv"] == 3
+    proc = run_cli("estimate", str(export_dir / "digits_cnn.int8.tflite"), "--target", "rpi4", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["latency_ms"] > 0
 
 
 def test_inspect_counts_match_the_export(export_dir):
