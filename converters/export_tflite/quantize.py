@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.converters.export_tflite.graph import TfliteGraph
+from edgepack.errors import ConversionError
 
 SAME_SCALE = {"MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "CONCATENATION", "GATHER", "STRIDED_SLICE", "SLICE",
               "SPLIT_V", "SPLIT", "PAD", "PADV2", "TRANSPOSE", "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR",
@@ -171,7 +172,8 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
                                            "used": [lo, hi], "why": "shares one scale with the tensors it is moved to/from"})
     missing = [graph.tensors[i].name for i in float_acts if i not in qp]
     if missing:
-        raise ValueError(f"no calibrated range for TFLite tensors {missing[:5]}")
+        raise ConversionError(f"int8 TFLite: no calibrated range for tensors {missing[:5]} (neither in calibration.json nor "
+                              "measured on the float TFLite graph); the other artifacts are unaffected: report the model")
     # 3. weights and biases
     requant: dict[int, int] = {}  # const tensor -> already rewritten
     for name, op in ops:
