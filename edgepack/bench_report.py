@@ -67,12 +67,14 @@ def render_bench_table(report: dict, console: Any) -> None:
 
 
 def _latency_svg(rows: list[dict]) -> str:
-    """Horizontal bars: p50 per artifact, with a whisker from p90 to p99."""
+    """Horizontal bars: p50 per artifact, with a whisker from p90 to p99. The axis ends a little past
+    the largest p90, so one noisy p99 cannot squash every bar; a whisker that runs past the axis
+    ends in an arrow (its value is in the tooltip)."""
     rows = [r for r in rows if r["p50"] is not None]
     if not rows:
         return "<p>No benchmark results.</p>"
     left, bar_h, gap, width = 220, 18, 8, 520
-    top = max(max(r["p99"] for r in rows), 1e-9)
+    top = max(1.25 * max(r["p90"] for r in rows), max(r["p99"] for r in rows) if len(rows) == 1 else 0.0, 1e-9)
     height = len(rows) * (bar_h + gap) + 40
     parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 80}" height="{height}" role="img" '
               f'aria-label="latency per artifact">')]
@@ -83,9 +85,11 @@ def _latency_svg(rows: list[dict]) -> str:
         parts.append(f'<text x="{left - 6}" y="{y + 13}" text-anchor="end" font-size="12">{escape(r["path"])}</text>')
         parts.append(f'<rect x="{left}" y="{y}" width="{max(r["p50"] * scale, 1):.1f}" height="{bar_h}" fill="{color}">'
                      f'<title>p50 {r["p50"]:.4f} ms, p90 {r["p90"]:.4f} ms, p99 {r["p99"]:.4f} ms</title></rect>')
-        x90, x99 = left + r["p90"] * scale, left + r["p99"] * scale
-        parts.append(f'<line x1="{x90:.1f}" x2="{x99:.1f}" y1="{y + bar_h / 2}" y2="{y + bar_h / 2}" stroke="#333"/>'
-                     f'<line x1="{x99:.1f}" x2="{x99:.1f}" y1="{y + 3}" y2="{y + bar_h - 3}" stroke="#333"/>')
+        x90, x99 = left + min(r["p90"], top) * scale, left + min(r["p99"], top) * scale
+        end = (f'<polygon points="{x99 - 6:.1f},{y + 3} {x99:.1f},{y + bar_h / 2} {x99 - 6:.1f},{y + bar_h - 3}" fill="#333"/>'
+               if r["p99"] > top else
+               f'<line x1="{x99:.1f}" x2="{x99:.1f}" y1="{y + 3}" y2="{y + bar_h - 3}" stroke="#333"/>')
+        parts.append(f'<line x1="{x90:.1f}" x2="{x99:.1f}" y1="{y + bar_h / 2}" y2="{y + bar_h / 2}" stroke="#333"/>' + end)
         parts.append(f'<text x="{x99 + 4:.1f}" y="{y + 13}" font-size="11">{_ms(r["p50"])}</text>')
     axis_y = height - 22
     parts.append(f'<line x1="{left}" x2="{left + width}" y1="{axis_y}" y2="{axis_y}" stroke="#999"/>')
@@ -117,13 +121,22 @@ def _fidelity_svg(rows: list[dict]) -> str:
         parts.append(f'<text x="{pad - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">1e{e}</text>')
     for frac in (0, 0.5, 1):
         parts.append(f'<text x="{pad + frac * w:.1f}" y="{h + 16}" font-size="10" text-anchor="middle">{_kb(int(frac * xmax))}</text>')
-    for r, yv in zip(pts, ys):
+    placed: list[tuple[float, float, float]] = []  # label boxes (x0, x1, baseline) already drawn
+    dots = [(pad + r["size"] / xmax * w, h - (yv - ylo) / (yhi - ylo) * (h - 20)) for r, yv in zip(pts, ys)]
+    for r, yv in sorted(zip(pts, ys), key=lambda p: p[0]["size"]):
         x = pad + r["size"] / xmax * w
         y = h - (yv - ylo) / (yhi - ylo) * (h - 20)
         color = COLORS.get(r["format"], "#777")
+        label = f'{r["format"]} {r["precision"]}'
+        x0, x1, base = x + 8, x + 8 + 6.5 * len(label), y + 4
+        others = [(px, py) for px, py in dots if (px, py) != (x, y)]
+        while (any(a < x1 and x0 < b and abs(base - c) < 12 for a, b, c in placed)  # nearby labels or points:
+               or any(x0 - 6 < px < x1 + 6 and abs(py - (base - 4)) < 10 for px, py in others)):  # next line down
+            base += 12
+        placed.append((x0, x1, base))
         parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{color}"><title>{escape(r["path"])}: '
                      f'{_kb(r["size"])}, cosine {r["cosine"]:.6f}</title></circle>'
-                     f'<text x="{x + 8:.1f}" y="{y + 4:.1f}" font-size="11">{escape(r["format"])} {escape(r["precision"])}</text>')
+                     f'<text x="{x0:.1f}" y="{base:.1f}" font-size="11">{escape(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 

@@ -168,6 +168,12 @@ def test_export_dir_bench_writes_report_and_html(export_dir):
     # latency bars: one per artifact, lengths proportional to p50 (read back from each bar's tooltip)
     bars = sorted((float(r.find(f"{ns}title").text.split()[1]), float(r.get("width"))) for r in svgs[0].iter(f"{ns}rect"))
     assert [w for _, w in bars] == pytest.approx([p / bars[-1][0] * bars[-1][1] for p, _ in bars], rel=1e-2, abs=1.0)
+    # scatter: no two point labels on top of each other (labels are 11 px text, ~6.5 px a character)
+    labels = [(float(t.get("x")), float(t.get("y")), len(t.text)) for t in svgs[1].iter(f"{ns}text") if t.get("font-size") == "11"]
+    assert len(labels) == 4
+    for i, (x, y, n) in enumerate(labels):
+        for x2, y2, n2 in labels[i + 1:]:
+            assert abs(y - y2) >= 12 or x + 6.5 * n <= x2 or x2 + 6.5 * n2 <= x, labels
 
 
 BLOCKER = """
