@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.errors import UsageError
+from edgepack.tflite_schema import builtin_names
 
 WEIGHT_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "TRANSPOSE_CONV": 1, "FULLY_CONNECTED": 1, "BATCH_MATMUL": 1}
 _MAX_ITERATIONS = 50
@@ -73,7 +74,7 @@ def cluster_tflite(model: Any, k: int) -> ClusterResult:
 
     if not 2 <= k <= 256:
         raise UsageError(f"--cluster {k}: the number of shared values per layer must be between 2 and 256")
-    names = {v: n for n, v in vars(s.BuiltinOperator).items() if not n.startswith("_")}
+    names = builtin_names()
     dtypes = {s.TensorType.FLOAT32: np.float32, s.TensorType.FLOAT16: np.float16, s.TensorType.INT8: np.int8}
     layers: list[dict] = []
     done: set[int] = set()

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.errors import UsageError
+from edgepack.tflite_schema import builtin_names
 
 METADATA_NAME = "TFLITE_METADATA"
 MIN_RUNTIME_NAME = "min_runtime_version"
@@ -268,7 +269,7 @@ def min_runtime_version(model: Any) -> str:
     op versions edgepack declares are 1, so the tensor types say which kernel is needed)."""
     from ai_edge_litert import schema_py_generated as s
 
-    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    names = builtin_names()
     best = "1.5.0"
     for sub in model.subgraphs or []:
         for op in sub.operators or []:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.errors import UsageError
+from edgepack.tflite_schema import builtin_names
 
 # ONNX op type -> layer kind
 ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSwish", "HardSigmoid", "Tanh", "PRelu", "Elu", "Selu",
@@ -209,7 +210,7 @@ def layers_from_tflite(buffer: bytes, source: str = "") -> LayerTable:
         raise UsageError("reading .tflite needs ai-edge-litert (pip install ai-edge-litert); "
                          "or estimate the .onnx artifact of the same export") from None
     model = schema.Model.GetRootAs(buffer, 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    names = builtin_names()
     graph = model.Subgraphs(0)
 
     def tensor(i: int) -> tuple[str, list[int], bool]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.errors import LoadError, UnsupportedError
+from edgepack.tflite_schema import builtin_names
 
 ONNX_LAYOUTS = {2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}
 TFLITE_LAYOUTS = {2: "NC", 3: "NWC", 4: "NHWC", 5: "NDHWC"}
@@ -144,7 +145,7 @@ def _inspect_tflite(path: Path) -> dict:
         model = s.ModelT.InitFromPackedBuf(data, 0)
     except Exception as exc:  # noqa: BLE001  (flatbuffers raises several types for a bad buffer)
         raise LoadError(f"{path.name} is not a readable TFLite flatbuffer: {exc}") from None
-    op_names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    op_names = builtin_names()
     type_names = {v: k.lower() for k, v in vars(s.TensorType).items() if not k.startswith("_")}
     codes = [op_names.get(max(c.builtinCode, c.deprecatedBuiltinCode), f"CUSTOM:{(c.customCode or b'').decode(errors='replace')}")
              for c in model.operatorCodes]

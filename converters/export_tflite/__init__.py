@@ -22,6 +22,7 @@ import onnx_ir as ir
 from edgepack.converters.export_tflite.graph import NHWC, TfliteGraph, TVal, _np_type, identity, unsupported
 from edgepack.converters.export_tflite.registry import LOWERINGS, Ctx, _load_all, supported_ops
 from edgepack.fsutil import atomic_path
+from edgepack.tflite_schema import builtin_names
 
 __all__ = ["export_tflite", "supported_ops", "TfliteExport"]
 
@@ -175,8 +176,7 @@ def _describe(name: str, shape: list[int], perm: tuple[int, ...]) -> dict:
 
 def _op_name(graph: TfliteGraph, op) -> str:
     code = next(c for c, i in graph.opcodes.items() if i == op.opcodeIndex)
-    names = {v: k for k, v in vars(graph.s.BuiltinOperator).items() if not k.startswith("_")}
-    return names[code]
+    return builtin_names()[code]
 
 
 def to_stored(array: np.ndarray, perm: list[int]) -> np.ndarray:

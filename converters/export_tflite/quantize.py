@@ -32,6 +32,7 @@ import numpy as np
 
 from edgepack.converters.export_tflite.graph import TfliteGraph
 from edgepack.errors import ConversionError
+from edgepack.tflite_schema import builtin_names
 
 SAME_SCALE = {"MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "CONCATENATION", "GATHER", "STRIDED_SLICE", "SLICE",
               "SPLIT_V", "SPLIT", "PAD", "PADV2", "TRANSPOSE", "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR",
@@ -101,7 +102,7 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
     s = graph.s
     report = QuantReport()
     consts = {i for i, t in enumerate(graph.tensors) if t.buffer != 0}
-    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    names = builtin_names()
     code_of = {i: c for c, i in graph.opcodes.items()}
     no_kernel = [op for op in graph.operators if names[code_of[op.opcodeIndex]] in NO_INT8_KERNEL]
     for op in no_kernel:
@@ -216,7 +217,7 @@ def quantize_weights_only(graph: TfliteGraph) -> dict:
     MobileNetV2 it made the whole model 2.3x slower for 1% of the weight bytes. Returns what was
     quantized and what was kept float, with the reason."""
     s = graph.s
-    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    names = builtin_names()
     code_of = {i: c for c, i in graph.opcodes.items()}
     done: set[int] = set()
     quantized, kept = 0, {}
