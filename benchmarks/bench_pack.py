@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 import edgepack
-from edgepack.pack import PackOptions, pack
+from edgepack.commands.pack import PackOptions, pack
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -2,7 +2,7 @@
 --min-top1), find the layer that hurts most and keep it in float, then re-quantize from the same
 calibration file and check again, until the target is met or no candidate is left.
 
-Sensitivity is measured per node with `edgepack.compare.per_node_divergence`: the fp32 graph and
+Sensitivity is measured per node with `edgepack.divergence.per_node_divergence`: the fp32 graph and
 the current int8 graph run on held-out samples with every intermediate tensor exposed, tensors are
 matched by ONNX name, and each node is scored by how much SQNR it loses relative to its inputs
 (its local damage). Excluding a node keeps it in float with a Q/DQ pair around it (ONNX Runtime's
@@ -41,7 +41,7 @@ def repair_int8(ctx: "ExportContext", path: Path, fidelity: dict, *, entry: dict
     stand-in that ranks the nodes, since tensors are matched by ONNX name. `start`: nodes already in
     float (e.g. the int8 ONNX's choice, reused by the int8 TFLite of the same export)."""
     from edgepack.artifacts import _missed, verify_artifact
-    from edgepack.compare import per_node_divergence
+    from edgepack.divergence import per_node_divergence
 
     fp32 = ctx.fp32_proto
     graph_nodes = {n.name for n in fp32.graph.node}

@@ -158,7 +158,7 @@ def compare_command(model_a: Path, model_b: Path, inputs_path: Path | None, per_
     in ONNX Runtime with optimizations off, to find the layer that breaks int8."""
     from rich.console import Console
 
-    from edgepack.compare import compare_models, render
+    from edgepack.commands.compare import compare_models, render
     from edgepack.report import to_json_text
 
     result = compare_models(model_a, model_b, inputs=inputs_path, per_node=per_node, samples=samples, seed=seed, top=top)
@@ -193,7 +193,7 @@ def bench(artifact: Path, threads: int | None, runs: int | None, min_seconds: fl
           send_runner: bool, as_json: bool) -> None:
     """Latency and memory of ARTIFACT (.onnx, .tflite, ncnn .param) or of every artifact in an export
     folder (results go into its report.json and report.html), here or on a board."""
-    from edgepack.bench_cli import run_bench
+    from edgepack.commands.bench_cli import run_bench
 
     sys.exit(run_bench(artifact, threads=threads, runs=runs, min_seconds=min_seconds, warmup=warmup,
                        input_shapes=input_shapes, optimize=not no_optimize, timeout=timeout, remote=remote, device=device,
@@ -209,7 +209,7 @@ def inspect(artifact: Path, as_json: bool) -> None:
     """Op census, params, MACs, inputs/outputs (layout, quantization) of an .onnx, .tflite or ncnn .param ARTIFACT."""
     from rich.console import Console
 
-    from edgepack.inspect_artifact import inspect_artifact, render_inspect
+    from edgepack.commands.inspect import inspect_artifact, render_inspect
     from edgepack.report import to_json_text
 
     info = inspect_artifact(artifact)
@@ -240,8 +240,8 @@ def pack(export_dir: Path, platform: str, output: Path, labels: Path | None, nam
     """Bundle OUTDIR's TFLite model with metadata, labels and an IO manifest for Android, iOS or a Pi."""
     from rich.console import Console
 
-    from edgepack.pack import PackOptions, render_summary
-    from edgepack.pack import pack as run_pack
+    from edgepack.commands.pack import PackOptions, render_summary
+    from edgepack.commands.pack import pack as run_pack
     from edgepack.report import to_json_text
 
     summary = run_pack(PackOptions(export_dir=export_dir, platform=platform, output=output, labels=labels, name=name,

@@ -1,6 +1,6 @@
 """The measuring side of `edgepack bench`: stdlib + numpy + the runtime's adapter, nothing else.
 
-It runs wherever the model runs: on this machine (called by `edgepack.bench`) or on a board (run
+It runs wherever the model runs: on this machine (called by `edgepack.commands.bench`) or on a board (run
 over SSH as `python3 -m edgepack.runtimes.bench_runner`, or from the zip that `build_runner_zip`
 makes when edgepack is not installed there). Either way the same code measures, so a result means
 the same thing everywhere.
@@ -263,7 +263,7 @@ def benchmark(artifact: str | Path, *, runtime: str, threads: int | None = None,
               optimize: bool = True, seed: int = 0, timeout: float = 600.0,
               baseline_cache: dict | None = None) -> dict:
     """Benchmark one artifact in fresh child processes and return the result dict (the `--json`
-    keys). Raises RunnerError; `edgepack.bench` turns it into the EdgepackError it names.
+    keys). Raises RunnerError; `edgepack.commands.bench` turns it into the EdgepackError it names.
     `baseline_cache` (runtime -> MiB) lets a caller benchmarking several artifacts measure the
     runtime-only baseline once per runtime."""
     path = Path(artifact)

@@ -19,7 +19,7 @@ from edgepack.runtimes.bench_runner import build_runner_zip, runner_modules
 from onnx import TensorProto, helper
 
 import edgepack
-from edgepack.bench import JSON_KEYS, LATENCY_KEYS
+from edgepack.commands.bench import JSON_KEYS, LATENCY_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "digits_cnn.pt2"
@@ -229,7 +229,7 @@ def test_bench_estimate_and_inspect_without_torch(export_dir, tmp_path):
 
 def test_inspect_counts_match_the_export(export_dir):
     """Params and MACs read from each file equal the export's own counts; op census per format."""
-    from edgepack.inspect_artifact import inspect_artifact
+    from edgepack.commands.inspect import inspect_artifact
 
     report = json.loads((export_dir / "report.json").read_text())
     for art in report["artifacts"]:
@@ -250,7 +250,7 @@ def test_inspect_counts_match_the_export(export_dir):
 
 
 def test_inspect_ncnn_param(tmp_path):
-    from edgepack.inspect_artifact import inspect_artifact
+    from edgepack.commands.inspect import inspect_artifact
 
     param = _ncnn_from_pnnx(tmp_path)
     if param is None:

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from torch import nn
 
-from edgepack.compare import (compare_outputs, first_below, intermediate_outputs, load_inputs, per_node_divergence,
+from edgepack.divergence import (compare_outputs, first_below, intermediate_outputs, load_inputs, per_node_divergence,
                               random_inputs, ranked, sqnr_db)
 from edgepack.errors import UsageError
 

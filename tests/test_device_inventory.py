@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from edgepack.device_inventory import find_board, inventory_path, load_inventory
+from edgepack.commands.device_inventory import find_board, inventory_path, load_inventory
 from edgepack.errors import UsageError
-from edgepack.remote import SshTarget
+from edgepack.commands.remote import SshTarget
 
 GOOD = """
 [devices.mypi]

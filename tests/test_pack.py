@@ -37,7 +37,7 @@ from edgepack.runtimes import get_runtime
 import edgepack
 from edgepack.cli import main
 from edgepack.errors import UsageError
-from edgepack.pack import PackOptions, choose_artifact, latency, normalization, pack
+from edgepack.commands.pack import PackOptions, choose_artifact, latency, normalization, pack
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -69,7 +69,7 @@ def raise_runner_error(error_type: str, message: str) -> None:
 
 
 def bench_artifact(path: Path, options: BenchOptions, *, remote: Any = None, baseline_cache: dict | None = None) -> dict:
-    """Benchmark one artifact here, or on `remote` (an edgepack.remote.RemoteHost); returns the
+    """Benchmark one artifact here, or on `remote` (an edgepack.commands.remote.RemoteHost); returns the
     result dict (JSON_KEYS and more; `device` when remote)."""
     from edgepack.runtimes import runtime_for
     from edgepack.runtimes.bench_runner import RunnerError, benchmark

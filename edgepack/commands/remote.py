@@ -150,7 +150,7 @@ class RemoteHost:
 
     def bench(self, path: Path, runtime: str, options) -> dict:
         """Copy the artifact, run the runner on the board, bring its JSON back."""
-        from edgepack.bench import raise_runner_error
+        from edgepack.commands.bench import raise_runner_error
         from edgepack.runtimes.bench_runner import (
             MARKER,
             artifact_files,

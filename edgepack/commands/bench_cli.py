@@ -9,14 +9,14 @@ from pathlib import Path
 
 import click
 
-from edgepack.bench import BenchOptions, bench_artifact, bench_export_dir
+from edgepack.commands.bench import BenchOptions, bench_artifact, bench_export_dir
 from edgepack.errors import UsageError
 
 
 def ssh_target(*, remote: str | None, device: str | None, inventory: Path | None, remote_python: str | None,
                ssh_config: Path | None, accept_new_host_key: bool, send_runner: bool):
     """The SshTarget the flags ask for, or None to run here; remote-only flags without a board are an error."""
-    from edgepack.remote import SshTarget
+    from edgepack.commands.remote import SshTarget
 
     if remote and device:
         raise UsageError("pass either --remote or --device, not both")
@@ -29,7 +29,7 @@ def ssh_target(*, remote: str | None, device: str | None, inventory: Path | None
         return None
     common = {"ssh_config": ssh_config, "accept_new_host_key": accept_new_host_key, "send_runner": send_runner}
     if device:
-        from edgepack.device_inventory import find_board
+        from edgepack.commands.device_inventory import find_board
 
         board = find_board(device, inventory)
         return SshTarget.parse(board.ssh, python=remote_python or board.python, device=board.name, profile=board.profile,
@@ -51,7 +51,7 @@ def run_bench(artifact: Path, *, threads, runs, min_seconds, warmup, input_shape
         raise UsageError(f"{artifact} not found; pass an artifact (.onnx, .tflite, ncnn .param) or an export folder")
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160, stderr=as_json)
     if target is not None:
-        from edgepack.remote import RemoteHost
+        from edgepack.commands.remote import RemoteHost
 
         session = RemoteHost(target)
     else:
@@ -65,7 +65,7 @@ def run_bench(artifact: Path, *, threads, runs, min_seconds, warmup, input_shape
                 print_result(result, console)
             return 0
         report, failures = bench_export_dir(artifact, options, remote=host)
-    from edgepack.bench_report import render_bench_table, write_html
+    from edgepack.commands.bench_report import render_bench_table, write_html
 
     render_bench_table(report, console)
     html = write_html(report, artifact)
