@@ -1,7 +1,9 @@
 """int8 post-training quantization with ONNX Runtime's tooling (onnxruntime.quantization).
 
 - `quantize_int8`: static, full integer in QDQ format: int8 weights per output channel
-  (symmetric), int8 activations from calibrated ranges. Calibration runs once: the first call
+  (symmetric), int8 activations from calibrated ranges. On x86-64 CPUs without VNNI, where ONNX
+  Runtime's int8 kernels saturate with 8-bit weights (`runtimes.ort.int8_products_saturate`),
+  weights use 7 bits, so the artifact verified here computes what it should. Calibration runs once: the first call
   calibrates and writes the ranges to `calibration.json` (ONNX Runtime's calibration cache: the
   float (min, max) of every tensor, keyed by its ONNX tensor name); later calls (accuracy-guard
   retries, other exporters) reuse that file, so every artifact derives its scales from the same
@@ -110,13 +112,15 @@ def quantize_int8(fp32_model, out_path: Path, *, cache_path: Path, method: str,
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    from edgepack.runtimes.ort import int8_products_saturate
+
     if not Path(cache_path).is_file() and not calib_feeds:
         raise UsageError("int8 needs calibration data: pass --calib, or --int8-weights-only for weights-only int8")
     out_path = Path(out_path)
     with _as_file(fp32_model) as src, atomic_path(out_path) as tmp, _quiet(), _quantizer_errors():
         quantize_static(
             str(src), str(tmp), _Reader(calib_feeds or []),
-            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=int8_products_saturate(),
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             nodes_to_exclude=list(nodes_to_exclude) or None,
             calibrate_method=_method(method),

@@ -31,8 +31,10 @@ class TorchExport:
 
 
 def torch_to_onnx(model: Any, kind: str, args: tuple, input_names: list[str], output_names: list[str], opset: int) -> TorchExport:
+    import numpy as np
     import torch
 
+    args = tuple(torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a for a in args)
     errors: dict[str, BaseException] = {}
     logs: dict[str, str] = {}
     if kind != "torchscript":

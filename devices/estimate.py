@@ -460,12 +460,9 @@ def artifact_precision(path: Path) -> str:
 
 def _report(path: Path) -> dict:
     """The export's report.json next to an artifact: its model inputs and the artifact's entry."""
-    report = path.parent / "report.json"
-    try:
-        data = json.loads(report.read_text()) if report.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-    entry = next((a for a in data.get("artifacts", []) if a.get("path") == path.name), None)
+    from edgepack.report import report_beside
+
+    data, entry = report_beside(path)
     inputs = {i["name"]: tuple(i["shape"]) for i in (data.get("model") or {}).get("inputs", []) if i.get("shape")}
     return {"artifact": entry, "inputs": inputs, "target": (data.get("target") or {}).get("name")}
 

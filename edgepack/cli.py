@@ -38,77 +38,52 @@ def cli() -> None:
     """Export compressed PyTorch models to verified edge artifacts."""
 
 
+def _export_options(f):
+    """One click option per export option field (edgepack.options): the flags and the Python API
+    come from the same definitions. A flag not given passes nothing, so the field's default holds."""
+    from edgepack.options import option_fields
+
+    for _, fld, o in reversed(list(option_fields())):
+        if not o.cli:
+            continue
+        kw: dict = {"help": o.help + (f"  [default: {_default_text(fld.default)}]" if not o.is_flag and fld.default not in (None, ()) else "")}
+        if o.is_flag:
+            kw.update(is_flag=True, flag_value=not fld.default if o.off_flag else True, default=fld.default)
+        else:
+            kw.update(default=None, multiple=o.multiple)
+            if o.choices:
+                kw["type"] = click.Choice(o.choices)
+            elif o.kind is Path:
+                kw["type"] = click.Path(path_type=Path)
+            else:
+                kw["type"] = o.kind
+        decls = [o.flag_for(fld.name)] + ([o.short] if o.short else [])
+        f = click.option(*decls, fld.name, **kw)(f)
+    return f
+
+
+def _default_text(value) -> str:
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
               help="Output directory.")
-@click.option("--format", "formats", default="onnx", show_default=True, help="Comma-separated: onnx,tflite,ncnn.")
-@click.option("--target", default="host", show_default=True, help="Device profile (see `edgepack devices`).")
-@click.option("--input-shape", "input_shapes", multiple=True, help="1x3x224x224 or name:1x3x224x224; repeat per input.")
-@click.option("--name", default=None, help="Artifact base name (default: the model file's stem).")
-@click.option("--allow-pickle", is_flag=True, help="Allow loading a pickled nn.Module (runs code from the file).")
-@click.option("--arch", default=None, help="package.module:factory that builds the model for a state dict.")
-@click.option("--calib", type=click.Path(path_type=Path), default=None,
-              help=".npy (N, ...) or .npz per input; a seeded 20%% of it verifies the artifacts.")
-@click.option("--mean", default=None, help="Preprocessing mean per channel, e.g. 0.485,0.456,0.406 (recorded).")
-@click.option("--std", default=None, help="Preprocessing std per channel (recorded).")
-@click.option("--scale", type=float, default=None, help="Preprocessing scale, e.g. 0.00392 for 1/255 (recorded).")
-@click.option("--bgr", is_flag=True, help="Input colour order is BGR (recorded).")
-@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default=None, help="Layout of the raw input (recorded).")
-@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (17 or newer).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for verification samples.")
-@click.option("--tolerance", type=float, default=None, help="Relative-error target for fp32 artifacts (default 1e-4).")
-@click.option("--no-prune", is_flag=True, help="Keep pruned (constant) channels instead of removing them.")
-@click.option("--prune-approx", is_flag=True,
-              help="Also remove constant channels that enter zero-padded convs (inexact at borders; error reported).")
-@click.option("--round-channels", type=int, default=None,
-              help="Keep each layer's remaining width a multiple of N (keeps a few dead channels); default: the "
-                   "--target profile's round_channels (1 = no rounding).")
-@click.option("--int8", is_flag=True, help="Also export full-integer int8 (static, needs --calib).")
-@click.option("--fp16", is_flag=True, help="Also export fp16 (weights and compute; fp32 IO unless --fp16-io).")
-@click.option("--int8-weights-only", is_flag=True, help="Also export dynamic-range int8 (int8 weights only; no data needed).")
-@click.option("--fp16-io", is_flag=True, help="Make the fp16 artifact's inputs and outputs fp16 too.")
-@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax", show_default=True,
-              help="How activation ranges are calibrated.")
-@click.option("--calib-samples", type=int, default=None, help="Use at most N calibration samples (seeded shuffle).")
-@click.option("--resize", default=None, help="Images: resize, N (shorter side) or HxW (recorded).")
-@click.option("--crop", default=None, help="Images: centre crop, N or HxW (recorded).")
-@click.option("--min-cosine", type=float, default=None, help="Target cosine vs the reference for quantized artifacts.")
-@click.option("--min-top1", type=float, default=None, help="Target top-1 agreement vs the reference for quantized artifacts.")
-@click.option("--eval", "eval_data", type=click.Path(path_type=Path), default=None,
-              help=".npz with x and y (labels): report each artifact's top-1 accuracy.")
-@click.option("--tflite-nchw-input", "tflite_nchw_io", is_flag=True,
-              help="TFLite: keep NCHW image inputs and 4-D outputs (one TRANSPOSE at each) instead of NHWC.")
-@click.option("--int8-io", is_flag=True, help="int8 TFLite: int8 inputs and outputs (scale and zero point in the report).")
-@click.option("--ncnn-fp32", is_flag=True, help="ncnn: keep fp32 weights (default: fp16 weight storage, labelled fp16).")
+@_export_options
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
 @_debug_option
-def export(model: Path, output_dir: Path, formats: str, target: str, input_shapes: tuple[str, ...], name: str | None,
-           allow_pickle: bool, arch: str | None, calib: Path | None, mean: str | None, std: str | None,
-           scale: float | None, bgr: bool, layout: str | None, opset: int, seed: int, tolerance: float | None,
-           no_prune: bool, prune_approx: bool, round_channels: int | None, int8: bool, fp16: bool, int8_weights_only: bool,
-           fp16_io: bool, calib_method: str, calib_samples: int | None, resize: str | None, crop: str | None,
-           min_cosine: float | None, min_top1: float | None, eval_data: Path | None, tflite_nchw_io: bool,
-           int8_io: bool, ncnn_fp32: bool, as_json: bool) -> None:
+def export(model: Path, output_dir: Path, as_json: bool, **options) -> None:
     """Export MODEL (.pt, .pt2, TorchScript or .onnx) and verify every artifact."""
     from rich.console import Console
 
-    from edgepack.options import parse_floats, parse_size
     from edgepack.report import render_table, to_json_text
 
     import edgepack
 
     err = _stderr_console()
-    report = edgepack.export(
-        model, output_dir=output_dir, input_shape=list(input_shapes) or None, formats=formats, target=target, name=name,
-        allow_pickle=allow_pickle, arch=arch, calib=calib, mean=parse_floats(mean, "--mean"),
-        std=parse_floats(std, "--std"), scale=scale, bgr=bgr, layout=layout, resize=parse_size(resize, "--resize"),
-        crop=parse_size(crop, "--crop"), opset=opset, seed=seed, tolerance=tolerance, prune=not no_prune,
-        prune_approx=prune_approx, round_channels=round_channels, int8=int8, fp16=fp16,
-        int8_weights_only=int8_weights_only, fp16_io=fp16_io, calib_method=calib_method, calib_samples=calib_samples,
-        min_cosine=min_cosine, min_top1=min_top1, eval_data=eval_data, tflite_nchw_input=tflite_nchw_io,
-        int8_io=int8_io, ncnn_fp32=ncnn_fp32, console=err,
-    )
+    given = {k: v for k, v in options.items() if v is not None and v != ()}
+    report = edgepack.export(model, output_dir=output_dir, console=err, **given)
     out = err if as_json else Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     render_table(report, out)
     if as_json:

@@ -1,34 +1,47 @@
-"""What each exporter can produce: the one capability table the CLI and API validate against.
+"""The one artifact table: format -> file suffix, the runtime that runs it, the precisions it can be
+built in, and the module that builds it.
 
-A format is listed with the precisions it supports and whether its exporter is built yet. Asking
-for an unknown format is a usage error; asking for one that is listed but not built yet is an
-`UnsupportedError` (exit 4) for that artifact only, so the other formats still get exported."""
+Adding a format is one row here plus one module in `edgepack/artifacts/` that defines
+`BUILDERS = {precision: build}` (a test checks that the two agree). Which runtime runs which file is
+read from `edgepack.runtimes.RUNTIME_FOR_SUFFIX` (the device side's own table), never restated.
+This module stays light: the CLI validates `--format` against it before anything heavy is imported,
+and device-side commands (bench, inspect, estimate, pack) read it without converters or torch."""
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from types import ModuleType
 
 from edgepack.errors import UnsupportedError, UsageError
+from edgepack.runtimes import RUNTIME_FOR_SUFFIX
 
 
 @dataclass(frozen=True)
-class FormatCapability:
+class Format:
     name: str
-    extension: str
+    suffix: str  # of the file a runtime loads (an ncnn model is its .param with the .bin beside it)
     precisions: tuple[str, ...]
-    built: bool
+    module: str  # edgepack.artifacts.<module>: BUILDERS = {precision: build}
     note: str = ""
 
+    @property
+    def runtime(self) -> str:
+        return RUNTIME_FOR_SUFFIX[self.suffix]
 
-FORMATS: dict[str, FormatCapability] = {
-    "onnx": FormatCapability("onnx", "onnx", ("fp32", "fp16", "int8", "int8-weights"), built=True),
-    "tflite": FormatCapability("tflite", "tflite", ("fp32", "fp16", "int8", "int8-weights"), built=True),
-    "ncnn": FormatCapability("ncnn", "param", ("fp32", "fp16", "int8"), built=True,
-                             note="weights stored fp16 unless --ncnn-fp32; needs the ncnn extra (pnnx + ncnn)"),
+    @property
+    def extension(self) -> str:
+        return self.suffix.lstrip(".")
+
+    def builders(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+FORMATS: dict[str, Format] = {
+    "onnx": Format("onnx", ".onnx", ("fp32", "fp16", "int8", "int8-weights"), "edgepack.artifacts.onnx"),
+    "tflite": Format("tflite", ".tflite", ("fp32", "fp16", "int8", "int8-weights"), "edgepack.artifacts.tflite"),
+    "ncnn": Format("ncnn", ".param", ("fp32", "fp16", "int8"), "edgepack.artifacts.ncnn",
+                   note="weights stored fp16 unless --ncnn-fp32; needs the ncnn extra (pnnx + ncnn)"),
 }
-
-
-def built_formats() -> list[str]:
-    return [name for name, cap in FORMATS.items() if cap.built]
 
 
 def parse_formats(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -51,12 +64,8 @@ def artifact_precisions(fmt: str, precisions: tuple[str, ...], ncnn_fp32: bool =
     return tuple(dict.fromkeys("fp16" if p == "fp32" else p for p in precisions))
 
 
-def check_buildable(fmt: str, precision: str) -> FormatCapability:
+def check_buildable(fmt: str, precision: str) -> Format:
     cap = FORMATS[fmt]
-    if not cap.built:
-        raise UnsupportedError(
-            f"format {fmt!r} is not supported yet ({cap.note}); supported formats: {', '.join(built_formats())}; use --format onnx"
-        )
     if precision not in cap.precisions:
         raise UnsupportedError(
             f"format {fmt!r} does not support precision {precision!r} yet; it supports: {', '.join(cap.precisions)}"

@@ -5,16 +5,19 @@
 3. convert to ONNX (PyTorch inputs) -- the one intermediate form;
 4. graph passes on ONNX (`graph_passes`): cleanup_graph, fold_batchnorm, cleanup_graph,
    remove_pruned_channels, cleanup_graph;
-5. every requested format x precision: export, verify against the reference;
-6. write verify.npz and report.json.
+5. calibrate once (int8): the activation ranges every int8 exporter reads;
+6. every requested format x precision (the table in `edgepack.formats`): export, verify against
+   the reference;
+7. estimate each artifact on the target; write verify.npz and report.json.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +27,8 @@ from edgepack import report as report_mod
 from edgepack.calib import load_samples
 from edgepack.converters import PassResult
 from edgepack.converters.cleanup_graph import cleanup_graph
-from edgepack.artifacts import CALIBRATION_NAME, EvalSet, ExportContext, build_artifact
+from edgepack.artifacts import EvalSet, ExportContext, build_artifact
+from edgepack.calibrate import CALIBRATION_NAME, calibrate
 from edgepack.converters.quantize_int8 import QUANTIZED_OPS
 from edgepack.converters.fold_batchnorm import fold_batchnorm
 from edgepack.converters.remove_pruned_channels import remove_pruned_channels
@@ -41,18 +45,16 @@ from edgepack.options import ExportOptions, InputSpec
 from edgepack.runtimes import get_runtime
 from edgepack.runtimes.ort import ort_message
 from edgepack.verify import (
-    VerificationSet, make_verification_set, run_all, save_verification,
+    VERIFY_NAME, VerificationSet, compare, make_verification_set, run_all, save_verification,
 )
-
-VERIFY_NAME = "verify.npz"
 
 
 def graph_passes(options: ExportOptions) -> list[tuple[str, Callable[[ir.Model], PassResult]]]:
     """The graph passes, in order. (round_channels None = not resolved from a target profile: 1.)"""
     prune: Callable[[ir.Model], PassResult] = functools.partial(
-        remove_pruned_channels, approx=options.prune_approx, round_channels=options.round_channels or 1
+        remove_pruned_channels, approx=options.prune.prune_approx, round_channels=options.prune.round_channels or 1
     )
-    if not options.prune:
+    if not options.prune.prune:
         prune = _disabled("remove_pruned_channels", "--no-prune")
     return [
         ("cleanup_graph", cleanup_graph),
@@ -111,31 +113,33 @@ def escape(text: str) -> str:
 
 def run_export(model_or_path: Any, options: ExportOptions, console: Any | None = None) -> dict:
     steps = Steps(console)
-    profile = load_profile(options.target)
+    profile = load_profile(options.target.target)
     options, round_source = _with_profile_defaults(options, profile)
     out_dir = prepare_output_dir(options.output_dir)
     total_start = time.perf_counter()
 
     with steps("load", "load model"):
-        source = load_source(model_or_path, allow_pickle=options.allow_pickle, arch=options.arch)
+        source = load_source(model_or_path, allow_pickle=options.source.allow_pickle, arch=options.source.arch)
     warnings = list(source.warnings)
     if source.made_permanent:
         warnings.append(f"made {len(source.made_permanent)} pruning reparametrisation(s) permanent: {source.made_permanent[:5]}")
     for w in warnings:
         steps.warn(w)
-    specs, shape_sources = resolve_inputs(source, options.inputs, profile)
+    specs, shape_sources = resolve_inputs(source, options.source.input_shape, profile)
     shapes = {s.name: s.shape for s in specs}
 
     with steps("reference", f"reference outputs ({'PyTorch' if source.is_torch else 'ONNX Runtime, optimizations off'})"):
-        calib = load_samples(options.calib, shapes, options.preprocessing) if options.calib else None
-        if calib is not None and not options.calib.is_dir() and (options.preprocessing.resize or options.preprocessing.crop):
+        calib_path = options.calibration.calib
+        calib = load_samples(calib_path, shapes, options.preprocessing) if calib_path else None
+        if calib is not None and not calib_path.is_dir() and (options.preprocessing.resize or options.preprocessing.crop):
             warnings.append("--resize/--crop apply to image folders; the .npy/.npz calibration arrays are used as given")
-        vset = make_verification_set(shapes, seed=options.seed, n_random=options.verify_samples, calib=calib,
-                                     holdout_fraction=options.holdout_fraction)
+        v = options.verify
+        vset = make_verification_set(shapes, seed=v.seed, n_random=v.verify_samples, calib=calib,
+                                     holdout_fraction=v.holdout_fraction)
         reference = _reference_outputs(source, specs, vset)
 
     with steps("to_onnx", "convert to ONNX"):
-        model, exporter, fallback = _to_onnx(source, specs, vset, len(reference), options.opset)
+        model, exporter, fallback = _to_onnx(source, specs, vset, len(reference), options.target.opset)
     if fallback:
         steps.warn(f"dynamo exporter failed ({fallback}); used the TorchScript exporter")
 
@@ -152,18 +156,23 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
     already_quantized = any(n.op_type in QUANTIZED_OPS for n in model.graph)
     precisions = _precisions(options, already_quantized, warnings)
     warnings += [w for w in (describe_precision_gain(profile, p) for p in precisions) if w]
-    calib_feeds = _calibration_feeds(calib, vset, shapes, options, warnings) if "int8" in precisions else None
-    eval_set = _load_eval(options, specs, source) if options.eval_data else None
-    ctx = ExportContext(model, options.name or _default_name(source), out_dir, vset, reference, output_names, options,
-                        calib_feeds, already_quantized, eval_set)
+    eval_set = _load_eval(options, specs, source) if options.verify.eval_data else None
+    ctx = ExportContext(model, options.source.name or _default_name(source), out_dir, vset, reference, output_names,
+                        options, None, already_quantized, eval_set)
     # The calibration file is this export's: one left in the folder by an earlier export (another
     # model, other data or method) must never be taken for it.
-    ctx.calibration_path.unlink(missing_ok=True)
+    (out_dir / CALIBRATION_NAME).unlink(missing_ok=True)
+    if "int8" in precisions and not already_quantized:
+        with steps("calibrate", f"calibrate int8 ranges ({options.calibration.calib_method})"):
+            feeds = _calibration_feeds(calib, vset, shapes, options, warnings)
+            ctx.calibration = calibrate(ctx.fp32_proto, feeds, options.calibration.calib_method, out_dir / CALIBRATION_NAME)
     artifacts = []
-    for fmt in options.formats:
-        for precision in artifact_precisions(fmt, precisions, options.ncnn_fp32):
-            with steps(f"artifact:{fmt}.{precision}", f"export + verify {fmt} {precision}"):
-                artifacts.append(build_artifact(ctx, fmt, precision))
+    with tempfile.TemporaryDirectory(prefix="edgepack-work-") as work:
+        ctx.work_dir = Path(work)
+        for fmt in options.target.formats:
+            for precision in artifact_precisions(fmt, precisions, options.precision.ncnn_fp32):
+                with steps(f"artifact:{fmt}.{precision}", f"export + verify {fmt} {precision}"):
+                    artifacts.append(build_artifact(ctx, fmt, precision))
     _int8_agreement(ctx, artifacts)
     with steps("estimate", f"estimate latency and memory on {profile.name}"):
         for art in artifacts:
@@ -179,14 +188,14 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
 
     report = {
         "schema_version": report_mod.SCHEMA_VERSION,
-        "provenance": report_mod.provenance({"verification": options.seed}),
+        "provenance": report_mod.provenance({"verification": options.verify.seed}),
         "model": {
             "name": ctx.name,
             "source_path": str(source.path) if source.path else None,
             "source_format": source.kind,
             "exporter": exporter,
             "exporter_fallback_reason": fallback,
-            "opset": options.opset,
+            "opset": options.target.opset,
             "params": count_params(model),
             "macs": count_macs(model),
             "inputs": [
@@ -195,7 +204,7 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
             "pruning_made_permanent": source.made_permanent,
         },
         "target": {"name": profile.name, "description": profile.description, "cpu": profile.cpu,
-                   "round_channels": options.round_channels, "round_channels_source": round_source},
+                   "round_channels": options.prune.round_channels, "round_channels_source": round_source},
         "preprocessing": options.preprocessing.to_json(),
         "passes": [p.to_json() for p in passes],
         "verification": {
@@ -203,12 +212,13 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
             "source": vset.source,
             "samples": vset.count,
             "seed": vset.seed,
-            "holdout_fraction": options.holdout_fraction if vset.calibration_indices is not None else None,
+            "holdout_fraction": v.holdout_fraction if vset.calibration_indices is not None else None,
             "left_for_calibration": None if vset.calibration_indices is None else int(len(vset.calibration_indices)),
             "reference": "pytorch" if source.is_torch else "onnxruntime (optimizations off)",
         },
-        "calibration": _calibration_report(ctx, options) if calib_feeds else None,
-        "evaluation": ({"file": str(options.eval_data), "samples": len(eval_set.y), "reference_top1": eval_set.reference_top1}
+        "calibration": (ctx.calibration.to_report(str(options.calibration.calib), v.seed + 1)
+                        if ctx.calibration is not None else None),
+        "evaluation": ({"file": str(options.verify.eval_data), "samples": len(eval_set.y), "reference_top1": eval_set.reference_top1}
                        if eval_set is not None else None),
         "artifacts": artifacts,
         "warnings": warnings,
@@ -223,9 +233,9 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
 
 def _with_profile_defaults(options: ExportOptions, profile: DeviceProfile) -> tuple[ExportOptions, str]:
     """Options the target profile fills in when the user did not set them: --round-channels."""
-    if options.round_channels is not None:
+    if options.prune.round_channels is not None:
         return options, "flag"
-    return dataclasses.replace(options, round_channels=profile.round_channels), f"profile:{profile.name}"
+    return options.replace("prune", round_channels=profile.round_channels), f"profile:{profile.name}"
 
 
 def exit_code_for(artifacts: list[dict]) -> int:
@@ -365,11 +375,9 @@ def _with_static_inputs(proto: Any, specs: list[InputSpec]) -> Any:
 def _to_onnx(source: SourceModel, specs: list[InputSpec], vset: VerificationSet, n_outputs: int, opset: int) -> tuple[ir.Model, str | None, str | None]:
     if not source.is_torch:
         return ir.from_proto(_with_static_inputs(source.onnx_model, specs)), None, None
-    import torch
-
     from edgepack.converters.torch_to_onnx import torch_to_onnx
 
-    args = tuple(torch.from_numpy(vset.inputs[s.name][0].copy()) for s in specs)
+    args = tuple(vset.inputs[s.name][0].copy() for s in specs)  # numpy: the converter makes tensors
     out_names = ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
     result = torch_to_onnx(source.model, source.kind, args, [s.name for s in specs], out_names, opset)
     return ir.from_proto(result.model_proto), result.exporter, result.fallback_reason
@@ -396,9 +404,9 @@ def _calibration_feeds(calib: dict[str, np.ndarray] | None, vset: VerificationSe
     from edgepack.calib import RECOMMENDED_SAMPLES
 
     assert calib is not None and vset.calibration_indices is not None  # --int8 requires --calib (options)
-    order = np.random.default_rng(options.seed + 1).permutation(vset.calibration_indices)
-    if options.calib_samples is not None:
-        order = order[: options.calib_samples]
+    order = np.random.default_rng(options.verify.seed + 1).permutation(vset.calibration_indices)
+    if options.calibration.calib_samples is not None:
+        order = order[: options.calibration.calib_samples]
     batch = next(iter(shapes.values()))[0]
     n = (len(order) // batch) * batch
     if n == 0:
@@ -412,28 +420,19 @@ def _calibration_feeds(calib: dict[str, np.ndarray] | None, vset: VerificationSe
 
 def _int8_agreement(ctx: ExportContext, artifacts: list[dict]) -> None:
     """How closely each non-ONNX int8 artifact agrees with the int8 ONNX from the same calibration."""
-    from edgepack.artifacts import run_artifact
-    from edgepack.verify import compare
-
     base = next((a for a in artifacts if a["format"] == "onnx" and a["precision"] == "int8" and a["ok"]), None)
     if base is None:
         return
-    reference = run_all(run_artifact(ctx, base), ctx.vset)
+    reference = run_all(ctx.runner(base), ctx.vset)
     for art in artifacts:
         if art["precision"] == "int8" and art["format"] != "onnx" and art["ok"]:
-            metrics = compare(reference, run_all(run_artifact(ctx, art), ctx.vset), ctx.output_names)
+            metrics = compare(reference, run_all(ctx.runner(art), ctx.vset), ctx.output_names)
             art["agreement_with_onnx_int8"] = {k: metrics.get(k) for k in ("max_abs_error", "cosine", "top1_agreement")}
-
-
-def _calibration_report(ctx: ExportContext, options: ExportOptions) -> dict:
-    return {"file": CALIBRATION_NAME, "method": options.calib_method, "samples": len(ctx.calib_feeds or []),
-            "source": str(options.calib), "seed": options.seed + 1,
-            "note": "float (min, max) per ONNX tensor name; every int8 exporter derives its scales from these ranges"}
 
 
 def _load_eval(options: ExportOptions, specs: list[InputSpec], source: SourceModel) -> EvalSet:
     """--eval DATA.npz with `x` (M, ...) and integer labels `y` (M,); scores the reference too."""
-    path = options.eval_data
+    path = options.verify.eval_data
     if len(specs) != 1:
         raise UsageError(f"--eval supports single-input models; this one has inputs {[s.name for s in specs]}")
     try:

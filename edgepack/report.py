@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgepack.errors import UsageError
 from edgepack.fsutil import atomic_write_bytes
 
 SCHEMA_VERSION = 1
@@ -56,6 +57,28 @@ def _clean(obj: Any) -> Any:
 
 def to_json_text(report: dict) -> str:
     return json.dumps(_clean(report), indent=2, sort_keys=False) + "\n"
+
+
+def read_report(export_dir: Path) -> dict:
+    """OUTDIR/report.json as written by `write_report`; a missing or damaged file is a usage error."""
+    path = Path(export_dir) / REPORT_NAME
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} cannot be read ({exc}); export again") from None
+    if not isinstance(report, dict) or not isinstance(report.get("artifacts"), list):
+        raise UsageError(f"{path} is not an edgepack report (no artifacts list); export again")
+    return report
+
+
+def report_beside(artifact: Path) -> tuple[dict, dict | None]:
+    """(the export's report.json next to an artifact, that artifact's entry): ({}, None) when there
+    is no readable report there (an artifact may be used on its own)."""
+    try:
+        report = read_report(Path(artifact).parent)
+    except UsageError:
+        return {}, None
+    return report, next((a for a in report["artifacts"] if isinstance(a, dict) and a.get("path") == Path(artifact).name), None)
 
 
 def write_report(report: dict, out_dir: Path) -> Path:

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack.errors import VerificationFailed
 from edgepack.fsutil import atomic_path
+
+VERIFY_NAME = "verify.npz"
+# Without a user target, quantized artifacts are only warned about below these.
+POOR_COSINE = 0.99
+POOR_TOP1 = 0.95
 
 # (precision, mode) -> (relative-error tolerance, enforced by default). Entries that are not
 # enforced are reported; they fail an artifact only when the user sets a target.
@@ -136,3 +142,89 @@ def save_verification(path: Path, vset: VerificationSet, reference: list[np.ndar
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
+
+
+def load_verification(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """verify.npz -> (inputs {name: (S, ...)}, references {output name: (S, ...)})."""
+    with np.load(path, allow_pickle=False) as data:
+        inputs = {k[len("input/"):]: data[k] for k in data.files if k.startswith("input/")}
+        refs = {k[len("reference/"):]: data[k] for k in data.files if k.startswith("reference/")}
+    return inputs, refs
+
+
+# ---------------------------------------------------------------- verifying an artifact of an export
+
+
+def verify_artifact(ctx, entry: dict, precision: str) -> dict:
+    """Run the artifact on the verification set in its runtime and compare with the reference.
+    Every non-fp32 artifact is held to the user's --min-cosine / --min-top1 when given. `ctx` is the
+    export's ExportContext (vset, reference, output names, options, runner)."""
+    from edgepack.formats import FORMATS
+    from edgepack.runtimes import get_runtime
+    from edgepack.runtimes.ort import ort_message
+
+    fmt = entry["format"]
+    runtime = get_runtime(FORMATS[fmt].runtime)
+    try:
+        actual = run_all(ctx.runner(entry), ctx.vset)
+    except Exception as exc:  # the artifact itself is broken: it cannot be verified
+        why = ort_message(exc) if fmt == "onnx" else str(exc).splitlines()[0][:300]
+        raise VerificationFailed(
+            f"{runtime.name} cannot run {entry['path']}: {why}; the artifact is kept for inspection"
+        ) from None
+    result = compare(ctx.reference, actual, ctx.output_names)
+    v = ctx.options.verify
+    mode = "approx" if ctx.options.prune.prune_approx else "exact"
+    # fp16 TFLite computes in fp32 (weights dequantized once): it is judged by the fp16 tolerance too.
+    tol, enforced = tolerance_for(precision, mode, v.tolerance if precision == "fp32" else None)
+    result["tolerance"] = {"rel_error": tol, "enforced": enforced}
+    if precision != "fp32" and (v.min_cosine is not None or v.min_top1 is not None):
+        result["tolerance"].update({"min_cosine": v.min_cosine, "min_top1": v.min_top1, "enforced": True})
+    result["samples"] = ctx.vset.count
+    result["runtime"] = f"{runtime.name} {runtime.version()}"
+    return result
+
+
+def missed(fidelity: dict) -> bool:
+    """True when a user target (--min-cosine / --min-top1) is set and missed."""
+    tol = fidelity.get("tolerance") or {}
+    if fidelity.get("error"):
+        return False
+    if tol.get("min_cosine") is not None and fidelity["cosine"] < tol["min_cosine"]:
+        return True
+    top1 = fidelity.get("top1_agreement")
+    return tol.get("min_top1") is not None and top1 is not None and top1 < tol["min_top1"]
+
+
+def check_fidelity(entry: dict, precision: str) -> None:
+    """Raise VerificationFailed when the artifact misses an enforced tolerance or target; set
+    entry["warning"] when a quantized artifact without a target looks poor."""
+    fid = entry["fidelity"]
+    if fid.get("error"):
+        raise VerificationFailed(fid["error"])
+    tol = fid["tolerance"]
+    if tol["enforced"] and tol["rel_error"] is not None and not fid["rel_error"] <= tol["rel_error"]:
+        raise VerificationFailed(
+            f"relative error {fid['rel_error']:.3g} exceeds the {precision} tolerance {tol['rel_error']:.0e}; "
+            "the artifact is kept for inspection"
+        )
+    if missed(fid):
+        floats = entry.get("float_nodes") or []
+        raise VerificationFailed(
+            f"{precision} misses the target (cosine {fid['cosine']:.4f}, top-1 agreement {_pct(fid.get('top1_agreement'))}; "
+            f"targets: cosine {tol.get('min_cosine')}, top-1 {tol.get('min_top1')}) even with {len(floats)} node(s) kept in float; "
+            "the artifact is kept for inspection; try --calib-method entropy or percentile, more --calib data, or a lower target"
+        )
+    warnings = []
+    if precision != "fp32" and not tol.get("enforced"):
+        if fid["cosine"] < POOR_COSINE:
+            warnings.append(f"cosine {fid['cosine']:.4f} < {POOR_COSINE}")
+        if fid.get("top1_agreement") is not None and fid["top1_agreement"] < POOR_TOP1:
+            warnings.append(f"top-1 agreement {_pct(fid['top1_agreement'])} < {POOR_TOP1:.0%}")
+    if warnings:
+        entry["warning"] = (f"{precision} fidelity is poor ({', '.join(warnings)}); set --min-cosine/--min-top1 to let "
+                            "the accuracy guard keep the worst layers in float, or run `edgepack compare --per-node`")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"

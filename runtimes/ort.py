@@ -62,3 +62,19 @@ class OnnxRuntime:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         source = str(artifact) if isinstance(artifact, (str, Path)) else artifact
         return OrtSession(ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"]))
+
+
+def int8_products_saturate() -> bool:
+    """True on x86-64 CPUs without VNNI (AVX2 / plain AVX-512): ONNX Runtime's int8 kernels there
+    multiply with VPMADDUBSW, whose pairwise int16 sums saturate for full-range 8-bit weights, so
+    an int8 model with 8-bit weights computes wrong values (its docs advise 7-bit weights,
+    `reduce_range`). ARM cores and x86 with VNNI have no such limit."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return not any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))

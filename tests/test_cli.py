@@ -317,7 +317,7 @@ def test_report_schema_and_that_it_describes_the_files(runs):
     assert prov["versions"]["edgepack"] == edgepack.__version__
     assert prov["seeds"] == {"verification": 0}
     assert report["preprocessing"] == {"mean": [0.5], "std": [0.25], "scale": None, "color_order": "bgr", "layout": "nchw", "resize": None, "crop": None}
-    expected = [name for name, _ in graph_passes(ExportOptions(output_dir="."))]
+    expected = [name for name, _ in graph_passes(ExportOptions.create("."))]
     assert [p["name"] for p in report["passes"]] == expected  # every pass, in pipeline order
     assert {"cleanup_graph", "fold_batchnorm"} <= {p["name"] for p in report["passes"]}
     assert all({"name", "modified", "counts"} <= set(p) for p in report["passes"])

@@ -53,26 +53,68 @@ def test_input_spec_parsing():
 
 def test_export_options_validation(tmp_path):
     with pytest.raises(UsageError, match="unknown format"):
-        ExportOptions(output_dir=tmp_path, formats="onnx,coreml")
+        ExportOptions.create(tmp_path, formats="onnx,coreml")
     with pytest.raises(UsageError, match="name each"):
-        ExportOptions(output_dir=tmp_path, inputs=(InputSpec(None, (1, 2)), InputSpec("b", (1, 2))))
+        ExportOptions.create(tmp_path, input_shape=(InputSpec(None, (1, 2)), InputSpec("b", (1, 2))))
     with pytest.raises(UsageError, match="opset"):
-        ExportOptions(output_dir=tmp_path, opset=13)
+        ExportOptions.create(tmp_path, opset=13)
     with pytest.raises(UsageError, match="module:factory"):
-        ExportOptions(output_dir=tmp_path, arch="mymodels.make")
+        ExportOptions.create(tmp_path, arch="mymodels.make")
     with pytest.raises(UsageError, match="layout"):
         Preprocessing(layout="chw")
-    assert ExportOptions(output_dir=tmp_path, formats="ONNX, onnx").formats == ("onnx",)
+    assert ExportOptions.create(tmp_path, formats="ONNX, onnx").target.formats == ("onnx",)
 
 
 def test_capability_table():
     assert parse_formats("onnx,tflite") == ("onnx", "tflite")
-    assert check_buildable("onnx", "fp32").built
-    assert check_buildable("tflite", "fp16").built
-    assert check_buildable("ncnn", "fp16").built and check_buildable("ncnn", "int8").built
+    assert check_buildable("onnx", "fp32").runtime == "onnxruntime"
+    assert check_buildable("tflite", "int8").runtime == "litert"
+    assert check_buildable("ncnn", "int8").runtime == "ncnn"
     with pytest.raises(UnsupportedError, match="does not support precision 'int8-weights'"):
         check_buildable("ncnn", "int8-weights")
-    assert check_buildable("tflite", "int8").built
-    assert check_buildable("tflite", "int8-weights").built
     with pytest.raises(UnsupportedError, match="does not support precision 'int4'"):
         check_buildable("tflite", "int4")
+
+
+def test_every_format_row_has_exactly_its_builders():
+    """One table: the precisions a format row lists are the builders its module defines."""
+    from edgepack.artifacts import artifact_builders
+    from edgepack.formats import FORMATS
+
+    for name, fmt in FORMATS.items():
+        assert sorted(artifact_builders(name)) == sorted(fmt.precisions), name
+
+
+def test_cli_flags_and_python_api_come_from_the_same_option_fields():
+    """Every export option field is a flag of `edgepack export` whose click destination is the field
+    name, and a keyword of edgepack.export (ExportOptions.create); nothing else is."""
+    from edgepack.cli import cli
+    from edgepack.options import option_fields
+
+    command = cli.commands["export"]
+    dests = {p.name: p for p in command.params if p.name not in ("model", "output_dir", "as_json", "debug")}
+    fields = {f.name: o for _, f, o in option_fields() if o.cli}
+    assert set(dests) == set(fields)
+    for name, o in fields.items():
+        assert o.flag_for(name) in dests[name].opts
+    api_only = [f.name for _, f, o in option_fields() if not o.cli]
+    assert api_only == ["verify_samples", "holdout_fraction"]
+    # flat keywords land in their group, text goes through the field's parser
+    opts = ExportOptions.create("out", formats="tflite,onnx", input_shape="x:1x3x8x8", mean="0.5,0.25", resize=8,
+                                int8=True, calib="c.npy", tolerance=1e-3)
+    assert opts.target.formats == ("tflite", "onnx")
+    assert opts.source.input_shape == (InputSpec("x", (1, 3, 8, 8)),)
+    assert opts.preprocessing.mean == (0.5, 0.25) and opts.preprocessing.resize == (8, 8)
+    assert opts.precisions == ("fp32", "int8") and opts.verify.tolerance == 1e-3
+    with pytest.raises(UsageError, match="unknown export option.*tflite_nchw_io"):
+        ExportOptions.create("out", tflite_nchw_io=True)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"tolerance": -1.0}, "--tolerance"), ({"tolerance": float("nan")}, "--tolerance"), ({"seed": -1}, "--seed"),
+    ({"min_cosine": float("nan"), "fp16": True}, "--min-cosine"), ({"opset": 99999}, "opset"),
+    ({"name": "a\nb"}, "--name"), ({"name": "x" * 300}, "--name"), ({"mean": "nan"}, "--mean"),
+])
+def test_option_values_are_checked_up_front(kw, match):
+    with pytest.raises(UsageError, match=match):
+        ExportOptions.create("out", **kw)

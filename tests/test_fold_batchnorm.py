@@ -176,7 +176,7 @@ def torch_case(model: nn.Module, shape: tuple[int, ...], seed: int = 0):
         expected = model(x).numpy()
     proto = torchscript_onnx(model, x)
     ir_model = ir.from_proto(proto)
-    results = [graph_pass(ir_model) for _, graph_pass in graph_passes(ExportOptions(output_dir="."))]
+    results = [graph_pass(ir_model) for _, graph_pass in graph_passes(ExportOptions.create("."))]
     folded = ir.to_proto(ir_model)
     onnx.checker.check_model(folded, full_check=True)
     actual = run_onnx(folded, {"x": x.numpy()})["y"]

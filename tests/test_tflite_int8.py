@@ -148,7 +148,7 @@ def test_float_node_in_the_middle_gets_dequantize_and_quantize_borders(tmp_path)
     from ai_edge_litert import schema_py_generated as s
 
     from edgepack.converters.export_tflite import Int8Ranges, export_tflite
-    from edgepack.converters.export_tflite.quantize import measure_ranges
+    from edgepack.artifacts.tflite import measure_ranges
     from edgepack.converters.quantize_int8 import load_ranges
     from edgepack.runtimes import get_runtime
 

@@ -16,15 +16,25 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx_ir as ir
 
 from edgepack.converters.export_tflite.graph import NHWC, TfliteGraph, TVal, _np_type, identity, unsupported
-from edgepack.converters.export_tflite.registry import LOWERINGS, Ctx, _load_all, supported_ops
+from edgepack.converters.export_tflite.registry import LOWERINGS, Ctx
 from edgepack.fsutil import atomic_path
+from edgepack.runtimes.artifact import to_onnx_layout, to_stored  # noqa: F401  (re-exported)
 from edgepack.tflite_schema import builtin_names
 
 __all__ = ["export_tflite", "supported_ops", "TfliteExport"]
+
+
+def _load_all() -> None:
+    """Import the lowering modules: each registers its ops in LOWERINGS as it loads."""
+    from edgepack.converters.export_tflite import ops_conv, ops_elementwise, ops_norm, ops_shape  # noqa: F401
+
+
+def supported_ops() -> list[str]:
+    _load_all()
+    return sorted(LOWERINGS)
 
 
 @dataclass
@@ -179,10 +189,3 @@ def _op_name(graph: TfliteGraph, op) -> str:
     return builtin_names()[code]
 
 
-def to_stored(array: np.ndarray, perm: list[int]) -> np.ndarray:
-    """An ONNX-layout array (batch of samples) in a TFLite tensor's stored layout."""
-    return np.ascontiguousarray(array.transpose(perm))
-
-
-def to_onnx_layout(array: np.ndarray, perm: list[int]) -> np.ndarray:
-    return np.ascontiguousarray(array.transpose(np.argsort(perm)))

@@ -250,12 +250,14 @@ def _op_versions() -> dict[int, int]:
 _OP_VERSIONS = _op_versions()
 
 
-def unsupported(node, why: str) -> UnsupportedError:
-    from edgepack.converters.export_tflite.registry import supported_ops
+# ONNX op type -> its lowering (filled by registry.lowering as the ops_* modules load)
+LOWERINGS: dict = {}
 
+
+def unsupported(node, why: str) -> UnsupportedError:
     outputs = getattr(node, "outputs", None)
     label = repr(node.name) if node.name or not outputs else f"(unnamed, output {outputs[0].name!r})"
     return UnsupportedError(
-        f"TFLite export: {node.op_type} node {label} {why}; supported ops: {', '.join(supported_ops())}; "
+        f"TFLite export: {node.op_type} node {label} {why}; supported ops: {', '.join(sorted(LOWERINGS))}; "
         "use --format onnx for this model"
     )

@@ -26,7 +26,6 @@ path) need TensorFlow or leave QUANTIZE/DEQUANTIZE pairs inside the graph."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -64,36 +63,6 @@ def _qparams(lo: float, hi: float) -> tuple[float, int]:
     scale = (hi - lo) / 255.0
     zp = int(np.clip(round(-128 - lo / scale), -128, 127))
     return float(scale), zp
-
-
-def measure_ranges(tflite_path: Path, feeds: list[dict[str, np.ndarray]], in_perm: dict[str, list[int]]) -> dict[str, tuple[float, float]]:
-    """Min/max of every float tensor of the float TFLite graph over the calibration feeds."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    import warnings
-
-    with warnings.catch_warnings():  # it warns that keeping every tensor is a debugging aid: that is the point here
-        warnings.simplefilter("ignore")
-        it = Interpreter(model_path=str(tflite_path), experimental_preserve_all_tensors=True, num_threads=2)
-    it.allocate_tensors()
-    details = [d for d in it.get_tensor_details() if d["dtype"] == np.float32]
-    ranges: dict[str, tuple[float, float]] = {}
-    inputs = it.get_input_details()
-    for feed in feeds:
-        for d in inputs:
-            it.set_tensor(d["index"], np.ascontiguousarray(feed[d["name"]].transpose(in_perm[d["name"]])))
-        it.invoke()
-        for d in details:
-            try:
-                value = it.get_tensor(d["index"])
-            except ValueError:  # constants and tensors without data
-                continue
-            if value.size == 0:
-                continue
-            lo, hi = float(value.min()), float(value.max())
-            old = ranges.get(d["name"])
-            ranges[d["name"]] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
-    return ranges
 
 
 def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float]],

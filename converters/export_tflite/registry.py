@@ -10,9 +10,8 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from edgepack.converters.export_tflite.graph import NHWC, TfliteGraph, TVal, identity, unsupported
+from edgepack.converters.export_tflite.graph import LOWERINGS, NHWC, TfliteGraph, TVal, identity, unsupported
 
-LOWERINGS: dict[str, Callable[["Ctx", ir.Node], None]] = {}
 
 
 def lowering(*op_types: str) -> Callable:
@@ -24,15 +23,6 @@ def lowering(*op_types: str) -> Callable:
         return fn
 
     return register
-
-
-def supported_ops() -> list[str]:
-    _load_all()
-    return sorted(LOWERINGS)
-
-
-def _load_all() -> None:
-    from edgepack.converters.export_tflite import ops_conv, ops_elementwise, ops_norm, ops_shape  # noqa: F401  (registration)
 
 
 FUSABLE = {"Relu": "RELU", "Relu6": "RELU6", "ReluN1To1": "RELU_N1_TO_1"}

@@ -105,15 +105,10 @@ def bench_export_dir(out_dir: Path, options: BenchOptions, *, remote: Any = None
     """Benchmark every artifact listed in OUTDIR/report.json; store each result in
     `artifacts[i].bench` (the --json dict, plus `device` when remote) or, when it fails,
     `artifacts[i].bench_error` {error, exit_code}; rewrite report.json; return (report, errors)."""
-    import json
 
-    from edgepack.report import REPORT_NAME, write_report
+    from edgepack.report import read_report, write_report
 
-    report_path = Path(out_dir) / REPORT_NAME
-    try:
-        report = json.loads(report_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{report_path}: cannot read the export report ({exc}); run `edgepack export` first") from None
+    report = read_report(Path(out_dir))
     failures = []
     cache: dict = {}
     for art in report.get("artifacts", []):

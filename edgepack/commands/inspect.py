@@ -8,7 +8,6 @@ ai-edge-litert. Layouts: taken from report.json beside the artifact when it list
 the format's convention (ONNX image tensors NCHW, TFLite NHWC), marked as such."""
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -44,11 +43,9 @@ def inspect_artifact(path: str | Path) -> dict:
 
 def _layouts_from_report(path: Path, result: dict) -> None:
     """Use the export's report.json layouts (e.g. a TFLite file kept NCHW with --tflite-nchw-input)."""
-    try:
-        report = json.loads((path.parent / "report.json").read_text())
-    except (OSError, ValueError):
-        return
-    entry = next((a for a in report.get("artifacts", []) if a.get("path") == path.name), None)
+    from edgepack.report import report_beside
+
+    _, entry = report_beside(path)
     if entry is None:
         return
     for key in ("inputs", "outputs"):

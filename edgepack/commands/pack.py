@@ -129,10 +129,9 @@ def pack(options: PackOptions) -> dict:
 
 
 def _load_report(export_dir: Path) -> dict:
-    try:
-        return json.loads((export_dir / "report.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{export_dir / 'report.json'} cannot be read ({exc}); export again") from None
+    from edgepack.report import read_report
+
+    return read_report(export_dir)
 
 
 def choose_artifact(report: dict, precision: str | None) -> tuple[dict, str]:
@@ -278,16 +277,15 @@ def _verify(export_dir: Path, report: dict, artifact: dict, source_path: Path, p
             options: PackOptions) -> dict:
     """The packed model run in LiteRT on verify.npz, compared with the export's reference outputs;
     top-1 accuracy of the exported and the packed model on the evaluation data, when there is some."""
-    from edgepack.artifacts import EvalSet, _tflite_runner
-    from edgepack.verify import VerificationSet, compare, run_all
+    from edgepack.artifacts import EvalSet
+    from edgepack.runtimes.artifact import artifact_runner
+    from edgepack.verify import VerificationSet, compare, load_verification, run_all
 
-    run_packed = _tflite_runner(packed_path, artifact["inputs"], artifact["outputs"])
+    run_packed = artifact_runner(packed_path, artifact)
     out: dict[str, Any] = {"runtime": _litert_version()}
     vpath = export_dir / (report.get("verification") or {}).get("file", "verify.npz")
     if vpath.is_file():
-        with np.load(vpath) as z:
-            inputs = {k[len("input/"):]: z[k] for k in z.files if k.startswith("input/")}
-            refs = {k[len("reference/"):]: z[k] for k in z.files if k.startswith("reference/")}
+        inputs, refs = load_verification(vpath)
         names = [d["name"] for d in artifact["outputs"]]
         fid = compare([refs[n] for n in names], run_all(run_packed, VerificationSet(inputs, "verify.npz", 0)), names)
         fid.pop("per_output", None)
@@ -304,7 +302,7 @@ def _verify(export_dir: Path, report: dict, artifact: dict, source_path: Path, p
         eval_set = EvalSet(eval_path, x, y, spec["name"], tuple(onnx_shape))
         out["accuracy"] = {
             "file": str(eval_path), "samples": len(y),
-            "export_top1": eval_set.accuracy(_tflite_runner(source_path, artifact["inputs"], artifact["outputs"])),
+            "export_top1": eval_set.accuracy(artifact_runner(source_path, artifact)),
             "packed_top1": eval_set.accuracy(run_packed),
         }
     else:

@@ -1,0 +1,106 @@
+"""What every artifact is built and verified from, and what a builder returns."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx_ir as ir
+
+from edgepack.options import ExportOptions
+from edgepack.verify import VerificationSet
+
+if TYPE_CHECKING:
+    from edgepack.artifacts.guard import Guard
+    from edgepack.calibrate import Calibration
+
+
+@dataclass
+class EvalSet:
+    """Labelled data for task accuracy (--eval): x (M, *input_shape[1:]), y (M,)."""
+
+    path: Path
+    x: np.ndarray
+    y: np.ndarray
+    input_name: str
+    input_shape: tuple[int, ...]
+    reference_top1: float | None = None
+
+    def accuracy(self, run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]) -> float:
+        batch = self.input_shape[0]
+        n = (len(self.x) // batch) * batch
+        correct = 0
+        for i in range(0, n, batch):
+            logits = run({self.input_name: self.x[i : i + batch].reshape(self.input_shape)})[0]
+            correct += int((logits.reshape(batch, -1).argmax(-1) == self.y[i : i + batch]).sum())
+        return correct / n
+
+
+@dataclass
+class Built:
+    """What a builder made: its files (the one a runtime loads first), report details, IO rows as
+    written, and for int8 the accuracy guard's hooks (None: the guard does not apply)."""
+
+    files: list[Path]
+    details: dict
+    inputs: list[dict]
+    outputs: list[dict]
+    guard: "Guard | None" = None
+
+
+@dataclass
+class ExportContext:
+    """What every artifact is built and verified from."""
+
+    model: ir.Model
+    name: str
+    out_dir: Path
+    vset: VerificationSet
+    reference: list[np.ndarray]
+    output_names: list[str]
+    options: ExportOptions
+    calibration: "Calibration | None" = None
+    already_quantized: bool = False
+    eval_set: EvalSet | None = None
+    int8_float_nodes: list[str] = field(default_factory=list)  # the accuracy guard's choice for the int8 ONNX
+    work_dir: Path = field(default_factory=Path)  # scratch files of this export (removed with it)
+    cache: dict = field(default_factory=dict, repr=False)  # work shared by the artifacts of one export
+    _proto: Any = field(default=None, repr=False)
+
+    @property
+    def fp32_proto(self) -> Any:
+        if self._proto is None:
+            from edgepack.converters.export_onnx import to_proto
+
+            self._proto = to_proto(self.model)
+        return self._proto
+
+    def runner(self, entry: dict) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+        """Run a built artifact on ONNX-layout feeds; outputs in ONNX layout (edgepack.runtimes.artifact)."""
+        from edgepack.runtimes.artifact import artifact_runner
+
+        return artifact_runner(self.out_dir / entry["path"], entry)
+
+
+def io_rows(values: Any) -> list[dict]:
+    layouts = {2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}
+    out = []
+    for v in values:
+        shape = [d if isinstance(d, int) else str(d) for d in v.shape] if v.shape is not None else None
+        dtype = v.dtype.numpy().name if v.dtype is not None else None
+        out.append({"name": v.name, "shape": shape, "dtype": dtype, "layout": layouts.get(len(shape)) if shape else None})
+    return out
+
+
+def describe(entry: dict, built: Built, ctx: ExportContext) -> None:
+    """Copy what a builder made into the artifact's report entry."""
+    from edgepack.fsutil import deflated_size, file_entry
+
+    entry.update(built.details)
+    entry["path"] = built.files[0].name
+    entry["files"] = [file_entry(f, ctx.out_dir) for f in built.files]
+    entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
+    entry["deflated_bytes"] = sum(deflated_size(f) for f in built.files)  # what a download of it costs
+    entry["inputs"], entry["outputs"] = built.inputs, built.outputs
