@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 
@@ -46,3 +47,33 @@ class UniqueNames:
             name = f"{base}_{k}"
         self.used.add(name)
         return name
+
+
+# ---------------------------------------------------------------- small graph helpers shared by passes
+
+
+def const_value(value: ir.Value | None) -> np.ndarray | None:
+    """The value's constant array (an initializer or a Constant's output), else None."""
+    if value is None:
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    return None if tensor is None else tensor.numpy()
+
+
+def static_shape(value: ir.Value | None) -> tuple[int | ir.SymbolicDim, ...] | None:
+    """The shape when every dimension but the batch (axis 0, often symbolic) is known."""
+    if value is None or value.shape is None:
+        return None
+    dims = tuple(value.shape)
+    return dims if all(isinstance(d, int) for d in dims[1:]) else None
+
+
+def has_padding(node: ir.Node) -> bool:
+    """A Conv/Pool that pads (explicit pads or SAME auto_pad)."""
+    if node.attributes.get_string("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+        return True
+    return any(p != 0 for p in (node.attributes.get_ints("pads", []) or []))
+
+
+def attr_f(node: ir.Node, name: str, default: float) -> float:
+    return node.attributes.get_float(name, default)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgepack.converters import PassResult, UniqueNames
+from edgepack.converters import PassResult, UniqueNames, const_value, has_padding
 
 _ABSORBING_PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
 
@@ -66,7 +66,7 @@ def bn_affine(bn: ir.Node) -> tuple[np.ndarray, np.ndarray] | str:
         return "training_mode=1 (batch statistics)"
     if len(bn.outputs) > 1 and any(o.uses() or o.is_graph_output() for o in bn.outputs[1:]):
         return "running-statistics outputs are used"
-    consts = [_const(v) for v in bn.inputs[1:5]]
+    consts = [const_value(v) for v in bn.inputs[1:5]]
     if len(consts) != 4 or any(c is None for c in consts):
         return "scale, bias, mean or variance is not a constant"
     gamma, beta, mean, var = (c.astype(np.float64) for c in consts)
@@ -87,13 +87,13 @@ def can_fold_into_producer(bn: ir.Node, s: np.ndarray) -> str | None:
         return f"{op} output also feeds {len(x.uses()) - 1} other node(s) or is a graph output"
     channels = s.shape[0]
     if op == "Conv":
-        w = _const(producer.inputs[1])
-        if w is None or (len(producer.inputs) > 2 and producer.inputs[2] is not None and _const(producer.inputs[2]) is None):
+        w = const_value(producer.inputs[1])
+        if w is None or (len(producer.inputs) > 2 and producer.inputs[2] is not None and const_value(producer.inputs[2]) is None):
             return "Conv weights are not constant"
         return None if w.shape[0] == channels else f"Conv has {w.shape[0]} output channels, BN {channels}"
     if op == "ConvTranspose":
-        w = _const(producer.inputs[1])
-        if w is None or (len(producer.inputs) > 2 and producer.inputs[2] is not None and _const(producer.inputs[2]) is None):
+        w = const_value(producer.inputs[1])
+        if w is None or (len(producer.inputs) > 2 and producer.inputs[2] is not None and const_value(producer.inputs[2]) is None):
             return "ConvTranspose weights are not constant"
         cout = w.shape[1] * producer.attributes.get_int("group", 1)
         return None if cout == channels else f"ConvTranspose has {cout} output channels, BN {channels}"
@@ -125,16 +125,16 @@ def can_fold_into_consumers(bn: ir.Node, t: np.ndarray) -> str | None:
     for use in uses:
         node, index = use.node, use.idx
         if node.op_type == "Conv" and node.domain == "" and index == 0:
-            if _const(node.inputs[1]) is None:
+            if const_value(node.inputs[1]) is None:
                 return "consumer Conv weights are not constant"
-            if len(node.inputs) > 2 and node.inputs[2] is not None and _const(node.inputs[2]) is None:
+            if len(node.inputs) > 2 and node.inputs[2] is not None and const_value(node.inputs[2]) is None:
                 return "consumer Conv bias is not constant"
-            if _has_padding(node) and np.any(t != 0):
+            if has_padding(node) and np.any(t != 0):
                 return f"consumer Conv {node.name} zero-pads its input (the BN shift would differ at the borders)"
         elif node.op_type == "Gemm" and node.domain == "" and index == 0:
             if node.attributes.get_int("transA", 0):
                 return "consumer Gemm transposes its input"
-            if _const(node.inputs[1]) is None or (len(node.inputs) > 2 and node.inputs[2] is not None and _const(node.inputs[2]) is None):
+            if const_value(node.inputs[1]) is None or (len(node.inputs) > 2 and node.inputs[2] is not None and const_value(node.inputs[2]) is None):
                 return "consumer Gemm weights are not constant"
         elif node.op_type in ("Conv", "Gemm") and node.domain == "":
             return f"feeds input {index} of {node.op_type} {node.name} (only its data input can absorb a scale)"
@@ -144,17 +144,17 @@ def can_fold_into_consumers(bn: ir.Node, t: np.ndarray) -> str | None:
 
 
 def _why_not_gemm_producer(gemm: ir.Node, channels: int) -> str | None:
-    w = _const(gemm.inputs[1])
+    w = const_value(gemm.inputs[1])
     if w is None or w.ndim != 2:
         return "Gemm weights are not a constant matrix"
-    if len(gemm.inputs) > 2 and gemm.inputs[2] is not None and _const(gemm.inputs[2]) is None:
+    if len(gemm.inputs) > 2 and gemm.inputs[2] is not None and const_value(gemm.inputs[2]) is None:
         return "Gemm bias is not constant"
     n = w.shape[0] if gemm.attributes.get_int("transB", 0) else w.shape[1]
     return None if n == channels else f"Gemm has {n} outputs, BN {channels}"
 
 
 def _why_not_matmul(matmul: ir.Node, channels: int) -> str | None:
-    w = _const(matmul.inputs[1])
+    w = const_value(matmul.inputs[1])
     if w is None or w.ndim != 2:
         return "MatMul weight is not a constant matrix"
     if _rank(matmul.outputs[0]) != 2:
@@ -165,7 +165,7 @@ def _why_not_matmul(matmul: ir.Node, channels: int) -> str | None:
 def _matmul_bias(add: ir.Node) -> tuple[ir.Node | None, np.ndarray | None]:
     for i in (0, 1):
         other = add.inputs[1 - i]
-        bias = _const(other)
+        bias = const_value(other)
         producer = add.inputs[i].producer() if add.inputs[i] is not None else None
         if bias is not None and producer is not None and producer.op_type == "MatMul":
             return producer, bias
@@ -179,12 +179,12 @@ def _fold_into_producer(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndarr
     producer = bn.inputs[0].producer()
     op = producer.op_type
     if op == "Conv":
-        w = _const(producer.inputs[1])
+        w = const_value(producer.inputs[1])
         bias = _bias_or_zeros(producer, 2, w.shape[0])
         _set_input(graph, producer, 1, w * s.reshape((-1,) + (1,) * (w.ndim - 1)), names)
         _set_input(graph, producer, 2, bias * s + t, names, like=w)
     elif op == "ConvTranspose":
-        w = _const(producer.inputs[1])
+        w = const_value(producer.inputs[1])
         g = producer.attributes.get_int("group", 1)
         cin, cout_g = w.shape[0], w.shape[1]
         ws = w.reshape((g, cin // g, cout_g) + w.shape[2:]) * s.reshape((g, 1, cout_g) + (1,) * (w.ndim - 2))
@@ -192,15 +192,15 @@ def _fold_into_producer(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndarr
         _set_input(graph, producer, 1, ws.reshape(w.shape), names)
         _set_input(graph, producer, 2, bias * s + t, names, like=w)
     elif op == "Gemm":
-        w = _const(producer.inputs[1])
+        w = const_value(producer.inputs[1])
         trans_b = producer.attributes.get_int("transB", 0)
         beta = producer.attributes.get_float("beta", 1.0)
-        c = _const(producer.inputs[2]) if len(producer.inputs) > 2 and producer.inputs[2] is not None else np.zeros(1)
+        c = const_value(producer.inputs[2]) if len(producer.inputs) > 2 and producer.inputs[2] is not None else np.zeros(1)
         _set_input(graph, producer, 1, w * (s[:, None] if trans_b else s[None, :]), names)
         _set_input(graph, producer, 2, beta * c.astype(np.float64) * s + t, names, like=w)
         producer.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
     elif op == "MatMul":
-        w = _const(producer.inputs[1])
+        w = const_value(producer.inputs[1])
         _set_input(graph, producer, 1, w * s[None, :], names)
         add = ir.Node("", "Add", [producer.outputs[0], _new_init(graph, t, names, "bn_shift", like=w)], name=names.fresh(f"{_label(bn)}_shift"))
         graph.insert_after(producer, add)
@@ -209,7 +209,7 @@ def _fold_into_producer(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndarr
         return producer.name
     else:  # Add after MatMul
         matmul, bias = _matmul_bias(producer)
-        w = _const(matmul.inputs[1])
+        w = const_value(matmul.inputs[1])
         _set_input(graph, matmul, 1, w * s[None, :], names)
         bias_index = 1 if producer.inputs[0].producer() is matmul else 0
         _set_input(graph, producer, bias_index, bias.astype(np.float64).reshape(-1) * s + t, names, like=w)
@@ -223,7 +223,7 @@ def _fold_into_consumers(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndar
     for use in list(bn.outputs[0].uses()):
         node = use.node
         if node.op_type == "Conv":
-            w = _const(node.inputs[1])
+            w = const_value(node.inputs[1])
             g = node.attributes.get_int("group", 1)
             cout, cin_g = w.shape[0], w.shape[1]
             wg = w.astype(np.float64).reshape((g, cout // g, cin_g) + w.shape[2:])
@@ -234,14 +234,14 @@ def _fold_into_consumers(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndar
             _set_input(graph, node, 1, (wg * sg).reshape(w.shape), names)
             _set_input(graph, node, 2, bias + shift, names, like=w)
         else:  # Gemm
-            w = _const(node.inputs[1]).astype(np.float64)
+            w = const_value(node.inputs[1]).astype(np.float64)
             trans_b = node.attributes.get_int("transB", 0)
             alpha = node.attributes.get_float("alpha", 1.0)
             beta = node.attributes.get_float("beta", 1.0)
             wk = w.T if trans_b else w  # (K, N)
-            c = _const(node.inputs[2]).astype(np.float64) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros(1)
-            _set_input(graph, node, 1, (wk * s[:, None]).T if trans_b else wk * s[:, None], names, like=_const(node.inputs[1]))
-            _set_input(graph, node, 2, beta * c + alpha * (t @ wk), names, like=_const(node.inputs[1]))
+            c = const_value(node.inputs[2]).astype(np.float64) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros(1)
+            _set_input(graph, node, 1, (wk * s[:, None]).T if trans_b else wk * s[:, None], names, like=const_value(node.inputs[1]))
+            _set_input(graph, node, 2, beta * c + alpha * (t @ wk), names, like=const_value(node.inputs[1]))
             node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
         node.replace_input_with(use.idx, bn.inputs[0])
         into.append(node.name)
@@ -253,7 +253,7 @@ def _to_mul_add(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndarray, rank
     shape = (-1,) + (1,) * (rank - 2)
     x, base = bn.inputs[0], _label(bn)
     # The constants take X's type: since opset 15 scale/bias may be float while X is float16.
-    like = np.zeros(0, dtype=x.dtype.numpy()) if x.dtype is not None else _const(bn.inputs[1])
+    like = np.zeros(0, dtype=x.dtype.numpy()) if x.dtype is not None else const_value(bn.inputs[1])
     mul = ir.Node("", "Mul", [x, _new_init(graph, s.reshape(shape), names, f"{base}_scale", like=like)],
                   name=names.fresh(f"{base}_mul"))
     add = ir.Node("", "Add", [mul.outputs[0], _new_init(graph, t.reshape(shape), names, f"{base}_shift", like=like)],
@@ -267,11 +267,6 @@ def _to_mul_add(graph: ir.Graph, bn: ir.Node, s: np.ndarray, t: np.ndarray, rank
 # ---------------------------------------------------------------- helpers
 
 
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None:
-        return None
-    tensor = ir.convenience.get_const_tensor(value)
-    return None if tensor is None else tensor.numpy()
 
 
 def _label(node: ir.Node) -> str:
@@ -282,16 +277,11 @@ def _rank(value: ir.Value) -> int | None:
     return None if value.shape is None else len(value.shape)
 
 
-def _has_padding(conv: ir.Node) -> bool:
-    auto_pad = conv.attributes.get_string("auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        return True
-    return any(p != 0 for p in conv.attributes.get_ints("pads", []) or [])
 
 
 def _bias_or_zeros(node: ir.Node, index: int, n: int) -> np.ndarray:
     if len(node.inputs) > index and node.inputs[index] is not None:
-        return _const(node.inputs[index]).astype(np.float64)
+        return const_value(node.inputs[index]).astype(np.float64)
     return np.zeros(n)
 
 
@@ -306,7 +296,7 @@ def _new_init(graph: ir.Graph, array: np.ndarray, names: UniqueNames, base: str,
 def _set_input(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, names: UniqueNames, like: np.ndarray | None = None) -> None:
     """Give `node` a new constant at input `index` (a fresh initializer, so shared weights stay intact)."""
     old = node.inputs[index] if len(node.inputs) > index else None
-    ref = like if like is not None else _const(old)
+    ref = like if like is not None else const_value(old)
     base = (old.name if old is not None and old.name else f"{node.name}_in{index}") + "_bnfold"
     value = _new_init(graph, array, names, base, like=ref)
     if len(node.inputs) <= index:

@@ -26,8 +26,6 @@ ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSwish", "HardSigmoid
                "Reciprocal", "Pow", "Softmax", "LogSoftmax", "InstanceNormalization", "LayerNormalization"}
 ELTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Greater", "Less"}
 POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LRN", "ReduceMean", "ReduceMax", "ReduceSum"}
-COPIES = {"Concat", "Split", "Slice", "Transpose", "Pad", "Resize", "Upsample", "Tile", "Expand", "DepthToSpace",
-          "SpaceToDepth", "Gather", "GatherElements", "TopK", "NonMaxSuppression", "Cast"}
 ALIASES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "QuantizeLinear", "DequantizeLinear",
            "Shape", "Constant", "ConstantOfShape", "Size", "Range"}
 

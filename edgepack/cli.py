@@ -38,19 +38,28 @@ def cli() -> None:
     """Export compressed PyTorch models to verified edge artifacts."""
 
 
-def _export_options(f):
-    """One click option per export option field (edgepack.options): the flags and the Python API
-    come from the same definitions. A flag not given passes nothing, so the field's default holds."""
-    from edgepack.options import option_fields
+def _field_options(fields):
+    """A decorator adding one click option per dataclass field carrying an `edgepack.options.opt`
+    (its flag, help, type): a command's flags and the options' Python names come from the same
+    definitions. A flag not given passes its field's default."""
+    fields = list(fields)
 
-    for _, fld, o in reversed(list(option_fields())):
+    def decorate(f):
+        return _add_options(f, fields)
+
+    return decorate
+
+
+def _add_options(f, fields):
+    for fld, o in reversed(fields):
         if not o.cli:
             continue
         kw: dict = {"help": o.help + (f"  [default: {_default_text(fld.default)}]" if not o.is_flag and fld.default not in (None, ()) else "")}
         if o.is_flag:
             kw.update(is_flag=True, flag_value=not fld.default if o.off_flag else True, default=fld.default)
         else:
-            kw.update(default=None, multiple=o.multiple)
+            kw.update(default=fld.default if o.parse is None and fld.default is not None and not o.multiple else None,
+                      multiple=o.multiple)
             if o.choices:
                 kw["type"] = click.Choice(o.choices)
             elif o.kind is Path:
@@ -62,6 +71,12 @@ def _export_options(f):
     return f
 
 
+def _export_fields():
+    from edgepack.options import option_fields
+
+    return [(f, o) for _, f, o in option_fields()]
+
+
 def _default_text(value) -> str:
     return ",".join(value) if isinstance(value, tuple) else str(value)
 
@@ -70,7 +85,7 @@ def _default_text(value) -> str:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
               help="Output directory.")
-@_export_options
+@_field_options(_export_fields())
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
 @_debug_option
 def export(model: Path, output_dir: Path, as_json: bool, **options) -> None:
@@ -143,37 +158,38 @@ def compare_command(model_a: Path, model_b: Path, inputs_path: Path | None, per_
     render(result, Console(highlight=False, width=None if sys.stdout.isatty() else 160))
 
 
+def _dataclass_options(*classes):
+    import dataclasses
+
+    return _field_options((f, f.metadata["opt"]) for cls in classes for f in dataclasses.fields(cls))
+
+
+def _bench_classes():
+    from edgepack.commands.bench import BenchOptions
+    from edgepack.commands.bench_cli import SshOptions
+
+    return BenchOptions, SshOptions
+
+
 @cli.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--threads", type=int, default=None, help="Runtime threads (default: every CPU available; reported).")
-@click.option("--runs", type=int, default=None, help="Exactly N timed runs.")
-@click.option("--min-seconds", type=float, default=None, help="Time runs for at least S seconds (default 1, >= 10 runs).")
-@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs after the first run.")
-@click.option("--input-shape", "input_shapes", multiple=True, help="1x3x224x224 or name:1x3x224x224, for dynamic inputs.")
-@click.option("--no-optimize", is_flag=True, help="ONNX Runtime graph optimizations off; LiteRT without XNNPACK.")
-@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds per measuring process.")
-@click.option("--remote", default=None, help="Run on a board over SSH: user@host[:port] or an ssh host alias.")
-@click.option("--device", default=None, help="Run on a board from the device inventory (devices.toml).")
-@click.option("--inventory", type=click.Path(path_type=Path), default=None,
-              help="devices.toml (default: $EDGEPACK_DEVICES, else ~/.config/edgepack/devices.toml).")
-@click.option("--remote-python", default=None, help="The board's Python with numpy and the runtime (default python3).")
-@click.option("--ssh-config", type=click.Path(path_type=Path), default=None, help="ssh config file (default ~/.ssh/config).")
-@click.option("--accept-new-host-key", is_flag=True, help="Record an unknown host key (a changed key is still refused).")
-@click.option("--send-runner", is_flag=True, help="Send edgepack's runner even if edgepack is installed on the board.")
+@_dataclass_options(*_bench_classes())
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_debug_option
-def bench(artifact: Path, threads: int | None, runs: int | None, min_seconds: float | None, warmup: int,
-          input_shapes: tuple[str, ...], no_optimize: bool, timeout: float, remote: str | None, device: str | None,
-          inventory: Path | None, remote_python: str | None, ssh_config: Path | None, accept_new_host_key: bool,
-          send_runner: bool, as_json: bool) -> None:
+def bench(artifact: Path, as_json: bool, **values) -> None:
     """Latency and memory of ARTIFACT (.onnx, .tflite, ncnn .param) or of every artifact in an export
     folder (results go into its report.json and report.html), here or on a board."""
+    import dataclasses
+
     from edgepack.commands.bench_cli import run_bench
 
-    sys.exit(run_bench(artifact, threads=threads, runs=runs, min_seconds=min_seconds, warmup=warmup,
-                       input_shapes=input_shapes, optimize=not no_optimize, timeout=timeout, remote=remote, device=device,
-                       inventory=inventory, remote_python=remote_python, ssh_config=ssh_config,
-                       accept_new_host_key=accept_new_host_key, send_runner=send_runner, as_json=as_json))
+    bench_options, ssh_options = _bench_classes()
+
+    def make(cls):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+
+    sys.exit(run_bench(artifact, make(bench_options), make(ssh_options), as_json))
 
 
 @cli.command()
@@ -272,17 +288,11 @@ def estimate(artifact: Path, target: str | None, runtime: str | None, threads: i
     """Estimate ARTIFACT's latency and peak memory on a target from its device profile (no board needed)."""
     from rich.console import Console
 
-    from edgepack.devices import load_profile
-    from edgepack.devices.estimate import estimate_artifact, export_target, render_estimate
+    from edgepack.commands.estimate import render_estimate, run_estimate
     from edgepack.report import to_json_text
 
-    from edgepack.options import InputSpec
-
-    shapes = None
-    if input_shape:
-        spec = InputSpec.parse(input_shape)
-        shapes = {spec.name or "in0": spec.shape}
-    result = estimate_artifact(artifact, load_profile(target or export_target(artifact)), runtime, threads, precision, shapes)
+    result = run_estimate(artifact, target=target, runtime=runtime, threads=threads, precision=precision,
+                          input_shape=input_shape)
     if as_json:
         click.echo(to_json_text(result.to_json()), nl=False)
         return

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from edgepack.errors import UnsupportedError, UsageError
+from edgepack.errors import UnsupportedError, UsageError, first_line
 
 # ONNX Runtime's QDQ quantizer names the tensors it adds after the tensor they quantize.
 QDQ_HELPER_SUFFIXES = ("_QuantizeLinear_Output", "_DequantizeLinear_Output", "_QuantizeLinear_Input")
@@ -75,7 +75,7 @@ def load_model(model: Any, role: str = "model") -> Any:
     try:
         proto = onnx.load_model(str(path))
     except Exception as exc:  # protobuf raises DecodeError and friends
-        raise UsageError(f"{role}: {path} is not an ONNX file ({_first_line(exc)}); pass an .onnx file") from None
+        raise UsageError(f"{role}: {path} is not an ONNX file ({first_line(exc)}); pass an .onnx file") from None
     if len(proto.graph.node) == 0:
         raise UsageError(f"{role}: {path} is not an ONNX model (no graph nodes); pass an .onnx file")
     return proto
@@ -92,7 +92,7 @@ def load_inputs(path: Path, model: Any) -> list[dict[str, np.ndarray]]:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except Exception as exc:
-        raise UsageError(f"--inputs {path} is not a readable .npz ({_first_line(exc)}); pass an .npz with one array per "
+        raise UsageError(f"--inputs {path} is not a readable .npz ({first_line(exc)}); pass an .npz with one array per "
                          "input name") from None
     if any(k.startswith("input/") for k in arrays):
         arrays = {k[len("input/"):]: v for k, v in arrays.items() if k.startswith("input/")}
@@ -375,7 +375,7 @@ class _Runner:
         try:
             self.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            text = _first_line(exc)
+            text = first_line(exc)
             cls = UnsupportedError if "NOT_IMPLEMENTED" in text or "not a registered function/op" in text else UsageError
             raise cls(f"{role}: ONNX Runtime cannot load the model: {text}") from None
         float_out = {o.name for o in self.session.get_outputs()
@@ -388,7 +388,7 @@ class _Runner:
         try:
             values = self.session.run(self.fetched, feed)
         except Exception as exc:
-            raise UsageError(f"{self.role}: ONNX Runtime failed on the inputs: {_first_line(exc)}; check --inputs "
+            raise UsageError(f"{self.role}: ONNX Runtime failed on the inputs: {first_line(exc)}; check --inputs "
                              "against the model's input shapes") from None
         return dict(zip(self.fetched, values, strict=True))
 
@@ -592,8 +592,3 @@ def _dims(shape: Sequence[int | None] | None) -> str:
 
 def _as_float(value: np.ndarray) -> np.ndarray:
     return value.astype(np.float32) if value.dtype == np.float16 else value
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

@@ -56,7 +56,11 @@ class OutputError(UsageError):
     """The output location cannot be written."""
 
 
-EXIT_OK = 0
-EXIT_USAGE = UsageError.exit_code
-EXIT_VERIFY = VerificationFailed.exit_code
-EXIT_UNSUPPORTED = UnsupportedError.exit_code
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's first non-empty line (or its type name), cut to `limit` characters: the part of
+    a library's message that fits in edgepack's one-line errors."""
+    text = str(exc).strip() or type(exc).__name__
+    line = text.splitlines()[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgepack.errors import LoadError, PickleNotAllowed, UsageError
+from edgepack.errors import LoadError, PickleNotAllowed, UsageError, first_line
 
-KINDS = ("pickled-module", "torchscript", "exported-program", "state-dict", "onnx", "module")
 
 
 @dataclass
@@ -139,13 +138,13 @@ def _load_path(path: Path, *, allow_pickle: bool, arch: str | None) -> SourceMod
             with open(path, "rb") as f:  # a file object: torch.export.load warns about names not ending in .pt2
                 ep = torch.export.load(f)
         except Exception as exc:
-            raise LoadError(f"cannot load ExportedProgram {path}: {_first_line(exc)}") from None
+            raise LoadError(f"cannot load ExportedProgram {path}: {first_line(exc)}") from None
         return _from_object(ep, path)
     if kind == "torchscript":
         try:
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
-            raise LoadError(f"cannot load TorchScript {path}: {_first_line(exc)}") from None
+            raise LoadError(f"cannot load TorchScript {path}: {first_line(exc)}") from None
         return _from_object(module, path, kind="torchscript")
     return _load_torch_pickle(path, torch, allow_pickle=allow_pickle, arch=arch)
 
@@ -156,7 +155,7 @@ def _load_torch_pickle(path: Path, torch: Any, *, allow_pickle: bool, arch: str 
     except Exception as exc:
         text = str(exc)
         if "Unsupported global" not in text and "weights_only" not in text.lower():
-            raise LoadError(f"cannot read {path}: {_first_line(exc)}; the file may be truncated") from None
+            raise LoadError(f"cannot read {path}: {first_line(exc)}; the file may be truncated") from None
         if not allow_pickle:
             found = _GLOBAL_RE.search(text)
             needs = f" (it needs the Python class {found.group(1)})" if found else ""
@@ -200,7 +199,7 @@ def _unpickle(path: Path, torch: Any) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False)
     except ImportError as exc:  # ModuleNotFoundError too: the defining module is not on sys.path
-        missing = getattr(exc, "name", None) or _first_line(exc)
+        missing = getattr(exc, "name", None) or first_line(exc)
         raise LoadError(
             f"{path} is a pickled model whose class cannot be imported (no module named {missing!r}); "
             f"make the module that defines it importable (set PYTHONPATH to the folder that holds {missing}) "
@@ -208,11 +207,11 @@ def _unpickle(path: Path, torch: Any) -> Any:
         ) from None
     except AttributeError as exc:  # the module imports but the class was renamed or moved
         raise LoadError(
-            f"{path} is a pickled model whose class cannot be found ({_first_line(exc)}); the class was renamed or "
+            f"{path} is a pickled model whose class cannot be found ({first_line(exc)}); the class was renamed or "
             "moved since the file was saved: restore it, or save a state dict and pass --arch module:factory"
         ) from None
     except Exception as exc:
-        raise LoadError(f"cannot unpickle {path}: {_first_line(exc)}") from None
+        raise LoadError(f"cannot unpickle {path}: {first_line(exc)}") from None
 
 
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "ema")
@@ -247,9 +246,9 @@ def _build_from_arch(arch: str, state: dict[str, Any], path: Path, torch: Any) -
     try:
         mod = importlib.import_module(module_name)
     except ImportError as exc:
-        raise LoadError(f"--arch {arch}: cannot import {module_name!r} ({_first_line(exc)}); set PYTHONPATH to its folder") from None
+        raise LoadError(f"--arch {arch}: cannot import {module_name!r} ({first_line(exc)}); set PYTHONPATH to its folder") from None
     except Exception as exc:  # the module itself raised while importing
-        raise LoadError(f"--arch {arch}: importing {module_name!r} failed ({type(exc).__name__}: {_first_line(exc)}); fix that module") from None
+        raise LoadError(f"--arch {arch}: importing {module_name!r} failed ({type(exc).__name__}: {first_line(exc)}); fix that module") from None
     finally:
         if cwd in sys.path:
             sys.path.remove(cwd)
@@ -259,7 +258,7 @@ def _build_from_arch(arch: str, state: dict[str, Any], path: Path, torch: Any) -
     try:
         model = factory()
     except Exception as exc:
-        raise LoadError(f"--arch {arch}: calling {attr}() failed: {_first_line(exc)}") from None
+        raise LoadError(f"--arch {arch}: calling {attr}() failed: {first_line(exc)}") from None
     if not isinstance(model, torch.nn.Module):
         raise LoadError(f"--arch {arch}: {attr}() returned {type(model).__name__}, not an nn.Module")
     state, merged = merge_pruning_masks(state)
@@ -284,7 +283,7 @@ def _build_from_arch(arch: str, state: dict[str, Any], path: Path, torch: Any) -
     try:
         model.load_state_dict(state, strict=True)
     except Exception as exc:
-        raise LoadError(f"state dict {path.name} does not fit --arch {arch}: {_first_line(exc)}") from None
+        raise LoadError(f"state dict {path.name} does not fit --arch {arch}: {first_line(exc)}") from None
     return model, merged, stripped
 
 
@@ -384,7 +383,7 @@ def _from_onnx(path: Path) -> SourceModel:
     try:
         proto = onnx.load_model(str(path))
     except Exception as exc:
-        raise LoadError(f"cannot load ONNX {path}: {_first_line(exc)}") from None
+        raise LoadError(f"cannot load ONNX {path}: {first_line(exc)}") from None
     return _from_onnx_proto(proto, path)
 
 
@@ -435,11 +434,3 @@ def _import_torch(path: Path | None) -> Any:
         what = f"{path} is a PyTorch file" if path else "a PyTorch model was given"
         raise UsageError(f"{what} and torch is not installed; pip install 'edgepack[torch]' (or export to ONNX first)") from None
     return torch
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    line = text.splitlines()[0]
-    return line if len(line) < 300 else line[:297] + "..."
-
-

@@ -36,6 +36,7 @@ from edgepack.devices import DeviceProfile, load_profile
 from edgepack.devices.estimate import describe_precision_gain, report_estimate
 from edgepack.formats import artifact_precisions
 from edgepack.errors import (
+    first_line,
     EdgepackError, InputShapeError, LoadError, UnsupportedError, UsageError, VerificationFailed,
 )
 from edgepack.fsutil import prepare_output_dir
@@ -332,12 +333,12 @@ def _reference_outputs(source: SourceModel, specs: list[InputSpec], vset: Verifi
         raise
     except Exception as exc:
         if isinstance(exc, TypeError) and "model output of type" in str(exc):  # not a shape problem
-            raise UnsupportedError(f"{_first_line(exc)}; return a tensor or a tuple/list/dict of tensors from forward()") from None
+            raise UnsupportedError(f"{first_line(exc)}; return a tensor or a tuple/list/dict of tensors from forward()") from None
         shapes = ", ".join(f"{s.name} {list(s.shape)}" for s in specs)
         stored = ", ".join(f"{k} {list(v)}" for k, v in source.stored_shapes.items())
         hint = f" (the model records {stored})" if stored else ""
         raise InputShapeError(
-            f"the model failed on input shape(s) {shapes}{hint}: {_first_line(exc)}; pass --input-shape with the shape the model expects"
+            f"the model failed on input shape(s) {shapes}{hint}: {first_line(exc)}; pass --input-shape with the shape the model expects"
         ) from None
 
 
@@ -457,8 +458,3 @@ def _default_name(source: SourceModel) -> str:
     if source.path is not None:
         return source.path.name.split(".")[0] or "model"
     return type(source.model).__name__.lower() if source.model is not None else "model"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

@@ -107,9 +107,9 @@ def reshape_to(ctx: Ctx, node: ir.Node, x: TVal, in_dims: tuple[int, ...], out_v
 
 @lowering("Reshape")
 def reshape(ctx: Ctx, node: ir.Node) -> None:
-    from edgepack.converters.remove_pruned_channels import _match_shuffle
+    from edgepack.converters.channel_rules import match_shuffle
 
-    shuffle = _match_shuffle(node)
+    shuffle = match_shuffle(node)
     if shuffle is not None:
         return _channel_shuffle(ctx, *shuffle)
     reshape_to(ctx, node, ctx.val(node.inputs[0], node), ctx.shape(node.inputs[0]), node.outputs[0])

@@ -4,11 +4,12 @@ or on a board over SSH with the same runner (`edgepack.runtimes.bench_runner`).
 Never imports torch: a board needs numpy and a runtime only."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgepack import errors
+from edgepack.options import opt
 from edgepack.errors import UsageError
 
 # The --json keys (also `artifacts[i].bench` in report.json); the runner adds a few more.
@@ -19,13 +20,19 @@ LATENCY_KEYS = ("p50", "p90", "p99", "mean", "std", "min", "max")
 
 @dataclass(frozen=True)
 class BenchOptions:
-    threads: int | None = None  # None: every CPU the process may use (reported as a number)
-    runs: int | None = None  # exactly N timed runs ...
-    min_seconds: float | None = None  # ... or as many as fit in S seconds (default 1 s, at least 10)
-    warmup: int = 3
-    input_shapes: tuple[str, ...] = ()  # "1x3x224x224" or "name:1x3x224x224"
-    optimize: bool = True  # False: ONNX Runtime optimizations off / LiteRT without XNNPACK
-    timeout_s: float = 600.0
+    """How to measure; the `edgepack bench` flags are derived from these fields (edgepack.options.opt)."""
+
+    threads: int | None = field(default=None, metadata=opt(
+        "Runtime threads (default: every CPU available; reported).", kind=int))
+    runs: int | None = field(default=None, metadata=opt("Exactly N timed runs.", kind=int))
+    min_seconds: float | None = field(default=None, metadata=opt(
+        "Time runs for at least S seconds (default 1, >= 10 runs).", kind=float))
+    warmup: int = field(default=3, metadata=opt("Untimed runs after the first run.", kind=int))
+    input_shapes: tuple[str, ...] = field(default=(), metadata=opt(
+        "1x3x224x224 or name:1x3x224x224, for dynamic inputs.", flag="--input-shape", multiple=True, parse=tuple))
+    optimize: bool = field(default=True, metadata=opt(
+        "ONNX Runtime graph optimizations off; LiteRT without XNNPACK.", off_flag="--no-optimize", is_flag=True))
+    timeout_s: float = field(default=600.0, metadata=opt("Seconds per measuring process.", flag="--timeout", kind=float))
 
     def __post_init__(self) -> None:
         if self.runs is not None and self.min_seconds is not None:

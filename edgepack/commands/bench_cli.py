@@ -5,12 +5,37 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from edgepack.commands.bench import BenchOptions, bench_artifact, bench_export_dir
 from edgepack.errors import UsageError
+from edgepack.options import opt
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    """Where to measure: here (no --remote/--device) or on a board over SSH."""
+
+    remote: str | None = field(default=None, metadata=opt("Run on a board over SSH: user@host[:port] or an ssh host alias."))
+    device: str | None = field(default=None, metadata=opt("Run on a board from the device inventory (devices.toml)."))
+    inventory: Path | None = field(default=None, metadata=opt(
+        "devices.toml (default: $EDGEPACK_DEVICES, else ~/.config/edgepack/devices.toml).", kind=Path, parse=Path))
+    remote_python: str | None = field(default=None, metadata=opt(
+        "The board's Python with numpy and the runtime (default python3)."))
+    ssh_config: Path | None = field(default=None, metadata=opt(
+        "ssh config file (default ~/.ssh/config).", kind=Path, parse=Path))
+    accept_new_host_key: bool = field(default=False, metadata=opt(
+        "Record an unknown host key (a changed key is still refused).", is_flag=True))
+    send_runner: bool = field(default=False, metadata=opt(
+        "Send edgepack's runner even if edgepack is installed on the board.", is_flag=True))
+
+    def target(self):
+        """The SshTarget these flags ask for, or None to run here; remote-only flags without a board are an error."""
+        return ssh_target(**dataclasses.asdict(self))
 
 
 def ssh_target(*, remote: str | None, device: str | None, inventory: Path | None, remote_python: str | None,
@@ -37,16 +62,12 @@ def ssh_target(*, remote: str | None, device: str | None, inventory: Path | None
     return SshTarget.parse(remote, python=remote_python or "python3", **common)
 
 
-def run_bench(artifact: Path, *, threads, runs, min_seconds, warmup, input_shapes, optimize, timeout, remote, device,
-              inventory, remote_python, ssh_config, accept_new_host_key, send_runner, as_json) -> int:
+def run_bench(artifact: Path, options: BenchOptions, ssh: SshOptions, as_json: bool) -> int:
     from rich.console import Console
 
     from edgepack.report import to_json_text
 
-    options = BenchOptions(threads=threads, runs=runs, min_seconds=min_seconds, warmup=warmup,
-                           input_shapes=tuple(input_shapes), optimize=optimize, timeout_s=timeout)
-    target = ssh_target(remote=remote, device=device, inventory=inventory, remote_python=remote_python,
-                        ssh_config=ssh_config, accept_new_host_key=accept_new_host_key, send_runner=send_runner)
+    target = ssh.target()
     if not artifact.exists():
         raise UsageError(f"{artifact} not found; pass an artifact (.onnx, .tflite, ncnn .param) or an export folder")
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160, stderr=as_json)

@@ -157,26 +157,17 @@ def _inspect_tflite(path: Path) -> dict:
     def shape(i: int) -> list[int]:
         return [int(x) for x in (tensors[i].shape if tensors[i].shape is not None else [])]
 
+    from edgepack.devices.layers import layers_from_tflite
+
     ops: Counter = Counter()
-    macs = 0
     bias_like: set[int] = set()
     for op in sub.operators:
         name = codes[op.opcodeIndex]
         ops[name] += 1
         ins = list(op.inputs) if op.inputs is not None else []
-        out = math.prod(shape(op.outputs[0])) if op.outputs is not None and len(op.outputs) else 0
         if name in ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV") and len(ins) > 2 and ins[2] >= 0:
             bias_like.add(ins[2])
-        if name == "CONV_2D":
-            macs += out * math.prod(shape(ins[1])[1:])
-        elif name == "DEPTHWISE_CONV_2D":
-            macs += out * math.prod(shape(ins[1])[1:3])
-        elif name == "FULLY_CONNECTED":
-            macs += out * shape(ins[1])[-1]
-        elif name == "TRANSPOSE_CONV":
-            macs += math.prod(shape(ins[2])) * math.prod(shape(ins[1])[:3])
-        elif name == "BATCH_MATMUL":
-            macs += out * shape(ins[0])[-1]
+    macs = layers_from_tflite(data, source=path.name).macs  # the estimator's count: one place
     params = 0
     const_dtypes: Counter = Counter()
     for i, t in enumerate(tensors):
