@@ -409,8 +409,7 @@ def _from_onnx_proto(proto: Any, path: Path | None) -> SourceModel:
         arr = numpy_helper.to_array(init)
         if arr.dtype.kind == "f" and not _all_finite(arr):
             bad.append(init.name)
-    if bad:
-        src.warnings.append(f"NaN or Inf in weights: {bad[:5]}; the exported model will produce NaN/Inf")
+    _refuse_bad_weights(bad, [])
     return src
 
 
@@ -421,10 +420,22 @@ def _all_finite(arr: Any) -> bool:
 
 
 def _nonfinite_warnings(items: Any, torch: Any) -> list[str]:
+    """Non-finite weights or a negative BatchNorm variance are an error naming the parameters: every
+    output of such a model is NaN/Inf, and no artifact of it can be right."""
+    items = list(items)
     bad = [k for k, v in items if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        return [f"NaN or Inf in weights: {bad[:5]}; the exported model will produce NaN/Inf"]
+    negative = [k for k, v in items if k.endswith("running_var") and isinstance(v, torch.Tensor) and bool((v < 0).any())]
+    _refuse_bad_weights(bad, negative)
     return []
+
+
+def _refuse_bad_weights(nonfinite: list[str], negative_var: list[str]) -> None:
+    if nonfinite:
+        raise UsageError(f"NaN or Inf in weights {nonfinite[:5]}{' ...' if len(nonfinite) > 5 else ''}: every output "
+                         "would be NaN/Inf; fix or retrain those parameters before exporting")
+    if negative_var:
+        raise UsageError(f"negative BatchNorm variance in {negative_var[:5]}: sqrt of a negative gives NaN; fix those "
+                         "running_var buffers (a variance is >= 0) before exporting")
 
 
 def _import_torch(path: Path | None) -> Any:

@@ -137,7 +137,7 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
         v = options.verify
         vset = make_verification_set(shapes, seed=v.seed, n_random=v.verify_samples, calib=calib,
                                      holdout_fraction=v.holdout_fraction)
-        reference = _reference_outputs(source, specs, vset)
+        vset, reference = _finite_reference(source, specs, vset, warnings)
 
     with steps("to_onnx", "convert to ONNX"):
         model, exporter, fallback = _to_onnx(source, specs, vset, len(reference), options.target.opset)
@@ -340,6 +340,42 @@ def _reference_outputs(source: SourceModel, specs: list[InputSpec], vset: Verifi
         raise InputShapeError(
             f"the model failed on input shape(s) {shapes}{hint}: {first_line(exc)}; pass --input-shape with the shape the model expects"
         ) from None
+
+
+def _finite_reference(source: SourceModel, specs: list[InputSpec], vset: VerificationSet,
+                      warnings: list[str]) -> tuple[VerificationSet, list[np.ndarray]]:
+    """The reference outputs, finite. Non-finite outputs on random inputs can be correct (log, sqrt
+    or pow of negatives): drop edge inputs that give them, retry once with inputs in those ops'
+    domain (|N(0,1)| + 0.1); non-finite outputs on the user's own data are an error."""
+    reference = _reference_outputs(source, specs, vset)
+
+    def finite_rows(outs: list[np.ndarray]) -> np.ndarray:
+        return np.all([np.isfinite(o.reshape(o.shape[0], -1)).all(axis=1) for o in outs], axis=0)
+
+    ok = finite_rows(reference)
+    if ok.all():
+        return vset, reference
+    if vset.calibration_indices is not None:
+        raise UnsupportedError(f"the reference model gives NaN/Inf on {int((~ok).sum())} of the {vset.count} held-out "
+                               "--calib samples; fix the model (or its data) so it computes finite outputs")
+    n = vset.count - vset.edge
+    if ok[:n].all():  # only edge inputs: judge without them
+        keep = ok.copy()
+        warnings.append(f"the reference is NaN/Inf on {int((~ok[n:]).sum())} edge input(s) (zeros / large magnitudes); "
+                        "verified without them")
+        vset = VerificationSet({k: v[keep] for k, v in vset.inputs.items()}, vset.source, vset.seed,
+                               edge=int(keep[n:].sum()))
+        return vset, [r[keep] for r in reference]
+    rng = np.random.default_rng(vset.seed)
+    positive = {k: (np.abs(rng.standard_normal(v[:n].shape)) + 0.1).astype(np.float32) for k, v in vset.inputs.items()}
+    retry = VerificationSet(positive, "random-positive (|N(0,1)| + 0.1)", vset.seed)
+    reference = _reference_outputs(source, specs, retry)
+    if not finite_rows(reference).all():
+        raise UsageError("the reference model gives NaN/Inf on random inputs, even positive ones; pass --calib with "
+                         "real samples so verification runs on data the model is defined for")
+    warnings.append("the reference is NaN/Inf on N(0,1) inputs (log, sqrt or pow of negatives?); verified on "
+                    "positive random inputs |N(0,1)| + 0.1 instead; pass --calib for real data")
+    return retry, reference
 
 
 def _ort_load_error(what: Any, exc: BaseException) -> EdgepackError:

@@ -116,7 +116,7 @@ def _tolerance_text(tol: dict) -> str:
     if tol.get("min_top1") is not None:
         parts.append(f"top1>={tol['min_top1']}")
     text = " ".join(parts) or "-"
-    return text if tol.get("enforced") or text == "-" else f"{text} (info)"
+    return text if tol.get("rel_error_enforced", tol.get("enforced")) or text == "-" else f"{text} (rel info)"
 
 
 def render_table(report: dict, console: Any) -> None:
@@ -148,6 +148,12 @@ def render_table(report: dict, console: Any) -> None:
         )
     console.print(table)
     for art in report["artifacts"]:
+        ws = (art.get("fidelity") or {}).get("worst_slice")
+        if ws is not None:
+            console.print(f"{escape(art.get('path') or '')}: worst slice cosine {ws['cosine']:.6f} (output "
+                          f"{escape(ws['output'])}, axis {ws['axis']}, index {ws['index']} of {ws['slices']} judged)")
+        if art.get("int8_mac_share") is not None and art["int8_mac_share"] < 1.0:
+            console.print(f"{escape(art.get('path') or '')}: {art['int8_mac_share']:.1%} of MACs in int8")
         if art.get("float_nodes"):
             console.print(f"{escape(art['path'] or '')}: {len(art['float_nodes'])} node(s) kept in float by the accuracy guard: "
                           f"{escape(', '.join(art['float_nodes']))}")

@@ -1,6 +1,15 @@
 """Verification: run the reference and each artifact on the same inputs and measure how far apart
 they are. The reference is the PyTorch model (for an ONNX input: that ONNX in ONNX Runtime with
-optimizations off). Tolerances live in one table keyed by (precision, mode)."""
+optimizations off).
+
+Every artifact is held to a floor for its precision (`FLOORS`; the user's --tolerance and
+--min-cosine override them), and judged by the worst part of each output, not only the whole
+tensor: an output of rank >= 3 is also cut into slices along its feature axes (axis 1, as in NCHW
+maps and YOLO's [1, 4 + classes, anchors] head, and for rank 3 the last axis too, as in [1, T, C]
+sequences), pooled over the verification samples, and every slice whose reference is not negligible
+(max |ref| >= SLICE_FLOOR x the output's max |ref|) must meet the cosine floor; the worst slice and
+its index are reported. A 2-D [1, C] output is judged whole. An artifact whose output is NaN/Inf
+where the reference is finite fails."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -13,27 +22,51 @@ from edgepack.errors import VerificationFailed
 from edgepack.fsutil import atomic_path
 
 VERIFY_NAME = "verify.npz"
-# Without a user target, quantized artifacts are only warned about below these.
-POOR_COSINE = 0.99
-POOR_TOP1 = 0.95
 
-# (precision, mode) -> (relative-error tolerance, enforced by default). Entries that are not
-# enforced are reported; they fail an artifact only when the user sets a target.
-TOLERANCES: dict[tuple[str, str], tuple[float, bool]] = {
-    ("fp32", "exact"): (1e-4, True),
-    # --prune-approx removes constant channels that enter zero-padded convs: error at the borders.
-    ("fp32", "approx"): (1e-2, False),
-    ("fp16", "exact"): (1e-2, False),
-    ("fp16", "approx"): (1e-2, False),
+
+@dataclass(frozen=True)
+class Floor:
+    """What an artifact of one precision must meet: max relative error (max abs error / max abs
+    reference; None: not judged), min cosine of every output and every judged slice, whether the
+    relative error is enforced (False: reported only)."""
+
+    rel_error: float | None
+    cosine: float
+    rel_error_enforced: bool = True
+
+
+# Default floors. fp32 is exact up to float rounding. fp16 is held to a cosine and a relative error
+# that an fp16 overflow breaks (overflow gives rel err ~1 with a cosine that can stay ~0.9997).
+# int8 (and int8 weights) must keep cosine 0.99 in every output and every slice: below that,
+# classes flip and boxes drift in practice (the accuracy guard repairs before giving up).
+FLOORS: dict[tuple[str, str], Floor] = {
+    ("fp32", "exact"): Floor(1e-4, 0.9999),
+    # --prune-approx removes constant channels that enter zero-padded convs: error at the borders (reported).
+    ("fp32", "approx"): Floor(1e-2, 0.99, rel_error_enforced=False),
+    ("fp16", "exact"): Floor(0.05, 0.999),
+    ("fp16", "approx"): Floor(0.05, 0.99),
+    ("int8", "exact"): Floor(None, 0.99),
+    ("int8", "approx"): Floor(None, 0.99),
+    ("int8-weights", "exact"): Floor(None, 0.99),
+    ("int8-weights", "approx"): Floor(None, 0.99),
 }
-# int8 and int8-weights have no relative-error tolerance: they are judged by cosine and top-1
-# agreement against user targets (--min-cosine / --min-top1), and warned about below defaults.
+SLICE_FLOOR = 1e-4  # slices whose max |ref| is below this share of the output's max |ref| are not judged
+MAX_SLICES = 4096  # beyond this many slices on an axis (e.g. a 6625-class axis), only the whole output is judged
+
+
+def floor_for(precision: str, mode: str, *, tolerance: float | None = None, min_cosine: float | None = None) -> Floor:
+    base = FLOORS.get((precision, mode), Floor(None, 0.99))
+    rel, enforced = base.rel_error, base.rel_error_enforced
+    if precision == "fp32" and tolerance is not None:
+        rel, enforced = tolerance, True
+    cosine = base.cosine if (precision == "fp32" or min_cosine is None) else min_cosine
+    return Floor(rel, cosine, enforced)
 
 
 def tolerance_for(precision: str, mode: str = "exact", user_target: float | None = None) -> tuple[float | None, bool]:
-    if user_target is not None:
-        return user_target, True
-    return TOLERANCES.get((precision, mode), (None, False))
+    """(relative-error tolerance, enforced) of `precision` (kept for the report's tolerance column)."""
+    f = floor_for(precision, mode, tolerance=user_target)
+    return f.rel_error, f.rel_error_enforced
 
 
 @dataclass
@@ -44,10 +77,26 @@ class VerificationSet:
     source: str
     seed: int
     calibration_indices: np.ndarray | None = None
+    edge: int = 0  # the last `edge` samples exercise edges (zeros, large magnitudes): fp32 is judged on them too
 
     @property
     def count(self) -> int:
         return next(iter(self.inputs.values())).shape[0]
+
+    def in_range(self) -> "VerificationSet":
+        """The samples without the edge inputs (what fp16 and int8 artifacts are judged on)."""
+        if not self.edge:
+            return self
+        n = self.count - self.edge
+        return VerificationSet({k: v[:n] for k, v in self.inputs.items()}, self.source, self.seed, self.calibration_indices)
+
+    def without_edges(self) -> "VerificationSet":
+        return self.in_range()
+
+    def describe(self) -> str:
+        if self.edge:
+            return f"{self.source}: {self.count - self.edge} sample(s) + {self.edge} edge input(s) (zeros, 10x magnitude)"
+        return f"{self.source}: {self.count} sample(s)"
 
     def feeds(self) -> list[dict[str, np.ndarray]]:
         return [{name: arr[i] for name, arr in self.inputs.items()} for i in range(self.count)]
@@ -62,11 +111,16 @@ def make_verification_set(
     holdout_fraction: float = 0.2,
     max_batches: int = 256,
 ) -> VerificationSet:
-    """8 seeded N(0,1) samples, or a seeded held-out split of the calibration data."""
+    """8 seeded N(0,1) samples plus two edge inputs (all zeros, 10x N(0,1)), or a seeded held-out
+    split of the calibration data."""
     rng = np.random.default_rng(seed)
     if calib is None:
-        inputs = {n: rng.standard_normal((n_random,) + tuple(s), dtype=np.float32) for n, s in shapes.items()}
-        return VerificationSet(inputs, "random-normal", seed)
+        inputs = {}
+        for n, s in shapes.items():
+            normal = rng.standard_normal((n_random,) + tuple(s), dtype=np.float32)
+            edges = np.stack([np.zeros(tuple(s), np.float32), 10 * rng.standard_normal(tuple(s), dtype=np.float32)])
+            inputs[n] = np.concatenate([normal, edges])
+        return VerificationSet(inputs, "random-normal", seed, edge=2)
     total = next(iter(calib.values())).shape[0]
     order = rng.permutation(total)
     batch = next(iter(shapes.values()))[0]
@@ -86,8 +140,10 @@ def run_all(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]], vset: Veri
 
 
 def compare(reference: list[np.ndarray], actual: list[np.ndarray], names: list[str]) -> dict:
-    """Max abs error, relative error (max abs error / max abs reference), cosine similarity and, for
-    classifier-like outputs (N x C, C >= 2), top-1 agreement; worst over outputs, plus per output."""
+    """Max abs error, relative error (max abs error / max abs reference), cosine similarity, the
+    worst slice along the feature axes (see the module doc) and, for classifier-like outputs
+    (N x C, C >= 2), top-1 agreement; worst over outputs, plus per output. Arrays are (S, *shape):
+    S verification samples of one output each."""
     if len(reference) != len(actual):
         return {"error": f"artifact has {len(actual)} outputs, reference {len(reference)}"}
     per_output = {}
@@ -96,20 +152,24 @@ def compare(reference: list[np.ndarray], actual: list[np.ndarray], names: list[s
             return {"error": f"output {name!r} has shape {list(act.shape[1:])}, reference {list(ref.shape[1:])}"}
         r = ref.astype(np.float64)
         a = act.astype(np.float64)
-        # NaN/Inf where the reference has the very same value is agreement (e.g. NaN weights);
-        # anywhere else it is an infinite error.
+        # NaN/Inf where the reference has the very same value is agreement; NaN/Inf where the
+        # reference is finite is an infinite error.
         same_nonfinite = ~np.isfinite(r) & ((a == r) | (np.isnan(a) & np.isnan(r)))
-        finite = bool((np.isfinite(a) | same_nonfinite).all())
+        bad = int((~np.isfinite(a) & ~same_nonfinite).sum())
         both = np.isfinite(r) & np.isfinite(a)
         diff = np.abs(a - r)[both]
         max_abs = float(diff.max()) if diff.size else 0.0
         scale = float(np.abs(r[np.isfinite(r)]).max()) if np.isfinite(r).any() else 0.0
-        r, a = np.nan_to_num(r, posinf=0.0, neginf=0.0), np.nan_to_num(a, posinf=0.0, neginf=0.0)
+        r, a = np.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0), np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
         entry = {
-            "max_abs_error": max_abs if finite else float("inf"),
-            "rel_error": (max_abs / scale if scale > 0 else max_abs) if finite else float("inf"),
-            "cosine": _cosine(r, a),
+            "max_abs_error": max_abs if not bad else float("inf"),
+            "rel_error": (max_abs / scale if scale > 0 else max_abs) if not bad else float("inf"),
+            "cosine": _cosine(r, a) if not bad else 0.0,
+            "nonfinite": bad,
         }
+        worst_slice = _worst_slice(r, a)
+        if worst_slice is not None:
+            entry["worst_slice"] = worst_slice
         if r.ndim == 3 and r.shape[2] >= 2:  # (S, N, C) classifier-like
             entry["top1_agreement"] = float(np.mean(r.argmax(-1) == a.argmax(-1)))
         per_output[name] = entry
@@ -117,15 +177,56 @@ def compare(reference: list[np.ndarray], actual: list[np.ndarray], names: list[s
         "max_abs_error": max(e["max_abs_error"] for e in per_output.values()),
         "rel_error": max(e["rel_error"] for e in per_output.values()),
         "cosine": min(e["cosine"] for e in per_output.values()),
+        "nonfinite": sum(e["nonfinite"] for e in per_output.values()),
     }
+    slices = [(n, e["worst_slice"]) for n, e in per_output.items() if "worst_slice" in e]
+    if slices:
+        n, ws = min(slices, key=lambda t: t[1]["cosine"])
+        worst["worst_slice"] = {"output": n, **ws}
     top1 = [e["top1_agreement"] for e in per_output.values() if "top1_agreement" in e]
     worst["top1_agreement"] = min(top1) if top1 else None
     worst["per_output"] = per_output
     return worst
 
 
+def slice_axes(rank: int) -> tuple[int, ...]:
+    """The feature axes (of the output itself, without the sample axis) whose slices are judged:
+    axis 1 for rank >= 3 (NCHW maps, YOLO's [1, 4 + classes, anchors]); for rank 3 also the last axis
+    ([1, T, C] sequences). A rank-2 [1, C] output is judged whole."""
+    if rank >= 4:
+        return (1,)
+    if rank == 3:
+        return (1, 2)
+    return ()
+
+
+def _worst_slice(r: np.ndarray, a: np.ndarray) -> dict | None:
+    """{axis, index, cosine} of the slice with the lowest cosine, pooled over samples; None when the
+    output has no judged slices."""
+    peak = float(np.abs(r).max()) if r.size else 0.0
+    if peak == 0.0:
+        return None
+    worst = None
+    for axis in slice_axes(r.ndim - 1):
+        k = axis + 1  # the sample axis comes first
+        n = r.shape[k]
+        if n < 2 or n > MAX_SLICES:
+            continue
+        rs = np.moveaxis(r, k, 0).reshape(n, -1)
+        as_ = np.moveaxis(a, k, 0).reshape(n, -1)
+        judged = np.abs(rs).max(axis=1) >= SLICE_FLOOR * peak
+        num = (rs * as_).sum(axis=1)
+        den = np.linalg.norm(rs, axis=1) * np.linalg.norm(as_, axis=1)
+        cos = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+        cos = np.where(judged, cos, np.inf)
+        i = int(np.argmin(cos))
+        if np.isfinite(cos[i]) and (worst is None or cos[i] < worst["cosine"]):
+            worst = {"axis": axis, "index": i, "cosine": float(cos[i]), "slices": int(judged.sum())}
+    return worst
+
+
 def _cosine(r: np.ndarray, a: np.ndarray) -> float:
-    """Mean over batches of the cosine similarity of the flattened outputs."""
+    """Mean over samples of the cosine similarity of the flattened outputs."""
     r2 = r.reshape(r.shape[0], -1)
     a2 = a.reshape(a.shape[0], -1)
     num = (r2 * a2).sum(axis=1)
@@ -156,74 +257,97 @@ def load_verification(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.n
 
 
 def verify_artifact(ctx, entry: dict, precision: str) -> dict:
-    """Run the artifact on the verification set in its runtime and compare with the reference.
-    Every non-fp32 artifact is held to the user's --min-cosine / --min-top1 when given. `ctx` is the
-    export's ExportContext (vset, reference, output names, options, runner)."""
+    """Run the artifact on the verification set in its runtime and compare with the reference; the
+    floor of its precision (FLOORS, or the user's --tolerance / --min-cosine / --min-top1) goes into
+    `tolerance`. Edge inputs (zeros, large magnitudes: `vset.edge`) are judged for fp32 artifacts
+    only; fp16 and int8 are judged on in-range data. `ctx` is the export's ExportContext."""
     from edgepack.formats import FORMATS
     from edgepack.runtimes import get_runtime
     from edgepack.runtimes.ort import ort_message
 
     fmt = entry["format"]
     runtime = get_runtime(FORMATS[fmt].runtime)
+    vset = ctx.vset if precision == "fp32" else ctx.vset.in_range()
     try:
-        actual = run_all(ctx.runner(entry), ctx.vset)
+        actual = run_all(ctx.runner(entry), vset)
     except Exception as exc:  # the artifact itself is broken: it cannot be verified
         why = ort_message(exc) if fmt == "onnx" else str(exc).splitlines()[0][:300]
         raise VerificationFailed(
             f"{runtime.name} cannot run {entry['path']}: {why}; the artifact is kept for inspection"
         ) from None
-    result = compare(ctx.reference, actual, ctx.output_names)
+    reference = ctx.reference if precision == "fp32" else [r[: vset.count] for r in ctx.reference]
+    result = compare(reference, actual, ctx.output_names)
     v = ctx.options.verify
     mode = "approx" if ctx.options.prune.prune_approx else "exact"
-    # fp16 TFLite computes in fp32 (weights dequantized once): it is judged by the fp16 tolerance too.
-    tol, enforced = tolerance_for(precision, mode, v.tolerance if precision == "fp32" else None)
-    result["tolerance"] = {"rel_error": tol, "enforced": enforced}
-    if precision != "fp32" and (v.min_cosine is not None or v.min_top1 is not None):
-        result["tolerance"].update({"min_cosine": v.min_cosine, "min_top1": v.min_top1, "enforced": True})
-    result["samples"] = ctx.vset.count
+    floor = floor_for(precision, mode, tolerance=v.tolerance, min_cosine=v.min_cosine)
+    result["tolerance"] = {"rel_error": floor.rel_error, "enforced": True, "rel_error_enforced": floor.rel_error_enforced,
+                           "min_cosine": floor.cosine, "min_top1": v.min_top1 if precision != "fp32" else None,
+                           "source": "user" if (v.min_cosine is not None and precision != "fp32") or
+                           (v.tolerance is not None and precision == "fp32") else "default"}
+    result["samples"] = vset.count
+    result["inputs"] = vset.describe()
     result["runtime"] = f"{runtime.name} {runtime.version()}"
     return result
 
 
 def missed(fidelity: dict) -> bool:
-    """True when a user target (--min-cosine / --min-top1) is set and missed."""
+    """True when the artifact misses its cosine or top-1 floor (whole outputs or a judged slice):
+    what the accuracy guard can repair."""
     tol = fidelity.get("tolerance") or {}
     if fidelity.get("error"):
         return False
-    if tol.get("min_cosine") is not None and fidelity["cosine"] < tol["min_cosine"]:
-        return True
+    if tol.get("min_cosine") is not None:
+        if fidelity["cosine"] < tol["min_cosine"]:
+            return True
+        ws = fidelity.get("worst_slice")
+        if ws is not None and ws["cosine"] < tol["min_cosine"]:
+            return True
     top1 = fidelity.get("top1_agreement")
     return tol.get("min_top1") is not None and top1 is not None and top1 < tol["min_top1"]
 
 
 def check_fidelity(entry: dict, precision: str) -> None:
-    """Raise VerificationFailed when the artifact misses an enforced tolerance or target; set
-    entry["warning"] when a quantized artifact without a target looks poor."""
+    """Raise VerificationFailed when the artifact misses its floor; set entry["warning"] when a
+    reported-only tolerance is exceeded (--prune-approx)."""
     fid = entry["fidelity"]
     if fid.get("error"):
         raise VerificationFailed(fid["error"])
     tol = fid["tolerance"]
-    if tol["enforced"] and tol["rel_error"] is not None and not fid["rel_error"] <= tol["rel_error"]:
+    if fid.get("nonfinite"):
         raise VerificationFailed(
-            f"relative error {fid['rel_error']:.3g} exceeds the {precision} tolerance {tol['rel_error']:.0e}; "
-            "the artifact is kept for inspection"
-        )
+            f"{fid['nonfinite']} output value(s) are NaN/Inf where the reference is finite; the artifact is kept for inspection")
+    rel = tol.get("rel_error")
+    if rel is not None and not fid["rel_error"] <= rel:
+        if tol.get("rel_error_enforced", True):
+            raise VerificationFailed(
+                f"relative error {fid['rel_error']:.3g} exceeds the {precision} floor {rel:.0e}"
+                + (" (an fp16 overflow or underflow)" if precision == "fp16" else "") + "; the artifact is kept for inspection")
+        entry["warning"] = (f"relative error {fid['rel_error']:.3g} exceeds {rel:.0e} (reported, not enforced: "
+                            "--prune-approx; pass --tolerance to enforce one)")
     if missed(fid):
         floats = entry.get("float_nodes") or []
+        ws = fid.get("worst_slice")
+        where = (f"; worst slice: output {ws['output']!r} axis {ws['axis']} index {ws['index']} cosine {ws['cosine']:.4f}"
+                 if ws is not None else "")
+        guard = f" even with {len(floats)} node(s) kept in float" if precision == "int8" else ""
         raise VerificationFailed(
-            f"{precision} misses the target (cosine {fid['cosine']:.4f}, top-1 agreement {_pct(fid.get('top1_agreement'))}; "
-            f"targets: cosine {tol.get('min_cosine')}, top-1 {tol.get('min_top1')}) even with {len(floats)} node(s) kept in float; "
-            "the artifact is kept for inspection; try --calib-method entropy or percentile, more --calib data, or a lower target"
+            f"{precision} misses its floor (cosine {fid['cosine']:.4f}{where}, top-1 agreement "
+            f"{_pct(fid.get('top1_agreement'))}; floor: cosine {tol.get('min_cosine')}"
+            + (f", top-1 {tol.get('min_top1')}" if tol.get("min_top1") is not None else "") + f"){guard}; "
+            "the artifact is kept for inspection; try --calib-method entropy or percentile, more --calib data, or "
+            "`edgepack compare --per-node`" if precision.startswith("int8") else
+            f"{precision} misses its floor (cosine {fid['cosine']:.4f}{where}; floor {tol.get('min_cosine')}); "
+            "the artifact is kept for inspection"
         )
-    warnings = []
-    if precision != "fp32" and not tol.get("enforced"):
-        if fid["cosine"] < POOR_COSINE:
-            warnings.append(f"cosine {fid['cosine']:.4f} < {POOR_COSINE}")
-        if fid.get("top1_agreement") is not None and fid["top1_agreement"] < POOR_TOP1:
-            warnings.append(f"top-1 agreement {_pct(fid['top1_agreement'])} < {POOR_TOP1:.0%}")
-    if warnings:
-        entry["warning"] = (f"{precision} fidelity is poor ({', '.join(warnings)}); set --min-cosine/--min-top1 to let "
-                            "the accuracy guard keep the worst layers in float, or run `edgepack compare --per-node`")
+    share = entry.get("int8_mac_share")
+    if precision == "int8" and share is not None and share < 1.0 - MAX_FLOAT_MAC_SHARE:
+        raise VerificationFailed(
+            f"only {share:.0%} of the MACs run in int8 (the accuracy guard kept {1 - share:.0%} in float to meet the "
+            f"floor; at most {MAX_FLOAT_MAC_SHARE:.0%} may stay float before an artifact stops being an int8 model); "
+            "the artifact is kept for inspection; try --calib-method entropy or percentile, or more --calib data")
+
+
+MAX_FLOAT_MAC_SHARE = 0.10  # the accuracy guard may keep at most this share of an int8 model's MACs in float
 
 
 def _pct(x: float | None) -> str:

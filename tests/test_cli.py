@@ -200,18 +200,13 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_code(runs):
     assert run.stderr.splitlines()[-1].startswith("edgepack: error: ") and "is empty" in run.stderr.splitlines()[-1]
 
 
-def test_nan_weights_are_a_warning_and_the_export_proceeds(runs):
+def test_nan_weights_are_an_error_naming_the_parameter_and_write_nothing(runs):
     run = runs["nan-weights"]
-    warning = "warning: NaN or Inf in weights: ['fc.weight']"
-    assert [line for line in run.stderr.splitlines() if line.startswith("warning:")] == [
-        warning + "; the exported model will produce NaN/Inf"]
-    assert "Traceback" not in run.stderr and "edgepack: error" not in run.stderr
-    report = json.loads((run.out / "report.json").read_text())
-    assert any("NaN" in w for w in report["warnings"])
-    path = run.out / report["artifacts"][0]["path"]
-    logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": np.ones((1, 3, 16, 16), np.float32)})[0]
-    assert np.isnan(logits[0, 2]) and np.isfinite(np.delete(logits[0], 2)).all()  # exactly the NaN row of fc
-    assert run.code == 0  # the same NaN as PyTorch is agreement, so the export verifies
+    assert run.code == 2
+    assert run.stderr.strip().splitlines() == [
+        "edgepack: error: NaN or Inf in weights ['fc.weight']: every output would be NaN/Inf; fix or retrain those "
+        "parameters before exporting"]
+    assert not (run.out / "report.json").exists()
 
 
 def test_two_named_input_shapes(runs):

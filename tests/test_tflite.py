@@ -242,7 +242,18 @@ OPS = [
 ]
 
 
-@pytest.mark.parametrize("factory, shape, census", [pytest.param(f, s, c, id=i) for i, f, s, c in OPS])
+# The default suite runs one case per family (each torch->ONNX->TFLite export costs seconds); the
+# whole matrix runs with the heavy tests (`.ci/run` runs both). Single ONNX ops are covered fast in
+# test_tflite_ops_onnx.py, built as ONNX graphs directly.
+DEFAULT_OPS = {"conv-same-relu-fused", "conv-stride2-pad1-explicit-pad", "conv-depthwise", "conv-grouped2", "conv1d",
+               "conv-transpose-s2-p1-op1", "matmul-two-activations-adj-y", "flatten-linear-permuted-weights",
+               "add-two-branches", "hardswish", "gelu-tanh", "softmax-4d-channels", "layernorm-tokens",
+               "avgpool-k3-s2-p1-ceil-exclude-pad", "chunk-channels-glu", "channel-shuffle", "pad-reflect",
+               "interpolate-bilinear", "expand"}
+
+
+@pytest.mark.parametrize("factory, shape, census", [
+    pytest.param(f, s, c, id=i, marks=() if i in DEFAULT_OPS else pytest.mark.heavy) for i, f, s, c in OPS])
 def test_op(factory, shape, census, tmp_path):
     torch.manual_seed(0)
     report = export(factory(), shape, tmp_path)
@@ -532,11 +543,11 @@ class TinyDetector(nn.Module):
 MODELS = [
     pytest.param(lambda: MobileNetV2(num_classes=10, width=0.35), "1x3x96x96", {"DEPTHWISE_CONV_2D": 17}, None,
                  id="mobilenetv2-0.35"),
-    pytest.param(SmallResNet, "1x3x32x32", {"MAX_POOL_2D": 1}, None, id="resnet18-style"),
-    pytest.param(ShuffleNetV2Tiny, "1x3x64x64", {"GATHER": 5, "SPLIT_V": 3}, None, id="shufflenetv2-units"),
-    pytest.param(SqueezeNetTiny, "1x3x66x66", {"MAX_POOL_2D": 2, "CONCATENATION": 4}, None, id="squeezenet-fire"),
+    pytest.param(SmallResNet, "1x3x32x32", {"MAX_POOL_2D": 1}, None, id="resnet18-style", marks=pytest.mark.heavy),
+    pytest.param(ShuffleNetV2Tiny, "1x3x64x64", {"GATHER": 5, "SPLIT_V": 3}, None, id="shufflenetv2-units", marks=pytest.mark.heavy),
+    pytest.param(SqueezeNetTiny, "1x3x66x66", {"MAX_POOL_2D": 2, "CONCATENATION": 4}, None, id="squeezenet-fire", marks=pytest.mark.heavy),
     pytest.param(lambda: MBConvNet(nn.SiLU, nn.SiLU, nn.Sigmoid), "1x3x64x64", {"LOGISTIC": 13, "MUL": 13}, None,
-                 id="efficientnet-mbconv-se"),
+                 id="efficientnet-mbconv-se", marks=pytest.mark.heavy),
     pytest.param(lambda: MBConvNet(nn.Hardswish, nn.ReLU, nn.Hardsigmoid), "1x3x64x64", {"HARD_SWISH": 7}, None,
                  id="mobilenetv3-hardswish-se"),
     pytest.param(TinyDetector, "1x3x64x64", {"RESIZE_NEAREST_NEIGHBOR": 1, "RESIZE_BILINEAR": 1},

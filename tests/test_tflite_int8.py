@@ -109,8 +109,9 @@ class _Block(nn.Module):
         return self.fc(y.flatten(1))
 
 
-@pytest.mark.parametrize("kind", ["relu6_depthwise", "residual_add", "concat", "pools", "maxpool_padded", "sigmoid_hardswish", "se",
-                                  "softmax", "two_outputs"])
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=() if k in ("se", "concat", "two_outputs") else pytest.mark.heavy)
+                                  for k in ("relu6_depthwise", "residual_add", "concat", "pools", "maxpool_padded",
+                                            "sigmoid_hardswish", "se", "softmax", "two_outputs")])
 def test_int8_op_matrix(kind, tmp_path):
     torch.manual_seed(0)
     model = _Block(kind).eval()
@@ -286,7 +287,17 @@ def _int8_steps(op_id: str, tmp_path: Path) -> tuple[float, float, dict]:
     return max(steps), min(cosines), art
 
 
-@pytest.mark.parametrize("op_id", SINGLE_OPS)
+# Default suite: one case per kernel family; the rest run with the heavy tests.
+DEFAULT_INT8_OPS = {"conv-stride2-pad1-explicit-pad", "conv-depthwise", "matmul-two-activations-adj-y", "add-two-branches",
+                    "hardswish", "gelu-tanh", "log-softmax-channels", "avgpool-k3-s1-p1-exclude-pad", "cat-channels",
+                    "interpolate-bilinear", "layernorm-tokens"}
+
+
+def _cases(ids):
+    return [pytest.param(i, id=i, marks=() if i in DEFAULT_INT8_OPS else pytest.mark.heavy) for i in ids]
+
+
+@pytest.mark.parametrize("op_id", _cases(SINGLE_OPS))
 def test_int8_single_op_within_output_steps(op_id, tmp_path):
     steps, _, art = _int8_steps(op_id, tmp_path)
     census = art["op_census"]
@@ -297,7 +308,7 @@ def test_int8_single_op_within_output_steps(op_id, tmp_path):
     assert steps <= STEPS, f"{op_id}: {steps:.2f} output steps"
 
 
-@pytest.mark.parametrize("op_id", COMPOSITE_OPS)
+@pytest.mark.parametrize("op_id", _cases(COMPOSITE_OPS))
 def test_int8_composite_op_within_steps_per_op(op_id, tmp_path):
     steps, cosine, art = _int8_steps(op_id, tmp_path)
     int8_ops = sum(n for op, n in art["op_census"].items() if op not in ("QUANTIZE", "DEQUANTIZE"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgepack.artifacts.context import Built, EvalSet, ExportContext, describe, io_rows
+from edgepack.artifacts.context import Built, EvalSet, ExportContext, describe, int8_mac_share, io_rows
 from edgepack.artifacts.guard import repair_int8
 from edgepack.errors import EdgepackError, OutputError
 from edgepack.formats import FORMATS, check_buildable
@@ -40,6 +40,9 @@ def build_artifact(ctx: ExportContext, fmt: str, precision: str) -> dict:
             describe(entry, built, ctx)
             entry["fidelity"] = fidelity
             entry["guard"] = history
+        share = int8_mac_share(ctx, entry)
+        if share is not None:
+            entry["int8_mac_share"] = round(share, 4)
         if ctx.eval_set is not None:
             entry["accuracy"] = {"top1": ctx.eval_set.accuracy(ctx.runner(entry)), "samples": len(ctx.eval_set.y)}
         check_fidelity(entry, precision)

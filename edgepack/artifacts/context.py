@@ -104,3 +104,26 @@ def describe(entry: dict, built: Built, ctx: ExportContext) -> None:
     entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
     entry["deflated_bytes"] = sum(deflated_size(f) for f in built.files)  # what a download of it costs
     entry["inputs"], entry["outputs"] = built.inputs, built.outputs
+
+
+def int8_mac_share(ctx: ExportContext, entry: dict) -> float | None:
+    """Share of the model's MACs that run in int8 in this artifact (None for other precisions):
+    1 minus the MACs of the ONNX nodes it keeps float (accuracy-guard float nodes, ops without an int8
+    kernel, ncnn layers kept fp32)."""
+    if entry.get("precision") != "int8" or ctx.already_quantized:
+        return None
+    if "node_macs" not in ctx.cache:
+        from edgepack.model_stats import node_macs
+
+        ctx.cache["node_macs"] = {n.name: node_macs(n) for n in ctx.model.graph}
+    macs = ctx.cache["node_macs"]
+    total = sum(macs.values())
+    if total == 0:
+        return 1.0
+    floating = set(entry.get("float_nodes") or [])
+    for op in entry.get("float_ops") or []:
+        floating.update(op.get("from") or [])
+    for layer in entry.get("float_layers") or []:
+        if layer.get("onnx_node"):
+            floating.add(layer["onnx_node"])
+    return 1.0 - sum(macs.get(n, 0) for n in floating) / total

@@ -1,7 +1,9 @@
-"""The accuracy guard for int8, one loop for every format: while a quantized artifact misses the
-user's target (--min-cosine / --min-top1), find the part that hurts most, keep it in float,
-rebuild from the same calibration and verify again, until the target is met or nothing is left to
-try. Each format supplies the two format-specific steps as a `Guard`:
+"""The accuracy guard for int8, one loop for every format, on by default: while an int8 artifact
+misses its floor (cosine 0.99 in every output and slice by default; --min-cosine / --min-top1),
+find the part that hurts most, keep it in float,
+rebuild from the same calibration and verify again, until the floor is met, nothing is left to
+try, or more than MAX_FLOAT_MAC_SHARE of the MACs would run in float (then the artifact fails: a
+float model is not called int8). Each format supplies the two format-specific steps as a `Guard`:
 
 - `rank(float_units) -> rows`: what to keep in float next (each row names a `unit` and why);
 - `rebuild(float_units) -> Built`: the artifact written again with those units in float.
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgepack.verify import missed, verify_artifact
+from edgepack.verify import MAX_FLOAT_MAC_SHARE, missed, verify_artifact
 
 if TYPE_CHECKING:
     from edgepack.artifacts.context import Built, ExportContext
@@ -35,7 +37,7 @@ class Guard:
 def repair_int8(ctx: "ExportContext", entry: dict, built: "Built") -> tuple[dict, "Built", list[dict]]:
     """(fidelity, the artifact as last built, one history step per round). `entry` is updated in
     place after every rebuild (path, IO rows and details) so verification runs the new file."""
-    from edgepack.artifacts.context import describe
+    from edgepack.artifacts.context import describe, int8_mac_share
 
     guard = built.guard
     if guard is None:  # nothing this format can keep in float
@@ -52,7 +54,12 @@ def repair_int8(ctx: "ExportContext", entry: dict, built: "Built") -> tuple[dict
         describe(entry, built, ctx)
         fidelity = verify_artifact(ctx, entry, "int8")
         history.append(_step(float_units, fidelity, rows[0]))
+        share = int8_mac_share(ctx, entry)
+        if share is not None:
+            history[-1]["int8_mac_share"] = round(share, 4)
         if not missed(fidelity):
+            break
+        if share is not None and share < 1.0 - MAX_FLOAT_MAC_SHARE:  # more float would no longer be an int8 model
             break
     return fidelity, built, history
 

@@ -16,6 +16,12 @@ from edgepack.artifacts.guard import Guard, onnx_node_rank
 
 def _export(ctx: ExportContext, path: Path, precision: str, **kw):
     from edgepack.converters.export_tflite import export_tflite
+    from edgepack.errors import UnsupportedError
+
+    if ctx.already_quantized:
+        raise UnsupportedError("the model is already quantized (Q/DQ ops): edgepack's TFLite writer reads float graphs; "
+                               "export the float model with --int8 --calib DATA instead (the ONNX artifact keeps this "
+                               "model's own quantization)")
 
     return export_tflite(ctx.model, path, precision, nchw_io=ctx.options.target.tflite_nchw_input, **kw)
 
