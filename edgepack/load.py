@@ -48,6 +48,8 @@ def detect_format(path: Path) -> str:
         raise LoadError(f"model file {path} not found; check the path")
     if path.is_dir():
         raise LoadError(f"{path} is a directory; pass the model file itself (.pt, .pt2, .onnx)")
+    if not path.is_file():  # a FIFO, a device such as /dev/urandom: reading could block or never end
+        raise LoadError(f"{path} is not a regular file (a pipe or a device); pass the model file itself (.pt, .pt2, .onnx)")
     with open(path, "rb") as f:  # 8 bytes, not the whole (possibly multi-GB) file
         head = f.read(8)
     if not head:

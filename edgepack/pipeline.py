@@ -128,6 +128,7 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
         steps.warn(w)
     specs, shape_sources = resolve_inputs(source, options.source.input_shape, profile)
     shapes = {s.name: s.shape for s in specs}
+    _check_memory(shapes, options.verify.verify_samples + 2)
 
     with steps("reference", f"reference outputs ({'PyTorch' if source.is_torch else 'ONNX Runtime, optimizations off'})"):
         calib_path = options.calibration.calib
@@ -340,6 +341,34 @@ def _reference_outputs(source: SourceModel, specs: list[InputSpec], vset: Verifi
         raise InputShapeError(
             f"the model failed on input shape(s) {shapes}{hint}: {first_line(exc)}; pass --input-shape with the shape the model expects"
         ) from None
+
+
+ACTIVATION_COPIES = 16  # a rough floor on live activations per sample, as multiples of the input size
+
+
+def _check_memory(shapes: dict[str, tuple[int, ...]], samples: int) -> None:
+    """Refuse, before any work, input shapes whose verification data and activations cannot fit in
+    this machine's available memory (an estimate: the inputs of every verification sample plus
+    ACTIVATION_COPIES input-sized activations)."""
+    import math
+
+    per_sample = sum(math.prod(s) for s in shapes.values()) * 4
+    need = per_sample * (samples + ACTIVATION_COPIES)
+    available = _available_memory()
+    if available is not None and need > 0.8 * available:
+        dims = ", ".join(f"{n} {list(s)}" for n, s in shapes.items())
+        raise UsageError(f"input shape(s) {dims} need about {need / 2**30:.1f} GiB for verification and activations "
+                         f"(estimate), more than the {available / 2**30:.1f} GiB available here; pass a smaller --input-shape")
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _finite_reference(source: SourceModel, specs: list[InputSpec], vset: VerificationSet,

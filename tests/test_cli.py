@@ -329,7 +329,8 @@ def test_report_schema_and_that_it_describes_the_files(runs):
     assert (art["format"], art["precision"], art["ok"]) == ("onnx", "fp32", True)
     assert art["inputs"] == [{"name": "x", "shape": [1, 3, 16, 16], "dtype": "float32", "layout": "NCHW"}]
     assert art["outputs"] == [{"name": "output", "shape": [1, 5], "dtype": "float32", "layout": "NC"}]
-    assert art["fidelity"]["tolerance"] == {"rel_error": 1e-4, "enforced": True}
+    assert {k: art["fidelity"]["tolerance"][k] for k in ("rel_error", "min_cosine", "enforced")} == {
+        "rel_error": 1e-4, "min_cosine": 0.9999, "enforced": True}
     assert art["fidelity"]["samples"] == report["verification"]["samples"] == 8
 
     # params and MACs are counted on the exported graph: BatchNorm folded into conv1

@@ -75,7 +75,7 @@ def test_fp16_weights_and_fp32_io_by_default(digits):
     assert floats and all(i.data_type == onnx.TensorProto.FLOAT16 for i in floats)
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert art["inputs"][0]["dtype"] == "float32" and art["dtypes"]["io"] == "float32"
-    assert art["fidelity"]["tolerance"] == {"rel_error": 1e-2, "enforced": False}
+    assert art["fidelity"]["tolerance"]["rel_error"] == 0.05 and art["fidelity"]["tolerance"]["min_cosine"] == 0.999
     assert art["fidelity"]["rel_error"] <= 1e-2
 
 
@@ -200,33 +200,25 @@ class _Fragile(__import__("torch").nn.Module):
 
 
 def test_accuracy_guard_keeps_the_breaking_layer_in_float(tmp_path):
+    """The guard runs by default (int8 floor: cosine 0.99): it keeps the layer we broke in float first,
+    then the outlier's whole path. Here that path is most of this tiny model's MACs, so the artifact
+    fails rather than becoming a float model called int8 (at most 10% of MACs may stay float)."""
     model = _Fragile().eval()
-    plain = edgepack.export(model, output_dir=tmp_path / "plain", input_shape="1x1x8x8", calib=CALIB, int8=True)
-    before = _art(plain, "int8")
-    assert before["ok"] and before["fidelity"]["cosine"] < 0.99  # int8 is broken ...
-    assert "fidelity is poor" in before.get("warning", "")  # ... and without a target we only warn
-
-    guarded = edgepack.export(model, output_dir=tmp_path / "guarded", input_shape="1x1x8x8", calib=CALIB, int8=True,
-                              min_cosine=0.999)
-    art = _art(guarded, "int8")
-    assert art["ok"], art["error"]
-    assert art["fidelity"]["cosine"] >= 0.999
-    fp32 = onnx.load(str(tmp_path / "guarded" / _art(guarded, "fp32")["path"]))
+    report = edgepack.export(model, output_dir=tmp_path / "plain", input_shape="1x1x8x8", calib=CALIB, int8=True)
+    art = _art(report, "int8")
+    fp32 = onnx.load(str(tmp_path / "plain" / _art(report, "fp32")["path"]))
     conv2 = [n for n in fp32.graph.node if n.op_type == "Conv"][1]
     relu2 = next(n for n in fp32.graph.node if n.input and n.input[0] == conv2.output[0])
-    # the first node kept in float is the layer we broke (ONNX Runtime fuses its ReLU into it, so
-    # the sensitivity ranking may name either)
-    assert art["float_nodes"][0] in (conv2.name, relu2.name)
-    # repairing it needs the outlier tensor's whole path in float: conv1, its ReLU, conv2 (+ its ReLU)
-    conv1 = [n for n in fp32.graph.node if n.op_type == "Conv"][0]
-    assert {conv1.name, conv2.name} <= set(art["float_nodes"]) and len(art["float_nodes"]) <= 4
-    assert art["precision"] == "int8" and art["nodes"]["quantized"] >= 1  # the classifier head stays int8
-    assert art["guard"][0]["cosine"] < 0.99 and art["guard"][-1]["cosine"] >= 0.999
-    assert art["guard"][1]["kept_in_float"]["node"] == art["float_nodes"][0]
+    assert art["guard"][0]["cosine"] < 0.99 and len(art["guard"]) >= 2  # int8 was broken; the guard ran
+    # the first node kept in float is the layer we broke (ONNX Runtime fuses its ReLU into it)
+    assert art["guard"][1]["kept_in_float"]["node"] in (conv2.name, relu2.name)
+    assert art["guard"][-1]["cosine"] > art["guard"][0]["cosine"]
+    assert art["int8_mac_share"] < 0.9
+    assert not art["ok"] and art["exit_code"] == 3 and "of the MACs run in int8" in art["error"]
 
 
 def test_accuracy_guard_reports_failure_when_target_unreachable(tmp_path):
     report = edgepack.export(PT2, output_dir=tmp_path, calib=CALIB, int8=True, min_cosine=1.0)
     art = _art(report, "int8")
-    assert not art["ok"] and art["exit_code"] == 3 and "misses the target" in art["error"]
+    assert not art["ok"] and art["exit_code"] == 3 and "misses its floor" in art["error"]
     assert (tmp_path / art["path"]).exists() and report["exit_code"] == 3
