@@ -240,17 +240,42 @@ def save_verification(path: Path, vset: VerificationSet, reference: list[np.ndar
     re-verify an artifact without torch."""
     arrays = {f"input/{n}": a for n, a in vset.inputs.items()}
     arrays.update({f"reference/{n}": a for n, a in zip(output_names, reference)})
+    arrays["meta/edge"] = np.array(vset.edge)  # the last `edge` samples are edge inputs (judged for fp32 only)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
 
 
-def load_verification(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """verify.npz -> (inputs {name: (S, ...)}, references {output name: (S, ...)})."""
+def load_verification(path: Path, with_edge: bool = False):
+    """verify.npz -> (inputs {name: (S, ...)}, references {output name: (S, ...)}[, edge count])."""
     with np.load(path, allow_pickle=False) as data:
         inputs = {k[len("input/"):]: data[k] for k in data.files if k.startswith("input/")}
         refs = {k[len("reference/"):]: data[k] for k in data.files if k.startswith("reference/")}
-    return inputs, refs
+        edge = int(data["meta/edge"]) if "meta/edge" in data.files else 0
+    return (inputs, refs, edge) if with_edge else (inputs, refs)
+
+
+def judge(fidelity: dict, tolerance: dict) -> list[str]:
+    """What is wrong with `fidelity` against a floor (`tolerance` as stored in report.json); [] when
+    it holds. The same rules as check_fidelity, for results measured elsewhere (bench --verify)."""
+    problems = []
+    if fidelity.get("error"):
+        return [fidelity["error"]]
+    if fidelity.get("nonfinite"):
+        problems.append(f"{fidelity['nonfinite']} NaN/Inf output value(s) where the reference is finite")
+    rel = tolerance.get("rel_error")
+    if rel is not None and tolerance.get("rel_error_enforced", True) and not fidelity["rel_error"] <= rel:
+        problems.append(f"relative error {fidelity['rel_error']:.3g} > {rel:g}")
+    floor = tolerance.get("min_cosine")
+    if floor is not None and fidelity["cosine"] < floor:
+        problems.append(f"cosine {fidelity['cosine']:.4f} < {floor}")
+    ws = fidelity.get("worst_slice")
+    if floor is not None and ws is not None and ws["cosine"] < floor:
+        problems.append(f"slice {ws['index']} of output {ws['output']!r} (axis {ws['axis']}) cosine {ws['cosine']:.4f} < {floor}")
+    top1, want = fidelity.get("top1_agreement"), tolerance.get("min_top1")
+    if want is not None and top1 is not None and top1 < want:
+        problems.append(f"top-1 agreement {top1:.1%} < {want:.1%}")
+    return problems
 
 
 # ---------------------------------------------------------------- verifying an artifact of an export

@@ -178,11 +178,37 @@ def child_measure(args: argparse.Namespace) -> dict:
                                   f"{ {k: list(v.shape) for k, v in feeds.items()} }: {_first_line(exc)}") from None
     first_run_ms = (time.perf_counter() - t0) * 1e3
     latencies = time_runs(lambda: session.run(feeds), runs=args.runs, min_seconds=args.min_seconds, warmup=args.warmup)
+    checked = verify_here(args.artifact, args.verify, args.entry, args.threads) if args.verify else None
     return {
+        **({"verify": checked} if checked is not None else {}),
         "runtime": runtime.name, "runtime_version": version, "load_ms": load_ms, "first_run_ms": first_run_ms,
         "runs": int(latencies.size), "latency_ms": latency_stats(latencies), "peak_rss_mb": peak_rss_mb(),
         "inputs": [{"name": k, "shape": list(v.shape), "dtype": v.dtype.name} for k, v in feeds.items()],
     }
+
+
+def verify_here(artifact: str, npz: str, entry_json: str, threads: int | None) -> dict:
+    """`bench --verify`: the export's verification inputs (verify.npz) run through the artifact where
+    it runs, compared with the reference outputs and held to the artifact's floor (its report entry's
+    `fidelity.tolerance`), so numerics that only happen on the board are checked too."""
+    from edgepack.runtimes.artifact import artifact_runner
+    from edgepack.verify import compare, judge, load_verification, run_all, VerificationSet
+
+    entry = json.loads(Path(entry_json).read_text())
+    inputs, refs, edge = load_verification(Path(npz), with_edge=True)
+    names = [d["name"] for d in entry["outputs"]]
+    if entry.get("precision") != "fp32" and edge:  # quantized artifacts are judged on in-range data
+        inputs = {k: v[: len(v) - edge] for k, v in inputs.items()}
+        refs = {k: v[: len(v) - edge] for k, v in refs.items()}
+    try:
+        actual = run_all(artifact_runner(Path(artifact), entry, threads=threads), VerificationSet(inputs, "verify.npz", 0))
+    except Exception as exc:  # noqa: BLE001  (any runtime's own error type)
+        return {"ok": False, "error": f"cannot run the verification inputs: {_first_line(exc)}"}
+    fid = compare([refs[n] for n in names], actual, names)
+    fid.pop("per_output", None)
+    tolerance = (entry.get("fidelity") or {}).get("tolerance") or {}
+    problems = judge(fid, tolerance)
+    return {**fid, "samples": len(next(iter(inputs.values()))), "floor": tolerance, "ok": not problems, "problems": problems}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -261,7 +287,7 @@ def _run_child(kind: str, argv: list[str], timeout: float) -> dict:
 def benchmark(artifact: str | Path, *, runtime: str, threads: int | None = None, runs: int | None = None,
               min_seconds: float | None = None, warmup: int = 3, input_shapes: Sequence[str] = (),
               optimize: bool = True, seed: int = 0, timeout: float = 600.0,
-              baseline_cache: dict | None = None) -> dict:
+              baseline_cache: dict | None = None, verify: tuple[str, str] | None = None) -> dict:
     """Benchmark one artifact in fresh child processes and return the result dict (the `--json`
     keys). Raises RunnerError; `edgepack.commands.bench` turns it into the EdgepackError it names.
     `baseline_cache` (runtime -> MiB) lets a caller benchmarking several artifacts measure the
@@ -278,6 +304,8 @@ def benchmark(artifact: str | Path, *, runtime: str, threads: int | None = None,
         argv += ["--input-shape", s]
     if not optimize:
         argv.append("--no-optimize")
+    if verify is not None:
+        argv += ["--verify", str(verify[0]), "--entry", str(verify[1])]
     cache = baseline_cache if baseline_cache is not None else {}
     if runtime not in cache:
         cache[runtime] = _run_child("baseline", argv, timeout)["peak_rss_mb"]
@@ -299,6 +327,7 @@ def benchmark(artifact: str | Path, *, runtime: str, threads: int | None = None,
         "baseline_rss_mb": baseline,
         "model_rss_mb": None if peak is None or baseline is None else max(peak - baseline, 0.0),
         "inputs": measured["inputs"],
+        **({"verify": measured["verify"]} if "verify" in measured else {}),
         "host": {"hostname": platform.node(), "platform": f"{platform.system()}-{platform.machine()}",
                  "python": platform.python_version(), "cpus": default_threads()},
         "runner": "sent" if _archive() is not None else "installed",
@@ -313,7 +342,8 @@ def runner_modules() -> list[str]:
     from edgepack.runtimes import ADAPTERS
 
     adapters = [spec.partition(":")[0] for name, spec in ADAPTERS.items() if name != "torch"]
-    return ["edgepack", "edgepack.errors", "edgepack.runtimes", MODULE, *adapters]
+    return ["edgepack", "edgepack.errors", "edgepack.fsutil", "edgepack.verify", "edgepack.runtimes",
+            "edgepack.runtimes.artifact", MODULE, *adapters]
 
 
 def build_runner_zip(dest: Path) -> Path:
@@ -346,6 +376,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--child", choices=["baseline", "measure"], default=None)
+    p.add_argument("--verify", default=None, help="an export's verify.npz: check the outputs against its references")
+    p.add_argument("--entry", default=None, help="with --verify: the artifact's report.json entry (JSON file)")
     p.add_argument("--protocol", action="store_true", help="print the runner protocol version and exit")
     return p
 
@@ -368,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             result = benchmark(args.artifact, runtime=args.runtime or runtime_for(args.artifact), threads=args.threads,
                                runs=args.runs, min_seconds=args.min_seconds, warmup=args.warmup,
                                input_shapes=args.input_shape, optimize=not args.no_optimize, seed=args.seed,
-                               timeout=args.timeout)
+                               timeout=args.timeout, verify=(args.verify, args.entry) if args.verify else None)
     except RunnerError as exc:
         result = {"error": str(exc), "error_type": exc.error_type}
     except Exception as exc:  # noqa: BLE001  an EdgepackError from runtime_for/get_runtime, or a bug: still one JSON line

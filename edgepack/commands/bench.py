@@ -33,6 +33,9 @@ class BenchOptions:
     optimize: bool = field(default=True, metadata=opt(
         "ONNX Runtime graph optimizations off; LiteRT without XNNPACK.", off_flag="--no-optimize", is_flag=True))
     timeout_s: float = field(default=600.0, metadata=opt("Seconds per measuring process.", flag="--timeout", kind=float))
+    verify: bool = field(default=False, metadata=opt(
+        "Also run the export's verification inputs (verify.npz) through the artifact where it runs and hold the "
+        "outputs to the artifact's floor (fp16 and int8 numerics of the board checked too).", is_flag=True))
 
     def __post_init__(self) -> None:
         if self.runs is not None and self.min_seconds is not None:
@@ -67,6 +70,22 @@ class BenchOptions:
         return args
 
 
+def verify_files(path: Path, tmp: Path) -> tuple[Path, Path]:
+    """(verify.npz, the artifact's report entry as a JSON file in `tmp`) for `bench --verify`."""
+    import json
+
+    from edgepack.report import report_beside
+
+    report, entry = report_beside(path)
+    npz = path.parent / ((report.get("verification") or {}).get("file") or "verify.npz")
+    if entry is None or not npz.is_file():
+        raise UsageError(f"--verify needs the export folder of {path.name} (its report.json and verify.npz beside it); "
+                         "bench the artifact where `edgepack export` wrote it")
+    entry_path = tmp / f"{path.name}.entry.json"
+    entry_path.write_text(json.dumps({k: entry.get(k) for k in ("format", "precision", "inputs", "outputs", "fidelity")}))
+    return npz, entry_path
+
+
 def raise_runner_error(error_type: str, message: str) -> None:
     """The runner names an edgepack.errors class (it may have run on a board); raise that class."""
     cls = getattr(errors, error_type, None)
@@ -85,15 +104,19 @@ def bench_artifact(path: Path, options: BenchOptions, *, remote: Any = None, bas
     runtime = runtime_for(path)
     if not path.is_file():
         raise UsageError(f"artifact {path} not found; pass an .onnx, .tflite or ncnn .param file, or an export folder")
-    if remote is not None:
-        return remote.bench(path, runtime, options)
-    try:
-        return benchmark(path, runtime=runtime, threads=options.threads, runs=options.runs, min_seconds=options.min_seconds,
-                         warmup=options.warmup, input_shapes=options.input_shapes, optimize=options.optimize,
-                         timeout=options.timeout_s, baseline_cache=baseline_cache)
-    except RunnerError as exc:
-        raise_runner_error(exc.error_type, str(exc))
-        raise  # unreachable: raise_runner_error always raises
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgepack-verify-") as tmp:
+        verify = verify_files(path, Path(tmp)) if options.verify else None
+        if remote is not None:
+            return remote.bench(path, runtime, options, verify=verify)
+        try:
+            return benchmark(path, runtime=runtime, threads=options.threads, runs=options.runs, min_seconds=options.min_seconds,
+                             warmup=options.warmup, input_shapes=options.input_shapes, optimize=options.optimize,
+                             timeout=options.timeout_s, baseline_cache=baseline_cache, verify=verify)
+        except RunnerError as exc:
+            raise_runner_error(exc.error_type, str(exc))
+            raise  # unreachable: raise_runner_error always raises
 
 
 def _with_report_shapes(options: BenchOptions, art: dict) -> BenchOptions:

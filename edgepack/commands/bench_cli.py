@@ -84,7 +84,7 @@ def run_bench(artifact: Path, options: BenchOptions, ssh: SshOptions, as_json: b
                 click.echo(to_json_text(result), nl=False)
             else:
                 print_result(result, console)
-            return 0
+            return 0 if (result.get("verify") or {}).get("ok", True) else 3
         report, failures = bench_export_dir(artifact, options, remote=host)
     from edgepack.commands.bench_report import render_bench_table, write_html
 
@@ -97,6 +97,13 @@ def run_bench(artifact: Path, options: BenchOptions, ssh: SshOptions, as_json: b
         click.echo(f"edgepack: error: {line}", err=True)
     console.print(f"wrote {artifact / 'report.json'} (artifacts[i].bench) and {html}", markup=False)
     codes = [a["bench_error"]["exit_code"] for a in report["artifacts"] if a.get("bench_error")]
+    for a in report["artifacts"]:
+        checked = (a.get("bench") or {}).get("verify")
+        if checked is not None:
+            console.print(f"{a['path']}: verified where it runs: " + ("ok" if checked["ok"] else
+                          "[red]FAILED[/] " + "; ".join(checked.get("problems") or [checked.get("error", "")])), markup=True)
+            if not checked["ok"]:
+                codes.append(3)
     return max(codes, default=0)
 
 
@@ -113,3 +120,12 @@ def print_result(r: dict, console) -> None:
     memory = "-" if peak is None else f"{peak:.1f} MB peak RSS ({model:.1f} MB over the runtime alone)"
     console.print(f"load {r['load_ms']:.1f} ms, first run {r['first_run_ms']:.2f} ms; memory {memory}; "
                   f"file {r['size_bytes'] / 1024:.1f} KB")
+    checked = r.get("verify")
+    if checked is not None:
+        floor = checked.get("floor") or {}
+        if checked.get("error"):
+            console.print(f"[red]verify FAILED[/]: {escape(checked['error'])}")
+        else:
+            console.print(f"verify ({checked['samples']} samples, floor cosine {floor.get('min_cosine')}): cosine "
+                          f"{checked['cosine']:.6f}, rel error {checked['rel_error']:.3g}: "
+                          + ("[green]ok[/]" if checked["ok"] else "[red]FAILED[/] " + escape("; ".join(checked["problems"]))))

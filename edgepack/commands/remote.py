@@ -148,7 +148,7 @@ class RemoteHost:
             self._ssh(f"rm -rf -- {shlex.quote(self.workdir)}", timeout=60.0)
             self.workdir = None
 
-    def bench(self, path: Path, runtime: str, options) -> dict:
+    def bench(self, path: Path, runtime: str, options, verify: tuple[Path, Path] | None = None) -> dict:
         """Copy the artifact, run the runner on the board, bring its JSON back."""
         from edgepack.commands.bench import raise_runner_error
         from edgepack.runtimes.bench_runner import (
@@ -161,7 +161,7 @@ class RemoteHost:
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             raise UsageError(f"artifact file(s) not found: {', '.join(missing)}")
-        to_send = list(files)
+        to_send = list(files) + (list(verify) if verify is not None else [])
         with tempfile.TemporaryDirectory(prefix="edgepack-runner-") as tmp:
             if not self._installed and not self._runner_sent:
                 to_send.append(build_runner_zip(Path(tmp) / RUNNER_ZIP))
@@ -170,8 +170,9 @@ class RemoteHost:
         q = shlex.quote
         wd, py = self.workdir, q(self.target.python)
         runner = f"{py} -m edgepack.runtimes.bench_runner" if self._installed else f"{py} {q(wd + '/' + RUNNER_ZIP)}"
-        args = " ".join(q(a) for a in [f"{wd}/{path.name}", "--runtime", runtime, *options.runner_args()])
-        cleanup = " ".join(q(f"{wd}/{f.name}") for f in files)
+        extra = ["--verify", f"{wd}/{verify[0].name}", "--entry", f"{wd}/{verify[1].name}"] if verify is not None else []
+        args = " ".join(q(a) for a in [f"{wd}/{path.name}", "--runtime", runtime, *options.runner_args(), *extra])
+        cleanup = " ".join(q(f"{wd}/{f.name}") for f in to_send if f.name != RUNNER_ZIP)
         proc = self._ssh(f"{runner} {args}; rc=$?; rm -f -- {cleanup}; exit $rc", timeout=options.timeout_s * 2 + 120)
         for line in reversed(proc.stdout.splitlines()):
             if line.startswith(MARKER):
