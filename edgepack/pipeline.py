@@ -43,7 +43,7 @@ from edgepack.fsutil import prepare_output_dir
 from edgepack.load import SourceModel, load_source
 from edgepack.model_stats import count_macs, count_params
 from edgepack.options import ExportOptions, InputSpec
-from edgepack.runtimes import get_runtime
+from edgepack.runtimes import get_runtime, work_threads
 from edgepack.runtimes.ort import ort_message
 from edgepack.verify import (
     VERIFY_NAME, VerificationSet, compare, make_verification_set, run_all, save_verification,
@@ -225,6 +225,7 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
         "artifacts": artifacts,
         "warnings": warnings,
         "timings_s": {**steps.timings, "total": round(time.perf_counter() - total_start, 3)},
+        "threads": {"reference_and_verification": work_threads(), "note": "CPUs less the load average at export time"},
     }
     report["ok"] = all(a["ok"] for a in artifacts)
     report["exit_code"] = exit_code_for(artifacts)
@@ -313,12 +314,13 @@ def _check_onnx_shape(source: SourceModel, key: str, shape: tuple[int, ...], whe
 
 def _reference_outputs(source: SourceModel, specs: list[InputSpec], vset: VerificationSet) -> list[np.ndarray]:
     names = [s.name for s in specs]
+    threads = work_threads()
     if source.is_torch:
-        session = get_runtime("torch").load(source.model, input_names=names)
+        session = get_runtime("torch").load(source.model, input_names=names, threads=threads)
     else:
         try:
             session = get_runtime("onnxruntime").load(
-                _with_static_inputs(source.onnx_model, specs).SerializeToString(), optimize=False
+                _with_static_inputs(source.onnx_model, specs).SerializeToString(), optimize=False, threads=threads
             )
         except EdgepackError:
             raise

@@ -73,3 +73,21 @@ def runtime_for(path: str | Path) -> str:
             f"known: {', '.join(f'{s} ({r})' for s, r in RUNTIME_FOR_SUFFIX.items())}"
         )
     return RUNTIME_FOR_SUFFIX[suffix]
+
+
+def work_threads() -> int:
+    """Threads for export-time work (the PyTorch reference, verification runs): the CPUs this process
+    may use less the load other processes put on them now (1-minute load average), at least 1. On a
+    busy machine OpenMP-style thread pools that ask for every core spin against other processes and
+    a run takes 10-50x longer; one thread per free core keeps the slowdown in proportion."""
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        busy = 0.0
+    return max(1, min(cpus, int(cpus - busy + 0.5)))

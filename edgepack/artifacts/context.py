@@ -79,9 +79,10 @@ class ExportContext:
 
     def runner(self, entry: dict) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
         """Run a built artifact on ONNX-layout feeds; outputs in ONNX layout (edgepack.runtimes.artifact)."""
+        from edgepack.runtimes import work_threads
         from edgepack.runtimes.artifact import artifact_runner
 
-        return artifact_runner(self.out_dir / entry["path"], entry)
+        return artifact_runner(self.out_dir / entry["path"], entry, threads=work_threads())
 
 
 def io_rows(values: Any) -> list[dict]:
