@@ -106,7 +106,7 @@ LOSS = "soft_l1"  # robust: a few odd rows do not drag the rest
 
 # Held at a physical limit, not fitted: free, the fit drives them to these bounds anyway (a GEMM at
 # the FMA peak before the width term; depthwise time is all memory; a cache 20x faster than DRAM).
-FIXED = {"gemm_eff": 1.0, "dw_eff": 1.0, "cache_bw": 20.0}
+FIXED = {"gemm_eff": 1.0, "dw_eff": 1.0, "cache_bw": 20.0, "stream_eff": 1.0}
 # LiteRT (XNNPACK): no Winograd; no in-order board in its data (in_order_eff kept at ncnn's value
 # when --write copies it); depthwise efficiency is fitted (EfficientDet is depthwise-heavy).
 LITERT_FIXED = {"gemm_eff": 1.0, "cache_bw": 20.0, "winograd": 1.0, "in_order_eff": 0.7}
