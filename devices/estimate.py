@@ -1,7 +1,8 @@
 """On-target latency and memory estimates from a model of the hardware anyone can read.
 
 For each layer of the runtime's own graph (`runtime_graph`: ncnn and XNNPACK fuse BN and simple
-activations into the conv before it; ncnn keeps HardSwish/HardSigmoid as layers):
+activations into the conv before it; ncnn keeps HardSwish/HardSigmoid as layers and runs ONNX's
+Mul(x, Sigmoid(x)) as one in-place Swish layer, `gated_activations`):
 
     compute = MACs' / (peak MAC/cycle x efficiency x clock)
       MACs'       MACs; for ncnn's 3x3 stride-1 convs the Winograd multiplies instead
@@ -20,6 +21,9 @@ activations into the conv before it; ncnn keeps HardSwish/HardSigmoid as layers)
               Winograd weights are (m + 2)^2 / 9 times larger and its transformed tiles are
               written and read back; in an int8 graph only the blobs between two convs are int8
               (`int8_blobs`), every other blob stays float
+    element-wise / pooling layers: no packing, one pass over their bytes (`STREAM_OPS`), compute = their
+              kernel's vector instructions (counted in ncnn's ARM sources) at the core's 128-bit
+              issue rate x stream_eff (held at 1 by the fit: not fitted)
     layer   = ((compute + activation memory)^1.5 + weight memory^1.5)^(1/1.5) + layer_cycles / clock
               (arithmetic and activation passes add up; the prefetched weight stream overlaps them)
 
