@@ -7,12 +7,20 @@
 
 Data: the published measurements in the repo's sibling folder `shared/reference/` (CI clones the
 repo with `shared/` beside it; their sources are in that folder's README), not copied into the
-repo: ncnn-published-latency.csv (benchncnn, average ms) on the boards that have a profile. The ten benchmark models are rebuilt from their standard definitions
-(`reference_models.py`); their layer tables are cached in `benchmarks/data/reference_layers.json`
-so a refit needs no torch. Errors are |estimate / measured - 1|: on the models the fit saw, and
-leaving each model out of the fit in turn and predicting it (the held-out error). The baseline is
-a plain MACs estimate (ms = c x GMACs, c fitted per board x threads x precision on the same
-training models), the usual back-of-envelope.
+repo: ncnn-published-latency.csv (benchncnn, average ms) on the boards that have a profile; and,
+kept apart in `benchmarks/data/` (sources in its README), benchncnn rows of ncnn's benchmark README
+for other boards (RK3588, RK3399, RK3568, Jetson Nano, RPi 3, RPi Zero 2 W) and models the reference
+CSV lacks (squeeze-excitation / swish networks, ResNet-50, inverted residuals). ncnn README rows for
+the Raspberry Pi 4 and 5 that are not in shared/reference/ are never read: they are a check set.
+Layer tables: the ten reference models rebuilt from their standard definitions
+(`reference_models.py`, cached in `benchmarks/data/reference_layers.json`), the others read from
+ncnn's own benchmark graphs (`benchmarks/data/ncnn_benchmark_layers.json`), so a refit needs no torch.
+
+Errors are |estimate / measured - 1|, three ways: on the rows the fit saw; family held out (each
+model family in FAMILIES left out of the fit in turn and predicted, on every board); board held out
+(each board left out in turn). Each is printed next to a plain MACs estimate (ms = c x GMACs, c
+the median ms/GMAC of the same training rows: same board, threads and precision for the family
+split; over other boards, per peak GMAC/s, for the board split), the usual back-of-envelope.
 
 Excluded rows (no sane model reproduces them), each with its reason, are in EXCLUDED; rows once
 called outliers that the model now reproduces stay in the fit and are listed in REPRODUCED."""
@@ -23,6 +31,7 @@ import csv
 import json
 import statistics
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +39,7 @@ import numpy as np
 from edgepack.devices import DeviceProfile, load_profile
 from edgepack.devices.estimate import (
     LayerFeatures,
+    Machine,
     RuntimeParams,
     combine,
     layer_seconds,
@@ -43,9 +53,36 @@ from scipy.optimize import least_squares
 ROOT = Path(__file__).resolve().parent.parent
 # public measurements (sources in that folder's README.md), beside the repo, never copied into it
 REFERENCE = ROOT.parent / "shared" / "reference"
-TABLES = ROOT / "benchmarks" / "data" / "reference_layers.json"
+DATA = ROOT / "benchmarks" / "data"
+TABLES = DATA / "reference_layers.json"
+NCNN_TABLES = DATA / "ncnn_benchmark_layers.json"  # ncnn's benchmark graphs (see DATA / README.md)
+OTHER_BOARDS = DATA / "ncnn-benchmark-other-boards.csv"
 PARAMS = ROOT / "devices" / "estimator_params.json"
-BOARDS = {"rpi4": "rpi4", "rpi5": "rpi5", "rpi3": "rpi3", "rpi-zero2w": "rpi-zero2w", "jetson-nano-cpu": "jetson-nano-cpu"}
+BOARDS = {"rpi4": "rpi4", "rpi5": "rpi5", "rpi3": "rpi3", "rpi-zero2w": "rpi-zero2w", "jetson-nano-cpu": "jetson-nano-cpu",
+          "rk3568-a55": "rk3568-a55"}
+# model families held out together (a family shares its blocks: a model of it in the fit would leak them)
+FAMILIES = {
+    "plain (AlexNet, VGG)": ("alexnet", "vgg16"),
+    "ResNet": ("resnet18", "resnet50"),
+    "Inception": ("googlenet",),
+    "SqueezeNet": ("squeezenet", "squeezenet_ssd"),
+    "MobileNet v1": ("mobilenet", "mobilenet_ssd", "mobilenet_yolo"),
+    "inverted residual (MobileNetV2, MnasNet, ProxylessNAS)": ("mobilenet_v2", "mnasnet", "proxylessnasnet",
+                                                               "mobilenetv2_yolov3"),
+    "squeeze-excitation / swish (MobileNetV3, EfficientNet, RegNetY)": ("mobilenet_v3", "efficientnet_b0",
+                                                                         "efficientnetv2_b0", "regnety_400m"),
+    "ShuffleNet": ("shufflenet", "shufflenet_v2", "nanodet_m"),
+    "YOLOv4-tiny": ("yolov4-tiny",),
+    "Yolo-Fastest": ("yolo-fastest-1.1", "yolo-fastestv2", "FastestDet"),
+    "BlazeFace": ("blazeface",),
+}
+STAGE1_CORES = ("Cortex-A72", "Cortex-A76")
+# boards of benchmarks/data kept in the CSV but not used, with the reason
+UNUSED_BOARDS = {
+    "rk3588-a76": "its single-thread rows are ~2x the RPi 5's on the same core and clock (squeezenet 25.1 vs "
+                  "11.9 ms, mobilenet 41.2 vs 20.3 ms): an older ncnn build (no fp16 arithmetic), not comparable",
+}
+FAMILY = {m: fam for fam, models in FAMILIES.items() for m in models}
 GOAL_BOARDS = ("rpi4", "rpi5")
 EXCLUDED = {
     ("rpi5", "mobilenet", "fp32", 4): "average 33.9 ms vs 20.3 ms on 1 thread after a 73 ms spike (min 9.0 ms): "
@@ -59,16 +96,17 @@ REPRODUCED = {
     ("rpi5", "vgg16", "int8", 1): "int8 slower than fp32 (273 vs 190 ms): int16 Winograd vs fp16 Winograd",
 }
 START = {"gemm_eff": 0.6, "width_half": 32.0, "dw_eff": 0.15, "winograd": 0.8, "int8_nodot": 1.4, "int8_dot": 2.0,
-         "in_order_eff": 0.7, "cache_bw": 4.0, "act_passes": 2.0, "memory_share": 0.05, "memory_share_int8": 0.05, "layer_cycles": 20000.0}
+         "in_order_eff": 0.7, "cache_bw": 4.0, "act_passes": 2.0, "memory_share": 0.05, "memory_share_int8": 0.05, "layer_cycles": 20000.0, "stream_eff": 0.5}
 BOUNDS = {"gemm_eff": (0.05, 1.0), "width_half": (1.0, 1024.0), "dw_eff": (0.01, 1.0), "winograd": (0.1, 2.0),
           "int8_nodot": (0.5, 4.0), "int8_dot": (0.5, 8.0), "in_order_eff": (0.2, 1.5), "cache_bw": (1.0, 20.0), "act_passes": (1.0, 10.0),
-          "memory_share": (0.0, 0.9), "memory_share_int8": (0.0, 0.9), "layer_cycles": (100.0, 1e6)}
+          "memory_share": (0.0, 0.9), "memory_share_int8": (0.0, 0.9), "layer_cycles": (100.0, 1e6),
+          "stream_eff": (0.05, 2.0)}
 
 LOSS = "soft_l1"  # robust: a few odd rows do not drag the rest
 
 # Held at a physical limit, not fitted: free, the fit drives them to these bounds anyway (a GEMM at
 # the FMA peak before the width term; depthwise time is all memory; a cache 20x faster than DRAM).
-FIXED = {"gemm_eff": 1.0, "dw_eff": 1.0, "cache_bw": 20.0}
+FIXED = {"gemm_eff": 1.0, "dw_eff": 1.0, "cache_bw": 20.0, "stream_eff": 1.0}
 # LiteRT (XNNPACK): no Winograd; no in-order board in its data (in_order_eff kept at ncnn's value
 # when --write copies it); depthwise efficiency is fitted (EfficientDet is depthwise-heavy).
 LITERT_FIXED = {"gemm_eff": 1.0, "cache_bw": 20.0, "winograd": 1.0, "in_order_eff": 0.7}
@@ -91,17 +129,51 @@ class Row:
     ms: float
 
 
+def _ncnn_row(board: str, model: str, threads: str, avg_ms: str) -> Row:
+    model, precision = (model[: -len("_int8")], "int8") if model.endswith("_int8") else (model, "fp32")
+    return Row(board, model, precision, int(threads), float(avg_ms))
+
+
 def read_ncnn_rows(reference: Path = REFERENCE) -> tuple[list[Row], list[tuple[Row, str]]]:
     rows, excluded = [], []
     with open(reference_file(reference, "ncnn-published-latency.csv")) as f:
         for r in csv.DictReader(f):
             if r["device"] not in BOARDS:
                 continue
-            model, precision = (r["model"][: -len("_int8")], "int8") if r["model"].endswith("_int8") else (r["model"], "fp32")
-            row = Row(BOARDS[r["device"]], model, precision, int(r["threads"]), float(r["avg_ms"]))
+            row = _ncnn_row(BOARDS[r["device"]], r["model"], r["threads"], r["avg_ms"])
             why = EXCLUDED.get((row.board, row.model, row.precision, row.threads))
             (excluded.append((row, why)) if why else rows.append(row))
     return rows, excluded
+
+
+def read_other_ncnn_rows(known: list[Row], models: set[str]) -> tuple[list[Row], list[str]]:
+    """benchncnn rows of ncnn's benchmark README for boards and models beyond shared/reference/
+    (benchmarks/data/ncnn-benchmark-other-boards.csv); a row the reference CSV already holds is
+    skipped, and so is a model without a layer table (its graph did not run in ncnn's Python
+    module with empty weights). Never a Raspberry Pi 4 or 5 row: those are the check set."""
+    seen = {(r.board, r.model, r.precision, r.threads) for r in known}
+    rows, skipped = [], set()
+    with open(OTHER_BOARDS) as f:
+        for r in csv.DictReader(f):
+            if r["board"] in ("rpi4", "rpi5"):
+                raise SystemExit(f"{OTHER_BOARDS.name} holds a {r['board']} row: Raspberry Pi 4/5 rows beyond "
+                                 "shared/reference/ are the check set and must not be fitted on")
+            row = _ncnn_row(r["board"], r["model"], r["threads"], r["avg_ms"])
+            if r["board"] in UNUSED_BOARDS:
+                continue
+            if row.model not in models:
+                skipped.add(row.model)
+            elif (row.board, row.model, row.precision, row.threads) not in seen:
+                rows.append(row)
+    return rows, sorted(skipped)
+
+
+def board_profile(board: str) -> DeviceProfile:
+    """A product profile (devices/profiles/), else a fit-only board in benchmarks/data/boards/."""
+    path = DATA / "boards" / f"{board}.toml"
+    if path.is_file():
+        return DeviceProfile.from_mapping(tomllib.loads(path.read_text()), path.name)
+    return load_profile(board)
 
 
 TFLITE_BOARDS = {"Raspberry Pi 4 4GB (Cortex-A72)": "rpi4", "Raspberry Pi 5 8GB (Cortex-A76 2.4GHz)": "rpi5"}
@@ -178,24 +250,34 @@ def check_macs(tables: dict[str, LayerTable], reference: Path = REFERENCE) -> li
 
 
 class Problem:
-    """Precomputed layer features per (model, board, precision), so one evaluation of all rows is fast."""
+    """Every row's layers stacked into one array per feature (`LayerFeatures.concat`,
+    `Machine.stack`), so one call of the estimator's own formula evaluates hundreds of rows."""
 
     def __init__(self, tables: dict[str, LayerTable], rows: list[Row], runtime: str) -> None:
         self.rows, self.runtime = rows, runtime
-        self.profiles: dict[str, DeviceProfile] = {b: load_profile(b) for b in {r.board for r in rows}}
+        self.profiles: dict[str, DeviceProfile] = {b: board_profile(b) for b in {r.board for r in rows}}
         self.features = {}
-        for name, table in tables.items():
-            layers, _ = runtime_graph(table, runtime)
-            self.features[name] = LayerFeatures.of(layers, table.tensors)
+        for name in {r.model for r in rows}:
+            layers, _ = runtime_graph(tables[name], runtime)
+            self.features[name] = LayerFeatures.of(layers, tables[name].tensors)
+        self._stacks: dict[tuple[Row, ...], tuple[LayerFeatures, Machine, np.ndarray]] = {}
+
+    def _stack(self, rows: list[Row]) -> tuple[LayerFeatures, Machine, np.ndarray]:
+        key = tuple(rows)
+        if key not in self._stacks:
+            feats = [self.features[r.model] for r in rows]
+            counts = [len(f.macs) for f in feats]
+            machines = [Machine.of(self.profiles[r.board], numerics(self.runtime, r.precision, self.profiles[r.board]),
+                                   r.threads) for r in rows]
+            self._stacks[key] = (LayerFeatures.concat(feats), Machine.stack(machines, counts),
+                                 np.repeat(np.arange(len(rows)), counts))
+        return self._stacks[key]
 
     def predict(self, rp: RuntimeParams, rows: list[Row] | None = None) -> np.ndarray:
-        out = []
-        for r in rows or self.rows:
-            profile = self.profiles[r.board]
-            num = numerics(self.runtime, r.precision, profile)
-            out.append(float(combine(*layer_seconds(self.features[r.model], profile, self.runtime, num, rp,
-                                                    r.threads)).sum()) * 1e3)
-        return np.array(out)
+        rows = rows or self.rows
+        f, m, index = self._stack(rows)
+        seconds = combine(*layer_seconds(f, m, self.runtime, rp))
+        return np.bincount(index, weights=seconds, minlength=len(rows)) * 1e3
 
 
 def fit(problem: Problem, rows: list[Row], free: list[str] | None = None, base: RuntimeParams | None = None,
@@ -230,13 +312,13 @@ def fit(problem: Problem, rows: list[Row], free: list[str] | None = None, base: 
 
 
 def fit_both(problem: Problem, rows: list[Row], fixed: dict[str, float] | None = None) -> RuntimeParams:
-    """Stage 1: every parameter but in_order_eff (and the `fixed` ones) on the goal boards
-    (out-of-order A72, A76). Stage 2: in_order_eff alone on the in-order A53 boards, the rest fixed.
-    Other boards (jetson-nano-cpu, A57) are never fitted on: their error is a transfer test."""
+    """Stage 1: every parameter but in_order_eff (and the `fixed` ones) on the STAGE1_CORES boards
+    (the goal boards' cores, A72 and A76). Stage 2: in_order_eff alone on the in-order (A53, A55)
+    boards, the rest fixed. Other cores (the Jetson Nano's A57) are only predicted."""
     fixed = FIXED if fixed is None else fixed
     names = RuntimeParams.names()
-    goal = [r for r in rows if r.board in GOAL_BOARDS]
-    stage1 = fit(problem, goal, free=[k for k in names if k != "in_order_eff" and k not in fixed],
+    out_of_order = [r for r in rows if problem.profiles[r.board].big.core in STAGE1_CORES]
+    stage1 = fit(problem, out_of_order, free=[k for k in names if k != "in_order_eff" and k not in fixed],
                  base=RuntimeParams(**{**START, **fixed}))
     in_order = [r for r in rows if problem.profiles[r.board].big.in_order]
     return fit(problem, in_order, free=["in_order_eff"], base=stage1, starts=1) if in_order else stage1
@@ -246,44 +328,160 @@ def errors(pred: np.ndarray, rows: list[Row]) -> np.ndarray:
     return np.abs(pred / np.array([r.ms for r in rows]) - 1)
 
 
-def baseline_loo(tables: dict[str, LayerTable], rows: list[Row]) -> dict[Row, float]:
-    """Plain MACs: ms = c x GMACs with c the median ms/GMAC of the other models on the same board,
+def gmacs(tables: dict[str, LayerTable], row: Row) -> float:
+    return tables[row.model].macs / 1e9
+
+
+def baseline(tables: dict[str, LayerTable], train: list[Row], test: list[Row]) -> dict[Row, float]:
+    """Plain MACs, ms = c x GMACs: c the median ms/GMAC of the training rows of the same board,
     threads and precision."""
     pred = {}
-    for r in rows:
-        ratios = [o.ms / (tables[o.model].macs / 1e9) for o in rows
-                  if (o.board, o.threads, o.precision) == (r.board, r.threads, r.precision) and o.model != r.model]
-        pred[r] = statistics.median(ratios) * tables[r.model].macs / 1e9
+    for r in test:
+        ratios = [o.ms / gmacs(tables, o) for o in train if (o.board, o.threads, o.precision) == (r.board, r.threads, r.precision)]
+        pred[r] = statistics.median(ratios) * gmacs(tables, r) if ratios else float("nan")
     return pred
 
 
-def summarize(label: str, rows: list[Row], err: dict[Row, float]) -> list[str]:
-    lines = []
-    groups: dict[tuple, list[float]] = {}
+def peak_gmacs(profile: DeviceProfile, threads: int) -> float:
+    core = profile.big
+    return core.clock_ghz * core.fp32_flop_per_cycle / 2 * min(threads, core.count)
+
+
+def board_baseline(tables: dict[str, LayerTable], profiles: dict[str, DeviceProfile], train: list[Row],
+                   test: list[Row]) -> dict[Row, float]:
+    """Plain MACs for a board never seen: ms = c x GMACs / (the board's fp32 peak GMAC/s with those
+    threads), c the median over the other boards' rows of the same model family kind (precision)."""
+    pred = {}
+    for r in test:
+        ratios = [o.ms * peak_gmacs(profiles[o.board], o.threads) / gmacs(tables, o) for o in train
+                  if o.precision == r.precision]
+        pred[r] = statistics.median(ratios) * gmacs(tables, r) / peak_gmacs(profiles[r.board], r.threads)
+    return pred
+
+
+def share_line(label: str, err: list[float]) -> str:
+    e = np.array(err)
+    return (f"median {100 * np.median(e):5.1f}%  worst {100 * e.max():5.1f}%  within 20% {100 * np.mean(e <= 0.2):5.1f}%"
+            if len(e) else "no rows")
+
+
+def summarize(title: str, rows: list[Row], model_err: dict[Row, float], base_err: dict[Row, float]) -> list[str]:
+    """Per board and threads, then the goal boards and all rows: the model next to MACs-only."""
+    lines = [f"{title}  (estimator | MACs-only)"]
+    groups: dict[tuple, list[Row]] = {}
     for r in rows:
-        groups.setdefault((r.board, r.threads), []).append(err[r])
-    for (board, threads), e in sorted(groups.items()):
-        mark = "" if board in GOAL_BOARDS or board in ("rpi3", "rpi-zero2w") else " (board never fitted on)"
-        lines.append(f"{label:10s} {board:16s} {threads}T  n={len(e):2d}  median {100 * statistics.median(e):5.1f}%  "
-                     f"worst {100 * max(e):5.1f}%{mark}")
+        groups.setdefault((r.board, r.threads), []).append(r)
+    for (board, threads), rs in sorted(groups.items()):
+        lines.append(f"  {board:16s} {threads}T n={len(rs):3d}  {share_line('', [model_err[r] for r in rs])}  |  "
+                     f"{share_line('', [base_err[r] for r in rs])}")
+    goal = [r for r in rows if r.board in GOAL_BOARDS]
+    for label, rs in (("GOAL rpi4+rpi5", goal), ("all boards", rows)):
+        lines.append(f"  {label:19s} n={len(rs):3d}  {share_line('', [model_err[r] for r in rs])}  |  "
+                     f"{share_line('', [base_err[r] for r in rs])}")
     return lines
 
 
-def run(write: bool, rebuild: bool, reference: Path = REFERENCE) -> int:
+def evaluate_ncnn(tables: dict[str, LayerTable], rows: list[Row]) -> dict[str, float]:
+    """Fit on all rows; then each family held out, then each board held out; print the tables."""
+    problem = Problem(tables, rows, "ncnn")
+    params = fit_both(problem, rows, FIXED)
+    fit_ms = dict(zip(rows, problem.predict(params, rows), strict=True))
+    fit_err = {r: abs(fit_ms[r] / r.ms - 1) for r in rows}
+    fit_base = baseline(tables, rows, rows)
+    family_ms: dict[Row, float] = {}
+    family_base: dict[Row, float] = {}
+    for family in FAMILIES:
+        test = [r for r in rows if FAMILY.get(r.model) == family]
+        if not test:
+            continue
+        train = [r for r in rows if FAMILY.get(r.model) != family]
+        family_ms.update(zip(test, problem.predict(fit_both(problem, train, FIXED), test), strict=True))
+        family_base.update(baseline(tables, train, test))
+        print(f"  ncnn: held out {family}", file=sys.stderr)
+    board_ms: dict[Row, float] = {}
+    board_base: dict[Row, float] = {}
+    for board in sorted({r.board for r in rows}):
+        test = [r for r in rows if r.board == board]
+        train = [r for r in rows if r.board != board]
+        board_ms.update(zip(test, problem.predict(fit_both(problem, train, FIXED), test), strict=True))
+        board_base.update(board_baseline(tables, problem.profiles, train, test))
+        print(f"  ncnn: held out board {board}", file=sys.stderr)
+    err = lambda pred: {r: abs(pred[r] / r.ms - 1) for r in rows}
+    print("\nncnn: |estimate / measured - 1| per board and threads: median, worst, share within 20%")
+    print("\n".join(summarize("FIT (every row in the fit; MACs-only c from the same rows)", rows, fit_err, err(fit_base))))
+    print("\n".join(summarize("FAMILY HELD OUT (each model family predicted by a fit without it)", rows, err(family_ms),
+                              err(family_base))))
+    print("\n".join(summarize("BOARD HELD OUT (each board predicted by a fit without it)", rows, err(board_ms),
+                              err(board_base))))
+    goal = [r for r in rows if r.board in GOAL_BOARDS]
+    worst = sorted(goal, key=lambda r: -abs(family_ms[r] / r.ms - 1))[:6]
+    print("worst family-held-out goal rows (estimate / measured - 1): " + "; ".join(
+        f"{r.board} {r.model} {r.precision} {r.threads}T {100 * (family_ms[r] / r.ms - 1):+.0f}%" for r in worst))
+    by_family: dict[str, list[float]] = {}
+    for r in rows:
+        by_family.setdefault(FAMILY.get(r.model, "?"), []).append(family_ms[r] / r.ms - 1)
+    print("family held out, all boards, median signed error per family: " + "; ".join(
+        f"{fam.split(' (')[0]} {100 * statistics.median(v):+.0f}% (n={len(v)})" for fam, v in by_family.items()))
+    for r in rows:
+        why = REPRODUCED.get((r.board, r.model, r.precision, r.threads))
+        if why:
+            print(f"once an outlier, kept: {r.board} {r.model} {r.precision} {r.threads}T measured {r.ms} ms, estimate "
+                  f"{fit_ms[r]:.1f} (fit) / {family_ms[r]:.1f} ms (family held out): {why}")
+    print("fitted ncnn parameters: " + json.dumps({k: round(v, 4) for k, v in vars(params).items()}))
+    return {k: round(v, 6) for k, v in vars(params).items()}
+
+
+def evaluate(tables: dict[str, LayerTable], rows: list[Row], runtime: str, fixed: dict[str, float]) -> dict[str, float]:
+    """LiteRT: one model family in its data, so each model is left out in turn (not a family)."""
+    problem = Problem(tables, rows, runtime)
+    params = fit_both(problem, rows, fixed)
+    fit_err = dict(zip(rows, errors(problem.predict(params, rows), rows), strict=True))
+    loo_ms: dict[Row, float] = {}
+    for model in sorted({r.model for r in rows}):
+        test = [r for r in rows if r.model == model]
+        loo_ms.update(zip(test, problem.predict(fit_both(problem, [r for r in rows if r.model != model], fixed), test),
+                          strict=True))
+    base = {}
+    for model in sorted({r.model for r in rows}):
+        test = [r for r in rows if r.model == model]
+        base.update(baseline(tables, [r for r in rows if r.model != model], test))
+    err = lambda pred: {r: abs(pred[r] / r.ms - 1) for r in rows}
+    print(f"\n{runtime}: |estimate / measured - 1| (one family: models left out one at a time)")
+    print("\n".join(summarize("FIT", rows, fit_err, err(base))))
+    print("\n".join(summarize("MODEL HELD OUT", rows, err(loo_ms), err(base))))
+    print(f"fitted {runtime} parameters: " + json.dumps({k: round(v, 4) for k, v in vars(params).items()}))
+    return {k: round(v, 6) for k, v in vars(params).items()}
+
+
+def load_all_tables(rebuild: bool) -> dict[str, LayerTable]:
     tables = {} if rebuild or not TABLES.is_file() else load_tables(TABLES)
     missing = [name for name in reference_models() if name not in tables]
     if missing:
         tables.update(build_tables(missing))
         TABLES.parent.mkdir(parents=True, exist_ok=True)
         save_tables(tables, TABLES)
+    return {**load_tables(NCNN_TABLES), **tables}
+
+
+def ncnn_rows(tables: dict[str, LayerTable], reference: Path = REFERENCE, quiet: bool = True) -> list[Row]:
+    """Every ncnn row the fit uses: the reference CSV's, then the other boards' (benchmarks/data)."""
+    rows, excluded = read_ncnn_rows(reference)
+    other, skipped = read_other_ncnn_rows(rows, set(tables))
+    if not quiet:
+        print(f"\nExcluded {len(excluded)} rows:")
+        for row, why in excluded:
+            print(f"  {row.board} {row.model} {row.precision} {row.threads}T {row.ms} ms: {why}")
+        print(f"ncnn rows: {len(rows)} from shared/reference, {len(other)} from {OTHER_BOARDS.relative_to(ROOT)} "
+              f"(models without a layer table, skipped: {', '.join(skipped)})")
+    return rows + other
+
+
+def run(write: bool, rebuild: bool, reference: Path = REFERENCE) -> int:
+    tables = load_all_tables(rebuild)
     print("Reference rebuilds vs ncnn-benchmark-models.csv (ours / published, GMACs):")
     print("\n".join("  " + line for line in check_macs(tables, reference)))
-    rows, excluded = read_ncnn_rows(reference)
-    print(f"\nExcluded {len(excluded)} rows:")
-    for row, why in excluded:
-        print(f"  {row.board} {row.model} {row.precision} {row.threads}T {row.ms} ms: {why}")
-
-    ncnn = evaluate(tables, rows, "ncnn", FIXED)
+    rows = ncnn_rows(tables, reference, quiet=False)
+    ncnn = evaluate_ncnn(tables, rows)
     litert_rows = read_litert_rows(reference)
     print(f"\nLiteRT rows: {len(litert_rows)} (TFLite 2.18 benchmark_model + XNNPACK, EfficientDet-Lite0-4, rpi4 and rpi5)")
     litert = evaluate(tables, litert_rows, "litert", LITERT_FIXED)
@@ -293,9 +491,10 @@ def run(write: bool, rebuild: bool, reference: Path = REFERENCE) -> int:
 
     shipped = load_params() if PARAMS.is_file() else None
     new = {
-        "version": "2",
+        "version": "3",
         "fitted_by": "python -m benchmarks.fit_estimator --write",
-        "data": {"ncnn": "ncnn-published-latency.csv (boards: " + ", ".join(sorted(BOARDS)) + ")",
+        "data": {"ncnn": "ncnn-published-latency.csv (boards: " + ", ".join(sorted(BOARDS)) + ") and "
+                         "benchmarks/data/ncnn-benchmark-other-boards.csv",
                  "litert": "tflite-published-latency.csv, TFLite 2.18 benchmark_model + XNNPACK (rpi4, rpi5)"},
         "runtimes": {
             "ncnn": {"params": params["ncnn"]},
@@ -314,46 +513,6 @@ def run(write: bool, rebuild: bool, reference: Path = REFERENCE) -> int:
         print("shipped parameters reproduced" if same else "shipped parameters differ from this fit: rerun with --write")
         return 0 if same else 1
     return 0
-
-
-def evaluate(tables: dict[str, LayerTable], rows: list[Row], runtime: str, fixed: dict[str, float]) -> dict[str, float]:
-    """Fit on all rows, then leave each model out in turn; print the error tables; return the params."""
-    problem = Problem(tables, rows, runtime)
-    params = fit_both(problem, rows, fixed)
-    fit_err = dict(zip(rows, errors(problem.predict(params, rows), rows), strict=True))
-    loo_err: dict[Row, float] = {}
-    loo_ms: dict[Row, float] = {}
-    for model in sorted({r.model for r in rows}):
-        test = [r for r in rows if r.model == model]
-        p = fit_both(problem, [r for r in rows if r.model != model], fixed)
-        pred = problem.predict(p, test)
-        loo_err.update(zip(test, errors(pred, test), strict=True))
-        loo_ms.update(zip(test, pred, strict=True))
-        print(f"  {runtime}: left out {model:19s} held-out median {100 * statistics.median(loo_err[r] for r in test):5.1f}%",
-              file=sys.stderr)
-    base = baseline_loo(tables, rows)
-    base_err = {r: abs(base[r] / r.ms - 1) for r in rows}
-    print(f"\n{runtime}: error |estimate/measured - 1| per board and threads "
-          "(fit = models in the fit; held-out = each model predicted by a fit without it; MACs-only = baseline, held-out)")
-    print("\n".join(summarize("fit", rows, fit_err)))
-    print("\n".join(summarize("held-out", rows, loo_err)))
-    print("\n".join(summarize("MACs-only", rows, base_err)))
-    goal = [r for r in rows if r.board in GOAL_BOARDS and r.threads in (1, 4)]
-    for label, err in (("fit", fit_err), ("held-out", loo_err), ("MACs-only", base_err)):
-        e = [err[r] for r in goal]
-        print(f"{label:10s} GOAL rpi4+rpi5, 1T+4T  n={len(e)}  median {100 * statistics.median(e):5.1f}%  "
-              f"worst {100 * max(e):5.1f}%")
-    worst = sorted(goal, key=lambda r: -loo_err[r])[:5]
-    print("worst held-out rows (estimate / measured - 1): " + "; ".join(
-        f"{r.board} {r.model} {r.precision} {r.threads}T {100 * (loo_ms[r] / r.ms - 1):+.0f}%" for r in worst))
-    fit_ms = dict(zip(rows, problem.predict(params, rows), strict=True))
-    for r in rows:
-        why = REPRODUCED.get((r.board, r.model, r.precision, r.threads)) if runtime == "ncnn" else None
-        if why:
-            print(f"once an outlier, kept: {r.board} {r.model} {r.precision} {r.threads}T measured {r.ms} ms, estimate "
-                  f"{fit_ms[r]:.1f} (fit) / {loo_ms[r]:.1f} ms (held-out): {why}")
-    print(f"fitted {runtime} parameters: " + json.dumps({k: round(v, 4) for k, v in vars(params).items()}))
-    return {k: round(v, 6) for k, v in vars(params).items()}
 
 
 def check_memory(tables: dict[str, LayerTable], litert: dict[str, float], reference: Path = REFERENCE) -> None:

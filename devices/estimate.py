@@ -1,7 +1,8 @@
 """On-target latency and memory estimates from a model of the hardware anyone can read.
 
 For each layer of the runtime's own graph (`runtime_graph`: ncnn and XNNPACK fuse BN and simple
-activations into the conv before it; ncnn keeps HardSwish/HardSigmoid as layers):
+activations into the conv before it; ncnn keeps HardSwish/HardSigmoid as layers and runs ONNX's
+Mul(x, Sigmoid(x)) as one in-place Swish layer, `gated_activations`):
 
     compute = MACs' / (peak MAC/cycle x efficiency x clock)
       MACs'       MACs; for ncnn's 3x3 stride-1 convs the Winograd multiplies instead
@@ -20,6 +21,9 @@ activations into the conv before it; ncnn keeps HardSwish/HardSigmoid as layers)
               Winograd weights are (m + 2)^2 / 9 times larger and its transformed tiles are
               written and read back; in an int8 graph only the blobs between two convs are int8
               (`int8_blobs`), every other blob stays float
+    element-wise / pooling layers: no packing, one pass over their bytes (`STREAM_OPS`), compute = their
+              kernel's vector instructions (counted in ncnn's ARM sources) at the core's 128-bit
+              issue rate x stream_eff (held at 1 by the fit: not fitted)
     layer   = ((compute + activation memory)^1.5 + weight memory^1.5)^(1/1.5) + layer_cycles / clock
               (arithmetic and activation passes add up; the prefetched weight stream overlaps them)
 
@@ -76,6 +80,8 @@ class RuntimeParams:
     memory_share: float  # share of a float kernel's time bound by the shared cache / DRAM (scales as the profile's bandwidth)
     memory_share_int8: float  # the same for int8 kernels (they move 4x fewer bytes per MAC)
     layer_cycles: float  # fixed cost per layer (dispatch, packing set-up)
+    stream_eff: float = 1.0  # element-wise kernels' vector instructions per cycle / the core's 128-bit FP issue rate
+
 
     @classmethod
     def names(cls) -> list[str]:
@@ -99,16 +105,19 @@ def runtime_params(runtime: str, params: dict[str, Any] | None = None) -> Runtim
 
 def runtime_graph(table: LayerTable, runtime: str) -> tuple[list[Layer], dict[str, str]]:
     """The layers the runtime executes: activations fused into the conv/fc before them when that
-    output has no other reader. Returns the layers and the tensor aliases the fusion made."""
+    output has no other reader; for ncnn, x * sigmoid(x) and x * hardsigmoid(x) (how ONNX spells
+    SiLU and hard-swish) are one in-place Swish / HardSwish layer (`gated_activations`). Returns the
+    layers and the tensor aliases the fusion made."""
     fusable = FUSED_ACTIVATIONS[runtime]
+    layers = gated_activations(table.layers) if runtime == "ncnn" else table.layers
     readers: dict[str, int] = {}
-    for layer in table.layers:
+    for layer in layers:
         for t in layer.inputs:
             readers[t] = readers.get(t, 0) + 1
     producer: dict[str, Layer] = {}
     alias: dict[str, str] = {}
     out: list[Layer] = []
-    for layer in table.layers:
+    for layer in layers:
         ins = tuple(alias.get(t, t) for t in layer.inputs)
         src = producer.get(ins[0]) if len(ins) == 1 else None
         if (layer.op in fusable and src is not None and src.kind in FUSES_INTO and readers.get(layer.inputs[0], 0) == 1
@@ -121,6 +130,31 @@ def runtime_graph(table: LayerTable, runtime: str) -> tuple[list[Layer], dict[st
         for o in layer.outputs:
             producer[o] = layer
     return out, alias
+
+
+GATES = {"Sigmoid": "Swish", "HardSigmoid": "HardSwish", "LOGISTIC": "Swish"}
+
+
+def gated_activations(layers: list[Layer]) -> list[Layer]:
+    """Mul(x, Sigmoid(x)) -> one Swish layer, Mul(x, HardSigmoid(x)) -> one HardSwish layer, as pnnx
+    writes them for ncnn (its F.silu / F.hardswish passes; ncnn's benchmark efficientnet_b0.param has
+    49 Swish layers and no Sigmoid-Mul pair): the gate's output must be read by that Mul alone."""
+    readers: dict[str, list[Layer]] = {}
+    for layer in layers:
+        for t in layer.inputs:
+            readers.setdefault(t, []).append(layer)
+    fused: dict[str, Layer] = {}  # the Mul's name -> the one layer replacing gate and Mul
+    gates: set[str] = set()
+    for gate in layers:
+        if gate.op not in GATES or len(gate.inputs) != 1 or len(readers.get(gate.outputs[0], [])) != 1:
+            continue
+        mul = readers[gate.outputs[0]][0]
+        if mul.op not in ("Mul", "MUL") or set(mul.inputs) != {gate.inputs[0], gate.outputs[0]}:
+            continue
+        gates.add(gate.name)
+        fused[mul.name] = Layer(name=mul.name, op=GATES[gate.op], kind="act", inputs=gate.inputs, outputs=mul.outputs,
+                                out_hw=mul.out_hw)
+    return [fused.get(layer.name, layer) for layer in layers if layer.name not in gates]
 
 
 # ---------------------------------------------------------------- precision per runtime and core
@@ -184,6 +218,34 @@ def winograd_geometry(layer: Layer, int8: bool) -> tuple[float, float, float]:
     return tiles * per_pair, float(per_pair), 2 * tiles * (m + 2) ** 2 * (layer.cin + layer.cout)
 
 
+# Vector instructions per 128-bit vector (4 fp32 or 8 fp16 lanes) of ncnn's ARM element-wise kernels,
+# aarch64 paths, counted in Tencent/ncnn src/layer/arm/ (commit a4d2ea1): exp_ps in neon_mathfun.h is
+# 20 (min, max, fma, frintm, 2 mul, 2 sub, mul, 6 fma, add, cvt, add, shl, mul); swish_arm.cpp:
+# x / (1 + exp(-x)) = neg + exp + add + fdiv = 23; sigmoid_arm.cpp (sigmoid_ps): neg + exp + add +
+# recpe + 2 x (recps, mul) = 27; hardswish_arm.cpp: fma, max, min, mul = 4; hardsigmoid: fma, max,
+# min = 3; relu: max = 1; clip: max, min = 2; leakyrelu/prelu: cmp, mul, bsl = 3; binaryop: 1 per
+# output vector; pooling: 1 add/max per input vector; tanh_ps ~ 25; mish = exp + log + tanh ~ 70;
+# softmax = max + exp + sum + div ~ 25. Copies (concat, slice, interp, padding, permute) move bytes only.
+STREAM_OPS = {
+    "Swish": 23, "Sigmoid": 27, "LOGISTIC": 27, "HardSwish": 4, "HARD_SWISH": 4, "HardSigmoid": 3,
+    "Relu": 1, "ReLU": 1, "RELU": 1, "RELU6": 2, "Clip": 2, "LeakyRelu": 3, "LEAKY_RELU": 3, "PRelu": 3, "PReLU": 3,
+    "Tanh": 25, "TanH": 25, "TANH": 25, "Mish": 70, "Gelu": 30, "GELU": 30, "Elu": 25, "ELU": 25, "Softmax": 25,
+    "SOFTMAX": 25, "BatchNorm": 1, "BatchNormalization": 1, "Scale": 1, "Exp": 20, "EXP": 20,
+}
+STREAM_KIND_OPS = {"eltwise": 1, "pool": 1, "act": 1, "copy": 0}
+
+
+def stream_ops(layer: Layer, tensors: dict[str, int]) -> float:
+    """Vector instructions x vector length of an element-wise / pooling layer's kernel = its vector
+    instructions per element x elements: output elements, input elements for pooling (it reads more
+    than it writes)."""
+    if layer.kind not in STREAM_KIND_OPS:
+        return 0.0
+    per_vector = STREAM_OPS.get(layer.op, STREAM_KIND_OPS[layer.kind])
+    names = layer.inputs[:1] if layer.kind == "pool" else layer.outputs
+    return float(per_vector * sum(max(0, tensors.get(t, 0)) for t in names))
+
+
 @dataclass(frozen=True)
 class LayerFeatures:
     """The runtime graph's layers as arrays (one entry per layer), so one formula serves both
@@ -203,6 +265,8 @@ class LayerFeatures:
     wino_acts: np.ndarray  # ncnn's transformed activation elements written and read back (float, int8)
     wino_acts_int8: np.ndarray
     int8_act_elems: np.ndarray  # of act_elems, those ncnn's int8 graph keeps in int8 (`int8_blobs`)
+    stream: np.ndarray  # element-wise / pooling layers: one pass over their bytes, no packing
+    stream_ops: np.ndarray  # their vector instructions x lanes (`stream_ops`)
 
     @classmethod
     def of(cls, layers: list[Layer], tensors: dict[str, int]) -> LayerFeatures:
@@ -223,7 +287,15 @@ class LayerFeatures:
             wino_macs_int8=geo[:, 3], wino_weights_int8=geo[:, 4], wino_acts_int8=geo[:, 5],
             int8_act_elems=np.array([sum(max(0, tensors.get(t, 0)) for t in layer.inputs + layer.outputs if t in int8)
                                      for layer in layers], dtype=np.float64),
+            stream=np.array([layer.kind in STREAM_KIND_OPS for layer in layers], dtype=bool),
+            stream_ops=np.array([stream_ops(layer, tensors) for layer in layers], dtype=np.float64),
         )
+
+
+    @classmethod
+    def concat(cls, parts: list[LayerFeatures]) -> LayerFeatures:
+        """The layers of several graphs as one (the fit evaluates all its rows in one call)."""
+        return cls(**{k.name: np.concatenate([getattr(p, k.name) for p in parts]) for k in fields(cls)})
 
 
 def int8_blobs(layers: list[Layer]) -> set[str]:
@@ -240,52 +312,86 @@ def int8_blobs(layers: list[Layer]) -> set[str]:
     return {t for t, kinds in readers.items() if producer.get(t) in convs and all(k in convs for k in kinds)}
 
 
-def layer_seconds(f: LayerFeatures, profile: DeviceProfile, runtime: str, num: Numerics, rp: RuntimeParams,
-                  threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(compute, activation memory, weight memory, overhead) seconds of each layer with `threads` threads."""
-    core = profile.big
-    clock = core.clock_ghz * 1e9
-    int8 = num.compute == "int8"
-    weights = f.weight_elems * num.weight_bytes
-    if runtime == "ncnn":  # Winograd: fewer multiplies, at the Winograd kernel's efficiency; more weight bytes
-        macs = np.where(f.winograd, (f.wino_macs_int8 if int8 else f.wino_macs) / rp.winograd, f.macs)
-        weights = np.where(f.winograd, f.wino_weights_int8 * 2 if int8 else f.wino_weights * num.weight_bytes, weights)
+@dataclass(frozen=True)
+class Machine:
+    """The target as the per-layer formula sees it, for one runtime, precision and thread count:
+    scalars for one estimate (`Machine.of`), or one value per layer when the fit stacks the layers of
+    many (model, board, precision, threads) rows into one array (`Machine.stack`)."""
+
+    clock: Any  # Hz
+    peak: Any  # MAC/cycle of the compute precision (FLOP/cycle / 2), before the int8 gain
+    vectors: Any  # 128-bit FP instructions per cycle (one 128-bit FMA = 8 fp32 FLOP)
+    lanes: Any  # 4 fp32 or 8 fp16 lanes per vector
+    int8: Any  # bool
+    dot: Any  # bool: int8 dot product
+    in_order: Any  # bool
+    act_bytes: Any
+    weight_bytes: Any
+    llc: Any  # bytes of shared last-level cache
+    dram: Any  # bytes/s, one thread
+    bw_scale: Any  # bandwidth with `threads` / with one (`bandwidth_scaling`)
+    threads: Any
+
+    @classmethod
+    def of(cls, profile: DeviceProfile, num: Numerics, threads: int) -> Machine:
+        core = profile.big
+        fp16 = num.compute == "fp16"
+        return cls(
+            clock=core.clock_ghz * 1e9, peak=(core.fp16_flop_per_cycle if fp16 else core.fp32_flop_per_cycle) / 2,
+            vectors=core.fp32_flop_per_cycle / 8, lanes=8 if fp16 else 4, int8=num.compute == "int8",
+            dot=core.int8_dotprod, in_order=core.in_order, act_bytes=num.act_bytes, weight_bytes=num.weight_bytes,
+            llc=1024.0 * (profile.memory.l3_kb + (core.l2_kb if core.l2_shared or profile.memory.l3_kb == 0 else 0)),
+            dram=profile.memory.dram_gbs * 1e9, bw_scale=bandwidth_scaling(profile, threads), threads=threads)
+
+    @classmethod
+    def stack(cls, machines: list[Machine], counts: list[int]) -> Machine:
+        """Each machine's values repeated for its `counts` layers, as one array per field."""
+        return cls(**{k.name: np.repeat(np.array([getattr(m, k.name) for m in machines]), counts) for k in fields(cls)})
+
+
+def layer_seconds(f: LayerFeatures, m: Machine, runtime: str, rp: RuntimeParams
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(compute, activation memory, weight memory, overhead) seconds of each layer on machine `m`."""
+    ncnn = runtime == "ncnn"
+    weights = f.weight_elems * m.weight_bytes
+    if ncnn:  # Winograd: fewer multiplies, at the Winograd kernel's efficiency; more weight bytes
+        macs = np.where(f.winograd, np.where(m.int8, f.wino_macs_int8, f.wino_macs) / rp.winograd, f.macs)
+        weights = np.where(f.winograd, np.where(m.int8, f.wino_weights_int8 * 2, f.wino_weights * m.weight_bytes), weights)
     else:
         macs = f.macs
-    peak = np.full_like(f.macs, (core.fp16_flop_per_cycle if num.compute == "fp16" else core.fp32_flop_per_cycle) / 2)
-    if int8:  # ncnn's int8 Winograd multiplies int16 transforms (no dot product there)
-        dot = ~f.winograd if runtime == "ncnn" and core.int8_dotprod else np.full(f.macs.shape, core.int8_dotprod)
-        peak = peak * np.where(dot, rp.int8_dot, rp.int8_nodot)
-    eff = np.where(f.depthwise, rp.dw_eff, rp.gemm_eff * f.width / (f.width + rp.width_half))
-    if core.in_order:
-        eff = eff * rp.in_order_eff
-    compute = np.where(f.dense | f.depthwise, macs, 0.0) / (peak * eff * clock)
-    act_bytes = num.act_bytes * f.act_elems
-    if runtime == "ncnn" and int8:  # float blobs, but int8 ones between convs
-        act_bytes = act_bytes - (num.act_bytes - 1) * f.int8_act_elems
-    if runtime == "ncnn":  # Winograd's transformed tiles (int16 for int8)
-        act_bytes = act_bytes + np.where(f.winograd, f.wino_acts_int8 * 2 if int8 else f.wino_acts * num.act_bytes, 0.0)
-    streamed = rp.act_passes * act_bytes + weights
-    llc = 1024.0 * (profile.memory.l3_kb + (core.l2_kb if core.l2_shared or profile.memory.l3_kb == 0 else 0))
-    cached = np.minimum(1.0, llc / np.maximum(streamed, 1.0))
-    dram = profile.memory.dram_gbs * 1e9
+    # int8: the gain with or without the dot product; ncnn's int8 Winograd multiplies int16
+    # transforms (no dot product there)
+    dot = m.dot & ~f.winograd if ncnn else np.broadcast_to(m.dot, f.macs.shape)
+    peak = m.peak * np.where(m.int8, np.where(dot, rp.int8_dot, rp.int8_nodot), 1.0)
+    in_order = np.where(m.in_order, rp.in_order_eff, 1.0)
+    eff = np.where(f.depthwise, rp.dw_eff, rp.gemm_eff * f.width / (f.width + rp.width_half)) * in_order
+    compute = np.where(f.dense | f.depthwise, macs, 0.0) / (peak * eff * m.clock)
+    # element-wise kernels: their vector instructions at the core's 128-bit issue rate
+    compute = compute + f.stream_ops / (m.lanes * m.vectors * rp.stream_eff * in_order * m.clock)
+    act_bytes = m.act_bytes * f.act_elems
+    if ncnn:  # int8: float blobs, but int8 ones between convs; Winograd's transformed tiles (int16 for int8)
+        act_bytes = act_bytes - np.where(m.int8, (m.act_bytes - 1) * f.int8_act_elems, 0.0)
+        act_bytes = act_bytes + np.where(f.winograd, np.where(m.int8, f.wino_acts_int8 * 2, f.wino_acts * m.act_bytes), 0.0)
+    # convs pack, pad and lay out their input (act_passes); element-wise layers read each operand once
+    # and write once (in place for unary ones, as ncnn runs them)
+    streamed = np.where(f.stream, 1.0, rp.act_passes) * act_bytes + weights
+    cached = np.minimum(1.0, m.llc / np.maximum(streamed, 1.0))
     # the shared cache and DRAM: their bandwidth grows with threads only as far as the profile says
-    per_byte = (cached / (rp.cache_bw * dram) + (1 - cached) / dram) / bandwidth_scaling(profile, threads)
-    overhead = np.full_like(compute, rp.layer_cycles / clock)
-    share = np.full_like(compute, rp.memory_share_int8 if int8 else rp.memory_share)
-    if int8 and runtime == "ncnn" and core.int8_dotprod:
-        # the int16 Winograd kernel runs at the rate without the dot product: at the same bytes per
-        # multiply it waits on the shared cache for a proportionally smaller share of its time
-        share = np.where(f.winograd, share * rp.int8_nodot / rp.int8_dot, share)
-    compute = compute * thread_factor(share, threads, profile)
+    per_byte = (cached / (rp.cache_bw * m.dram) + (1 - cached) / m.dram) / m.bw_scale
+    overhead = rp.layer_cycles / m.clock + 0.0 * compute
+    share = np.where(m.int8, rp.memory_share_int8, rp.memory_share)
+    if ncnn:  # the int16 Winograd kernel runs at the rate without the dot product: at the same bytes
+        # per multiply it waits on the shared cache for a proportionally smaller share of its time
+        share = np.where(m.int8 & m.dot & f.winograd, share * rp.int8_nodot / rp.int8_dot, share)
+    compute = compute * thread_factor(share, m)
     return compute, (streamed - weights) * per_byte, weights * per_byte, overhead
 
 
-def thread_factor(share: np.ndarray, threads: int, profile: DeviceProfile) -> np.ndarray:
+def thread_factor(share: np.ndarray, m: Machine) -> np.ndarray:
     """Compute time with `threads` / with 1. A share of each kernel's time waits on the shared cache
     and DRAM and speeds up only as the profile's bandwidth does; the rest divides by the threads.
     bandwidth_scaling <= threads, so the speed-up is <= threads."""
-    return share / bandwidth_scaling(profile, threads) + (1 - share) / threads
+    return share / m.bw_scale + (1 - share) / m.threads
 
 
 def bandwidth_scaling(profile: DeviceProfile, threads: int) -> float:
@@ -348,7 +454,7 @@ def estimate(table: LayerTable, profile: DeviceProfile, runtime: str | None = No
     rp = runtime_params(runtime, params)
     num = numerics(runtime, precision, profile)
     layers, alias = runtime_graph(table, runtime)
-    c, a, w, o = layer_seconds(LayerFeatures.of(layers, table.tensors), profile, runtime, num, rp, threads)
+    c, a, w, o = layer_seconds(LayerFeatures.of(layers, table.tensors), Machine.of(profile, num, threads), runtime, rp)
     seconds = combine(c, a, w, o)
     m = a + w
     total = float(seconds.sum())

@@ -320,10 +320,11 @@ def _declared_input_shapes(rows: list) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def layers_from_ncnn(path: Path, input_shapes: dict[str, tuple[int, ...]]) -> LayerTable:
+def layers_from_ncnn(path: Path, input_shapes: dict[str, tuple[int, ...]], empty_weights: bool = False) -> LayerTable:
     """Layer table of an ncnn .param (+ its .bin next to it). A .param stores no blob shapes: ncnn
     itself runs the net once on zeros (input shape from `input_shapes`, NCHW) and every blob is
-    extracted for its shape. ncnn's graph is already fused (activation_type in the conv)."""
+    extracted for its shape. ncnn's graph is already fused (activation_type in the conv).
+    `empty_weights`: no .bin, zero weights (as ncnn's benchncnn runs its benchmark graphs)."""
     try:
         import ncnn
     except ImportError:
@@ -344,7 +345,10 @@ def layers_from_ncnn(path: Path, input_shapes: dict[str, tuple[int, ...]]) -> La
     net.opt.lightmode = False
     net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = net.opt.use_fp16_packed = False
     bin_path = path.with_suffix(".bin")
-    if net.load_param(str(path)) != 0 or not bin_path.is_file() or net.load_model(str(bin_path)) != 0:
+    if empty_weights:
+        if net.load_param(str(path)) != 0 or net.load_model(ncnn.DataReaderFromEmpty()) != 0:
+            raise UsageError(f"ncnn cannot load {path.name}")
+    elif net.load_param(str(path)) != 0 or not bin_path.is_file() or net.load_model(str(bin_path)) != 0:
         raise UsageError(f"ncnn cannot load {path.name} with {bin_path.name}; both files of the export are needed")
     ex = net.create_extractor()
     shapes = list(input_shapes.values())

@@ -278,30 +278,6 @@ def test_peak_memory_is_weights_plus_arena(tables):
 # ---------------------------------------------------------------- the fit
 
 
-def test_fit_script_reproduces_the_shipped_parameters(tables):
-    from benchmarks.fit_estimator import (
-        FIXED,
-        LITERT_FIXED,
-        Problem,
-        fit_both,
-        params_match,
-        read_litert_rows,
-        read_ncnn_rows,
-    )
-
-    _reference("ncnn-published-latency.csv"), _reference("tflite-published-latency.csv")
-    rows, excluded = read_ncnn_rows(REFERENCE)
-    assert len(excluded) == 1 and all(why for _, why in excluded)
-    shipped = load_params()["runtimes"]
-    ncnn = fit_both(Problem(tables, rows, "ncnn"), rows, FIXED)
-    assert params_match(shipped["ncnn"]["params"], vars(ncnn)), (shipped["ncnn"], vars(ncnn))
-    litert_rows = read_litert_rows(REFERENCE)
-    assert len(litert_rows) == 96
-    litert = {**vars(fit_both(Problem(tables, litert_rows, "litert"), litert_rows, LITERT_FIXED)),
-              "in_order_eff": ncnn.in_order_eff}
-    assert params_match(shipped["litert"]["params"], litert), (shipped["litert"], litert)
-
-
 def test_shipped_estimate_is_within_the_published_fit_error_on_rpi4(tables):
     """The fitted model against a few published rows (fit error, not held-out: see the fit script)."""
     published = {("mobilenet", 1): 124.32, ("resnet18", 4): 123.12, ("yolov4-tiny", 1): 372.99}
