@@ -80,6 +80,7 @@ class Steps:
         self.live = bool(getattr(console, "is_terminal", False))
         self.held: list[str] = []
         self.timings: dict[str, float] = {}
+        self.warned: set[str] = set()
 
     @contextlib.contextmanager
     def __call__(self, key: str, label: str) -> Iterator[None]:
@@ -101,6 +102,9 @@ class Steps:
         self.held.clear()
 
     def warn(self, text: str) -> None:
+        if text in self.warned:
+            return
+        self.warned.add(text)
         if self.console is not None:
             self.console.print(f"[yellow]warning:[/] {escape(text)}", soft_wrap=True)
 
@@ -227,6 +231,8 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
         "timings_s": {**steps.timings, "total": round(time.perf_counter() - total_start, 3)},
         "threads": {"reference_and_verification": work_threads(), "note": "CPUs less the load average at export time"},
     }
+    for w in warnings:  # every warning reaches the console, not only report.json
+        steps.warn(w)
     report["ok"] = all(a["ok"] for a in artifacts)
     report["exit_code"] = exit_code_for(artifacts)
     report_mod.write_report(report, out_dir)
@@ -522,6 +528,6 @@ def _load_eval(options: ExportOptions, specs: list[InputSpec], source: SourceMod
 
 
 def _default_name(source: SourceModel) -> str:
-    if source.path is not None:
-        return source.path.name.split(".")[0] or "model"
+    if source.path is not None:  # the file name less its suffix: ch_ppocr_mobile_v2.0_cls_infer.onnx keeps its "v2.0"
+        return source.path.stem if source.path.suffix else source.path.name
     return type(source.model).__name__.lower() if source.model is not None else "model"

@@ -72,9 +72,9 @@ class ExportContext:
     @property
     def fp32_proto(self) -> Any:
         if self._proto is None:
-            from edgepack.converters.export_onnx import to_proto
+            from edgepack.converters.export_onnx import strip_private_metadata, to_proto
 
-            self._proto = to_proto(self.model)
+            self._proto = strip_private_metadata(to_proto(self.model))
         return self._proto
 
     def runner(self, entry: dict) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
