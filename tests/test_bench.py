@@ -370,3 +370,21 @@ def test_export_dir_with_a_corrupt_artifact(export_dir, tmp_path):
     assert "bench" not in bad and bad["bench_error"]["exit_code"] == 2 and "cannot load" in bad["bench_error"]["error"]
     assert all(a["bench"]["runs"] == 3 and "bench_error" not in a for a in arts.values())
     assert "error: litert cannot load" in (out / "report.html").read_text()
+
+
+def test_a_failed_bench_never_replaces_a_measurement(export_dir, tmp_path):
+    """[M] A later failing run (e.g. a board that cannot load the file) keeps the good measurement
+    and records the failure beside it, per machine."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(export_dir, out)
+    assert run_cli("bench", str(out), "--runs", "3", "--threads", "1").returncode == 0
+    before = {a["path"]: a["bench"] for a in json.loads((out / "report.json").read_text())["artifacts"]}
+    (out / "digits_cnn.int8.tflite").write_bytes(b"\0" * 64)
+    assert run_cli("bench", str(out), "--runs", "3", "--threads", "1").returncode == 2
+    arts = {a["path"]: a for a in json.loads((out / "report.json").read_text())["artifacts"]}
+    bad = arts["digits_cnn.int8.tflite"]
+    assert bad["bench"] == before["digits_cnn.int8.tflite"]  # the measurement is still there
+    assert bad["bench_error"]["exit_code"] == 2 and bad["bench_error"]["machine"].startswith("host:")
+    assert list(bad["benches"]) == [bad["bench_error"]["machine"]]

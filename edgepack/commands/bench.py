@@ -138,7 +138,10 @@ def bench_export_dir(out_dir: Path, options: BenchOptions, *, remote: Any = None
 
     from edgepack.report import read_report, write_report
 
+    import platform
+
     report = read_report(Path(out_dir))
+    machine = remote.device if remote is not None else f"host:{platform.node()}"
     failures = []
     cache: dict = {}
     for art in report.get("artifacts", []):
@@ -147,13 +150,13 @@ def bench_export_dir(out_dir: Path, options: BenchOptions, *, remote: Any = None
         try:
             result = bench_artifact(Path(out_dir) / art["path"], options=_with_report_shapes(options, art), remote=remote,
                                     baseline_cache=cache)
-        except errors.EdgepackError as exc:  # `bench` keeps only real measurements; the failure goes beside it
-            art.pop("bench", None)
-            art["bench_error"] = {"error": str(exc), "exit_code": exc.exit_code,
+        except errors.EdgepackError as exc:  # a failure never replaces a measurement: it goes beside it
+            art["bench_error"] = {"error": str(exc), "exit_code": exc.exit_code, "machine": machine,
                                   **({"device": remote.device} if remote is not None else {})}
             failures.append(f"{art['path']}: {exc}")
             continue
         art.pop("bench_error", None)
+        art.setdefault("benches", {})[machine] = result  # one measurement per machine (host or board)
         art["bench"] = result
     write_report(report, out_dir)
     return report, failures
