@@ -11,8 +11,12 @@ from edgepack.devices.estimate import Estimate, estimate_artifact, export_target
 
 def run_estimate(artifact: Path, *, target: str | None, runtime: str | None, threads: int | None,
                  precision: str | None, input_shape: str | None) -> Estimate:
+    from edgepack.errors import UsageError
     from edgepack.options import InputSpec
 
+    if artifact.suffix.lower() not in (".onnx", ".tflite", ".param"):  # before asking for a target
+        raise UsageError(f"cannot estimate {artifact.name}: edgepack estimate reads .onnx, .tflite and ncnn .param "
+                         "artifacts; export the model first (edgepack export MODEL --target T)")
     shapes = None
     if input_shape:
         spec = InputSpec.parse(input_shape)
