@@ -28,7 +28,7 @@ from edgepack.errors import ConversionError, UnsupportedError
 from edgepack.fsutil import atomic_path
 
 PARAM_MAGIC = "7767517"
-INSTALL_HINT = "pip install 'edgepack[ncnn]' (or: pip install pnnx ncnn)"
+INSTALL_HINT = "pip install 'edgepack[ncnn-export]' (or: pip install pnnx ncnn)"
 _PNNX_TYPES = {"float32": "f32", "float16": "f16", "float64": "f64", "int64": "i64", "int32": "i32", "int8": "i8",
                "uint8": "u8", "bool": "bool"}
 

@@ -254,7 +254,7 @@ def test_inspect_ncnn_param(tmp_path):
 
     param = _ncnn_from_pnnx(tmp_path)
     if param is None:
-        pytest.skip("pnnx is not installed (pip install edgepack[ncnn])")
+        pytest.skip("pnnx is not installed (pip install 'edgepack[ncnn-export]')")
     info = inspect_artifact(param)
     assert info["ops"] == {"Convolution": 3, "InnerProduct": 1, "Input": 1, "Pooling": 2}
     # BatchNorm folded by pnnx, nothing pruned: (k*k*cin + 1) * cout per conv, (in + 1) * out for the Linear
@@ -306,7 +306,7 @@ def test_adapter_agrees_with_torch(export_dir, tmp_path, runtime, artifact, opti
     ref = ref_session.run({"x": x})["output_0"]
     path = export_dir / artifact if artifact else _ncnn_from_pnnx(tmp_path)
     if path is None:
-        pytest.skip("pnnx is not installed (pip install edgepack[ncnn])")
+        pytest.skip("pnnx is not installed (pip install 'edgepack[ncnn-export]')")
     session = get_runtime(runtime).load(path, threads=1, optimize=optimize)
     (inp,) = session.inputs
     feed = x.transpose(0, 2, 3, 1) if inp["shape"] == [1, 8, 8, 1] else x

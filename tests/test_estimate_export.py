@@ -111,7 +111,7 @@ def test_estimate_errors_are_one_line(rpi4_export, tmp_path, capsys):
 def test_ncnn_param_reads_as_the_same_network_as_onnx(tmp_path, capsys):
     """An ncnn .param (written here by pnnx, the converter ncnn ships) has the same MACs and weights
     as the ONNX artifact of the same network; its estimate is close to the ONNX graph's as ncnn."""
-    pnnx = pytest.importorskip("pnnx", reason="pnnx comes with the ncnn extra (pip install edgepack[ncnn])")
+    pnnx = pytest.importorskip("pnnx", reason="pnnx comes with the ncnn extra (pip install 'edgepack[ncnn-export]')")
     pytest.importorskip("ncnn", reason="reading a .param runs ncnn once for the blob shapes")
     model = PrunedNet().eval()
     pnnx.export(model, str(tmp_path / "net.pt"), (torch.rand(1, 3, 32, 32),))

@@ -26,7 +26,7 @@ from benchmarks.zoo import (
 from edgepack.errors import ConversionError, UnsupportedError, UsageError
 
 if importlib.util.find_spec("ncnn") is None or importlib.util.find_spec("pnnx") is None:
-    pytest.skip("ncnn and pnnx are not installed (the optional extra: pip install 'edgepack[ncnn]')", allow_module_level=True)
+    pytest.skip("ncnn and pnnx are not installed (the optional extra: pip install 'edgepack[ncnn-export]')", allow_module_level=True)
 
 from edgepack.converters.export_ncnn import NcnnParam
 from edgepack.converters.quantize_ncnn_int8 import TAG_INT8, _walk
@@ -272,7 +272,7 @@ def test_missing_pnnx_says_how_to_install(tmp_path, monkeypatch):
     report = edgepack.export(EXAMPLES / "digits_cnn.pt2", output_dir=tmp_path, formats=("onnx", "ncnn"))
     onnx_art, ncnn_art = report["artifacts"]
     assert onnx_art["ok"] and (ncnn_art["ok"], ncnn_art["exit_code"]) == (False, 4)
-    assert "pip install 'edgepack[ncnn]'" in ncnn_art["error"] and report["exit_code"] == 4
+    assert "pip install 'edgepack[ncnn-export]'" in ncnn_art["error"] and report["exit_code"] == 4
     assert not list(tmp_path.glob("*.param")) and not list(tmp_path.glob(".*.tmp"))
 
 
