@@ -4,7 +4,6 @@ small keyword spotter (conv front end + GRU + linear) exported to ONNX, TFLite a
 and int8, each against PyTorch."""
 from __future__ import annotations
 
-from collections import Counter
 
 import numpy as np
 import onnx
