@@ -134,3 +134,115 @@ def test_fp16_weights_stay_within_fp16_tolerance(tmp_path):
     assert result.op_census["DEQUANTIZE"] == 4  # W and R of each direction
     for g, e in zip(got, expected):
         assert np.abs(g - e).max() <= 1e-2 * np.abs(e).max()
+
+
+# ---------------------------------------------------------------- PyTorch models, whole export
+
+
+def _art(report: dict, fmt: str, precision: str) -> dict:
+    return next(a for a in report["artifacts"] if a["format"] == fmt and a["precision"] == precision)
+
+
+class Stacked:
+    """nn.LSTM (1 layer), nn.LSTM (2 layers, bidirectional) and nn.GRU in a row, batch first;
+    outputs the GRU's sequence and the 2-layer LSTM's final states (h_n, c_n)."""
+
+    @staticmethod
+    def build():
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.lstm1 = nn.LSTM(6, 8, batch_first=True)
+                self.lstm2 = nn.LSTM(8, 8, num_layers=2, bidirectional=True, batch_first=True)
+                self.gru = nn.GRU(16, 5, batch_first=True)
+
+            def forward(self, x: torch.Tensor):
+                y, _ = self.lstm1(x)
+                y, (h, c) = self.lstm2(y)
+                y, _ = self.gru(y)
+                return y, h, c
+
+        torch.manual_seed(0)
+        return Net().eval()
+
+
+@pytest.mark.heavy
+def test_torch_lstm_gru_fp32_and_fp16(tmp_path):
+    """Heavy: unrolling 6 directions x 7 steps and two dynamo exports take ~20 s on a shared 2-core box."""
+    import edgepack
+
+    report = edgepack.export(Stacked.build(), output_dir=tmp_path, input_shape="1x7x6", formats=("tflite",), fp16=True)
+    fp32, fp16 = _art(report, "tflite", "fp32"), _art(report, "tflite", "fp16")
+    assert fp32["ok"] and fp16["ok"], (fp32.get("error"), fp16.get("error"))
+    assert fp32["fidelity"]["rel_error"] <= 1e-5, fp32["fidelity"]
+    assert fp16["fidelity"]["rel_error"] <= 1e-2, fp16["fidelity"]
+    # 1 + 2 x 2 LSTM directions and 1 GRU direction (PyTorch's GRU is linear_before_reset=1), 7 steps
+    # each: one input projection + one recurrent FULLY_CONNECTED per step
+    assert fp32["op_census"]["FULLY_CONNECTED"] == (1 + 4 + 1) * (1 + 7)
+    assert fp32["op_census"].get("TRANSPOSE", 0) == 0
+
+
+class Spotter:
+    """A keyword spotter: 40 mel bands x 16 frames -> Conv1d + BatchNorm + ReLU -> GRU -> Linear (12 words)."""
+
+    @staticmethod
+    def build():
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.conv = nn.Conv1d(40, 24, 3, padding=1)
+                self.bn = nn.BatchNorm1d(24)
+                self.gru = nn.GRU(24, 32, batch_first=True)
+                self.fc = nn.Linear(32, 12)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                y = torch.relu(self.bn(self.conv(x))).transpose(1, 2)
+                y, _ = self.gru(y)
+                return self.fc(y[:, -1])
+
+        torch.manual_seed(0)
+        net = Net()
+        with torch.no_grad():
+            net.bn.running_mean.uniform_(-0.2, 0.2)
+            net.bn.running_var.uniform_(0.5, 1.5)
+        return net.eval()
+
+
+def test_keyword_spotter_onnx_tflite_ncnn_fp32_and_int8(tmp_path):
+    import torch
+
+    import edgepack
+
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(1).standard_normal((48, 40, 16)).astype(np.float32))
+    model = Spotter.build()
+    report = edgepack.export(model, output_dir=tmp_path / "out", input_shape="1x40x16", formats=("onnx", "tflite", "ncnn"),
+                             int8=True, calib=calib)
+    for art in report["artifacts"]:
+        assert art["ok"], (art["format"], art["precision"], art.get("error"))
+    assert _art(report, "tflite", "fp32")["fidelity"]["rel_error"] <= 1e-5
+    assert _art(report, "onnx", "fp32")["fidelity"]["rel_error"] <= 1e-5
+    assert _art(report, "ncnn", "fp32" if any(a["format"] == "ncnn" and a["precision"] == "fp32" for a in report["artifacts"])
+                else "fp16")["fidelity"]["cosine"] >= 0.999
+    tfl8 = _art(report, "tflite", "int8")
+    assert tfl8["fidelity"]["cosine"] >= 0.99, tfl8["fidelity"]
+    gru_rows = [r for r in tfl8["float_ops"] if "recurrent" in r["why"]]
+    assert len(gru_rows) == 1 and gru_rows[0]["operators"]["FULLY_CONNECTED"] == 1 + 16
+    census = tfl8["op_census"]
+    # the GRU reads one int8 tensor (DEQUANTIZE) and hands one float tensor to int8 (QUANTIZE), plus model IO
+    assert census["DEQUANTIZE"] == 2 and census["QUANTIZE"] == 2, census
+    ncnn8 = _art(report, "ncnn", "int8")
+    assert ncnn8["fidelity"]["cosine"] >= 0.99, ncnn8["fidelity"]
+    assert [r["why"].split(":")[0] for r in ncnn8["float_layers"]] == ["recurrent layer (GRU)"], ncnn8["float_layers"]
+    assert ncnn8["nodes"]["quantized"] == 1  # the Linear (ncnn has no int8 Convolution1D)
+    # the numbers themselves, against PyTorch on the verification inputs
+    data = np.load(tmp_path / "out" / "verify.npz")
+    with torch.no_grad():
+        want = model(torch.from_numpy(data["input/x"][0])).numpy()
+    np.testing.assert_allclose(data["reference/output"][0], want, rtol=1e-6, atol=1e-6)
