@@ -96,3 +96,31 @@ def test_dict_outputs_export_to_onnx_and_tflite(tmp_path):
         out = _half_rounded(model)(torch.from_numpy(data["input/x"][0]))
     np.testing.assert_allclose(data["reference/output_0"][0], out["boxes"].numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(data["reference/output_1"][0], out["scores"].numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.heavy
+def test_ultralytics_yolov8n_checkpoint(tmp_path, monkeypatch):
+    """A real ultralytics checkpoint (YOLOv8n built from its yaml, no download), saved the way
+    ultralytics saves: {"model": model.half(), "ema": None, ...}. Its eval output, (y, {boxes,
+    scores, feats: [3 maps]}), becomes six outputs, each matching PyTorch in ONNX and TFLite."""
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    monkeypatch.setenv("YOLO_AUTOINSTALL", "0")
+    monkeypatch.chdir(tmp_path)
+    try:
+        from ultralytics import YOLO
+    except Exception as exc:  # not installed, or torchvision without the CPU shim on PYTHONPATH
+        pytest.skip(f"ultralytics not importable ({type(exc).__name__}); pip install ultralytics with the pinned CPU torch "
+                    "and run with PYTHONPATH=<torchvision-cpu-shim>")
+    model = YOLO("yolov8n.yaml").model.eval()
+    _checkpoint(tmp_path / "yolov8n.pt", model=model, ema=None)
+    report = edgepack.export(tmp_path / "yolov8n.pt", output_dir=tmp_path / "out", allow_pickle=True,
+                             input_shape="1x3x320x320", formats=("onnx", "tflite"), prune=False)
+    for art in report["artifacts"]:
+        assert art["ok"], art.get("error")
+        assert art["fidelity"]["rel_error"] <= 1e-4, art["fidelity"]
+    data = np.load(tmp_path / "out" / "verify.npz")
+    with torch.no_grad():
+        y = _half_rounded(model)(torch.from_numpy(data["input/x"][0]))[0]
+    assert sum(k.startswith("reference/") for k in data.files) == 6
+    np.testing.assert_allclose(data["reference/output_0"][0], y.numpy(), rtol=1e-5, atol=1e-3)
+    assert tuple(y.shape) == (1, 84, 2100)
