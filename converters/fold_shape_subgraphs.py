@@ -29,6 +29,7 @@ MAX_ROUNDS = 16
 
 def fold_shape_subgraphs(model: ir.Model) -> PassResult:
     before = Counter(n.op_type for n in model.graph)
+    forgotten = _forget_invalid_shapes(model.graph)
     rounds = 0
     while rounds < MAX_ROUNDS:
         count = sum(1 for _ in model.graph)
@@ -43,9 +44,22 @@ def fold_shape_subgraphs(model: ir.Model) -> PassResult:
     infer_shapes(model)
     after = Counter(n.op_type for n in model.graph)
     folded = {op: before[op] - after.get(op, 0) for op in before if before[op] > after.get(op, 0) and op != "Constant"}
-    counts = {"rounds": rounds, **{f"folded_{op}": n for op, n in sorted(folded.items())}}
+    counts = {"rounds": rounds, "invalid_shapes_reinferred": forgotten, **{f"folded_{op}": n for op, n in sorted(folded.items())}}
     skipped = [{"node": n.name, "op": n.op_type, "why": why} for n in model.graph if (why := can_fold(n)) is not None]
     return PassResult("fold_shape_subgraphs", bool(folded), counts, skipped=skipped)
+
+
+def _forget_invalid_shapes(graph: ir.Graph) -> int:
+    """Some exporters (Paddle2ONNX) declare an unknown dimension as `dim_value: -1`, which shape
+    inference takes as a known dimension and keeps. Forget such shapes on the values that nodes
+    produce, so inference computes them from the now static inputs."""
+    count = 0
+    for node in graph:
+        for value in node.outputs:
+            if value.shape is not None and any(isinstance(d, int) and d < 0 for d in value.shape):
+                value.shape = None
+                count += 1
+    return count
 
 
 def _should_fold(node: ir.Node) -> bool | None:
