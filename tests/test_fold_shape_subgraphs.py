@@ -127,3 +127,16 @@ def test_ppocr_v4_rec_exports_to_tflite(tmp_path):
     got = it.get_tensor(it.get_output_details()[0]["index"])
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def test_minus_one_dims_declared_by_the_exporter_are_reinferred():
+    """Paddle2ONNX declares unknown dims as dim_value -1; inference would keep them (PP-OCR cls's output)."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Flatten", ["r"], ["out"], axis=1)]
+    graph = helper.make_graph(nodes, "minus_one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [-1, 6])],
+                              value_info=[helper.make_tensor_value_info("r", TensorProto.FLOAT, [-1, 2, 3])])
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    result = fold_shape_subgraphs(model)
+    assert result.counts["invalid_shapes_reinferred"] == 2
+    assert tuple(model.graph.outputs[0].shape) == (1, 6)
+    assert tuple(next(iter(model.graph)).outputs[0].shape) == (1, 2, 3)
