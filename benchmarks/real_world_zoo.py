@@ -172,15 +172,23 @@ def child(name: str, out: Path) -> None:
         report = edgepack.export(source.model, output_dir=work / "export", input_shape=source.shape,
                                  formats=("onnx", "tflite", "ncnn"), fp16=True, int8=True, ncnn_fp32=True,
                                  calib=calib, allow_pickle=source.allow_pickle, name=name)
-        for art in report["artifacts"]:
-            fid = art.get("fidelity") or {}
-            rows.append({"model": name, "format": art["format"], "precision": art["precision"], "ok": art["ok"],
-                         "cosine": fid.get("cosine"), "rel_error": fid.get("rel_error"),
-                         "error": (art.get("error") or "")[:300]})
+        rows = artifact_rows(name, report)
     except EdgepackError as exc:
         rows.append({"model": name, "format": "-", "precision": "-", "ok": False, "cosine": None, "rel_error": None,
                      "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
     print("RESULT " + json.dumps({"rows": rows, "seconds": round(time.perf_counter() - start, 1), "note": note}), flush=True)
+
+
+def artifact_rows(name: str, report: dict) -> list[dict]:
+    """One row per artifact; `ok` is edgepack's verdict (fp16 / int8 tolerances are not enforced
+    without --min-cosine), so an artifact's warning goes in the error column."""
+    rows = []
+    for art in report["artifacts"]:
+        fid = art.get("fidelity") or {}
+        text = art.get("error") or (f"warning: {art['warning']}" if art.get("warning") else "")
+        rows.append({"model": name, "format": art["format"], "precision": art["precision"], "ok": art["ok"],
+                     "cosine": fid.get("cosine"), "rel_error": fid.get("rel_error"), "error": text[:300]})
+    return rows
 
 
 # ---------------------------------------------------------------- parent
@@ -227,10 +235,20 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS))
     parser.add_argument("--out", type=Path, default=Path("/tmp/edgepack-real-world-zoo"))
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per model")
+    parser.add_argument("--table-only", action="store_true", help="print the table from the reports already in --out")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.out)
+        return
+    if args.table_only:
+        saved = {r["model"]: r for r in json.loads((args.out / "results.json").read_text())} if (args.out / "results.json").is_file() else {}
+        rows = []
+        for name in [n.strip() for n in args.models.split(",") if n.strip()]:
+            report = args.out / name / "export" / "report.json"
+            rows += artifact_rows(name, json.loads(report.read_text())) if report.is_file() else [
+                saved.get(name) or _failed(name, "no report (not run, or the export stopped before writing one)")]
+        print(table(rows))
         return
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
