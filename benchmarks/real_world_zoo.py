@@ -3,7 +3,8 @@ format and precision (ONNX, TFLite, ncnn x fp32, fp16, int8) and checked in its 
 the original (PyTorch eager, or ONNX Runtime for ONNX inputs). Prints one table: model, format,
 precision, ok, cosine, rel err, error text.
 
-Models (random weights unless the package ships real ones):
+Models (random weights, BatchNorm statistics settled on noise (`settle_batchnorm`), unless the
+package ships real ones):
 - yolov8n-ckpt: ultralytics YOLOv8n from its yaml, saved as ultralytics saves a checkpoint
   ({"model": model.half(), "ema": None, ...}; loaded with --allow-pickle);
 - yolov8n-onnx: the same architecture through ultralytics' own ONNX export;
@@ -55,12 +56,34 @@ class Source:
 # ---------------------------------------------------------------- builders (run in the child)
 
 
+def settle_batchnorm(model, shape: str, calib: str = "normal"):
+    """Random initialisation leaves every BatchNorm at mean 0 / variance 1, and deep nets then lose
+    the input: DeepLabV3's output varied by 7e-9 across inputs, YOLOv8n's last feature map held
+    1e-9. Set each BatchNorm's statistics from a few batches of calibration-like noise (train-mode
+    forward passes, cumulative average), as training would, so activations keep their scale."""
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    dims = [4] + [int(d) for d in shape.split("x")[1:]]
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            x = {"unit": lambda: torch.rand(dims, generator=g), "signed": lambda: torch.rand(dims, generator=g) * 2 - 1,
+                 "normal": lambda: torch.randn(dims, generator=g)}[calib]()
+            model(x)
+    return model.eval()
+
+
 def yolov8n_ckpt(work: Path) -> Source:
     import torch
     from ultralytics import YOLO
 
     torch.manual_seed(0)
-    model = YOLO("yolov8n.yaml").model.eval()
+    model = settle_batchnorm(YOLO("yolov8n.yaml").model, "1x3x320x320", "unit")
     ckpt = {"model": copy.deepcopy(model).half(), "ema": None, "epoch": -1, "optimizer": None,
             "train_args": {"imgsz": 320}, "date": "zoo"}
     torch.save(ckpt, work / "yolov8n.pt")
@@ -72,7 +95,9 @@ def yolov8n_onnx(work: Path) -> Source:
     from ultralytics import YOLO
 
     torch.manual_seed(0)
-    path = YOLO("yolov8n.yaml").export(format="onnx", imgsz=320, opset=18, simplify=False, verbose=False)
+    yolo = YOLO("yolov8n.yaml")
+    settle_batchnorm(yolo.model, "1x3x320x320", "unit")
+    path = yolo.export(format="onnx", imgsz=320, opset=18, simplify=False, verbose=False)
     return Source(Path(path), "1x3x320x320", "unit")
 
 
@@ -81,7 +106,8 @@ def _timm(name: str, size: int) -> Source:
     import torch
 
     torch.manual_seed(0)
-    return Source(timm.create_model(name, pretrained=False).eval(), f"1x3x{size}x{size}")
+    shape = f"1x3x{size}x{size}"
+    return Source(settle_batchnorm(timm.create_model(name, pretrained=False), shape), shape)
 
 
 def deeplabv3(work: Path) -> Source:
@@ -89,7 +115,8 @@ def deeplabv3(work: Path) -> Source:
     from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
     torch.manual_seed(0)
-    return Source(deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None).eval(), "1x3x256x256")
+    model = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None)
+    return Source(settle_batchnorm(model, "1x3x256x256"), "1x3x256x256")
 
 
 def kws_lstm(work: Path) -> Source:
@@ -110,7 +137,7 @@ def kws_lstm(work: Path) -> Source:
             return self.head(y.mean(1))
 
     torch.manual_seed(0)
-    return Source(KeywordSpotter().eval(), "1x40x49")
+    return Source(settle_batchnorm(KeywordSpotter(), "1x40x49"), "1x40x49")
 
 
 def _ppocr(name: str, shape: str) -> Source:
