@@ -89,6 +89,17 @@ def _weight_blocks(layer: NcnnLayer) -> list[tuple[str, int]]:
         bias = hidden * (1 if t == "RNN" else 4) * dirs  # GRU keeps 4 rows: r, u, and the new gate's two
         blocks = [("tagged", g(1)), ("tagged", bias), ("tagged", out * hidden * RECURRENT[t] * dirs)]
         return blocks + ([("tagged", hidden * out * dirs)] if t == "LSTM" and out != hidden else [])  # projection
+    if t == "MultiHeadAttention":  # q, k, v, out: tagged weights, raw biases
+        embed = g(0)
+        qdim = g(2) // embed if embed else 0
+        kdim, vdim = g(3, embed), g(4, embed)
+        return [("tagged", embed * qdim), ("raw", embed), ("tagged", embed * kdim), ("raw", embed),
+                ("tagged", embed * vdim), ("raw", embed), ("tagged", qdim * embed), ("raw", qdim)]
+    if t == "Gemm":  # constant A, B and C, all tagged; C sized by its broadcast type (-1: none)
+        m, n, k = g(7), g(8), g(9)
+        blocks = ([("tagged", m * k)] if g(4) else []) + ([("tagged", k * n)] if g(5) else [])
+        c_size = {0: 1, 1: m, 2: m, 3: m * n, 4: n}.get(g(10))
+        return blocks + ([("tagged", c_size)] if g(6) and c_size is not None else [])
     if t in ("LayerNorm", "InstanceNorm"):
         return [("raw", g(0))] * 2 if g(2, 1) else []
     if t == "GroupNorm":
