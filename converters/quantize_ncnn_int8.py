@@ -12,6 +12,8 @@ ncnn nor the pnnx wheel), following ncnn's documented int8 format ("quantized in
 - scales follow ncnn's convention, `127 / absmax` (the reciprocal of ONNX's scale): weights per
   output channel (per group for depthwise), the layer's input from the calibrated (min, max) of the
   ONNX tensor feeding the node it came from, symmetric (ncnn quantizes activations to [-127, 127]);
+- LSTM / GRU / RNN layers keep their float weights (their .bin blocks are walked, not rewritten)
+  and are reported as float layers;
 - the calibration table ncnn2int8 reads (`<layer>_param_0 <weight scales...>` and `<layer> <input
   scale>` lines) is written too, for `ncnn2int8 model.fp32.param model.fp32.bin out.param out.bin
   model.int8.table` (ncnn's own tool, built from source; not run by edgepack or its tests).
@@ -44,6 +46,9 @@ TAG_FP16 = 0x01306B47
 TAG_INT8 = 0x000D4B38
 TAG_FP32 = 0x0002C056
 QUANTIZABLE = {"Convolution": 2, "ConvolutionDepthWise": 1, "InnerProduct": 2}  # type -> int8_scale_term
+# Recurrent layers (type -> gates) stay float: their int8 form wants per-gate weight scales for the input
+# and the recurrent weights, which the one calibration of the ONNX graph does not give.
+RECURRENT = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _CONV_TYPES = ("Convolution", "ConvolutionDepthWise", "Convolution1D", "ConvolutionDepthWise1D", "Convolution3D",
                "ConvolutionDepthWise3D", "Deconvolution", "DeconvolutionDepthWise", "Deconvolution1D",
                "DeconvolutionDepthWise1D", "Deconvolution3D", "DeconvolutionDepthWise3D")
@@ -78,6 +83,23 @@ def _weight_blocks(layer: NcnnLayer) -> list[tuple[str, int]]:
         return ([("raw", g(0))] if g(0) != -233 else []) + ([("raw", g(0))] if g(1) else [])
     if t == "PReLU":
         return [("raw", g(0))]
+    if t in RECURRENT:  # ncnn's lstm.cpp / gru.cpp / rnn.cpp load_model: input, bias, recurrent weights
+        dirs, out = (2 if g(2) == 2 else 1), g(0)
+        hidden = g(3, out) if t == "LSTM" else out
+        bias = hidden * (1 if t == "RNN" else 4) * dirs  # GRU keeps 4 rows: r, u, and the new gate's two
+        blocks = [("tagged", g(1)), ("tagged", bias), ("tagged", out * hidden * RECURRENT[t] * dirs)]
+        return blocks + ([("tagged", hidden * out * dirs)] if t == "LSTM" and out != hidden else [])  # projection
+    if t == "MultiHeadAttention":  # q, k, v, out: tagged weights, raw biases
+        embed = g(0)
+        qdim = g(2) // embed if embed else 0
+        kdim, vdim = g(3, embed), g(4, embed)
+        return [("tagged", embed * qdim), ("raw", embed), ("tagged", embed * kdim), ("raw", embed),
+                ("tagged", embed * vdim), ("raw", embed), ("tagged", qdim * embed), ("raw", qdim)]
+    if t == "Gemm":  # constant A, B and C, all tagged; C sized by its broadcast type (-1: none)
+        m, n, k = g(7), g(8), g(9)
+        blocks = ([("tagged", m * k)] if g(4) else []) + ([("tagged", k * n)] if g(5) else [])
+        c_size = {0: 1, 1: m, 2: m, 3: m * n, 4: n}.get(g(10))
+        return blocks + ([("tagged", c_size)] if g(6) and c_size is not None else [])
     if t in ("LayerNorm", "InstanceNorm"):
         return [("raw", g(0))] * 2 if g(2, 1) else []
     if t == "GroupNorm":
@@ -267,6 +289,10 @@ def _layer_int8(layer: NcnnLayer, blocks: list, candidates: list[dict], used: se
                 ranges: dict[str, tuple[float, float]], result: NcnnInt8Result, keep_float: frozenset[str],
                 float_onnx_nodes: frozenset[str]) -> tuple[np.ndarray, np.ndarray, float] | None:
     """(int8 weights, weight scales, input scale) for a quantizable layer, or None (kept fp32, reason recorded)."""
+    if layer.type in RECURRENT:
+        result.float_layers.append({"layer": layer.name, "why": f"recurrent layer ({layer.type}): kept float (its "
+                                    "states feed back through every step; no int8 scales are derived for them)"})
+        return None
     if layer.type not in QUANTIZABLE or not blocks:
         return None
     weight = blocks[0][3]

@@ -167,12 +167,16 @@ def _load_torch_pickle(path: Path, torch: Any, *, allow_pickle: bool, arch: str 
                 "or save with torch.export.save"
             ) from None
         obj = _unpickle(path, torch)
+    cast: list[str] = []
     if isinstance(obj, Mapping) and not isinstance(obj, torch.nn.Module):
         inner = _find_module(obj, torch)
         if inner is not None:  # a training checkpoint holding the module itself: {"model": module, "epoch": ...}
-            obj = inner
+            obj, cast = inner, _float32_weights(inner, torch)
     if isinstance(obj, torch.nn.Module):
-        return _from_object(obj, path, kind="pickled-module")
+        src = _from_object(obj, path, kind="pickled-module")
+        if cast:
+            src.warnings.append(f"the checkpoint's module holds {', '.join(cast)} weights; cast to float32 for export")
+        return src
     if isinstance(obj, Mapping):
         state = _find_state_dict(obj, torch)
         if state is None:
@@ -217,14 +221,28 @@ def _unpickle(path: Path, torch: Any) -> Any:
 
 
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "ema")
+# A module in the checkpoint: the EMA copy first (ultralytics and timm train with one and deploy it;
+# ultralytics' final checkpoints keep `ema` None and the EMA weights in `model`).
+_MODULE_KEYS = ("ema", "model", "net", "weights", "state_dict", "model_state_dict")
 
 
 def _find_module(obj: Mapping, torch: Any) -> Any:
-    for key in _CHECKPOINT_KEYS:
+    for key in _MODULE_KEYS:
         inner = obj.get(key)
         if isinstance(inner, torch.nn.Module):
             return inner
     return None
+
+
+def _float32_weights(module: Any, torch: Any) -> list[str]:
+    """Training checkpoints (ultralytics saves `model.half()`) store float16 / bfloat16 weights; the
+    export runs in float32, like ultralytics' own loader (`.float()`). Nothing is fused. Returns the
+    dtypes that were cast."""
+    found = sorted({str(t.dtype).removeprefix("torch.") for t in [*module.parameters(), *module.buffers()]
+                    if t.is_floating_point() and t.dtype != torch.float32})
+    if found:
+        module.float()
+    return found
 
 
 def _find_state_dict(obj: Mapping, torch: Any) -> dict[str, Any] | None:

@@ -3,7 +3,7 @@
 1. load the model (any input format) and resolve input shapes;
 2. build the verification set and run the reference (PyTorch, or ONNX Runtime unoptimized);
 3. convert to ONNX (PyTorch inputs) -- the one intermediate form;
-4. graph passes on ONNX (`graph_passes`): cleanup_graph, fold_batchnorm, cleanup_graph,
+4. graph passes on ONNX (`graph_passes`): fold_shape_subgraphs, cleanup_graph, fold_batchnorm, cleanup_graph,
    remove_pruned_channels, cleanup_graph;
 5. calibrate once (int8): the activation ranges every int8 exporter reads;
 6. every requested format x precision (the table in `edgepack.formats`): export, verify against
@@ -31,6 +31,7 @@ from edgepack.artifacts import EvalSet, ExportContext, build_artifact
 from edgepack.calibrate import CALIBRATION_NAME, calibrate
 from edgepack.converters.quantize_int8 import QUANTIZED_OPS
 from edgepack.converters.fold_batchnorm import fold_batchnorm
+from edgepack.converters.fold_shape_subgraphs import fold_shape_subgraphs
 from edgepack.converters.remove_pruned_channels import remove_pruned_channels
 from edgepack.devices import DeviceProfile, load_profile
 from edgepack.devices.estimate import describe_precision_gain, report_estimate
@@ -58,6 +59,7 @@ def graph_passes(options: ExportOptions) -> list[tuple[str, Callable[[ir.Model],
     if not options.prune.prune:
         prune = _disabled("remove_pruned_channels", "--no-prune")
     return [
+        ("fold_shape_subgraphs", fold_shape_subgraphs),
         ("cleanup_graph", cleanup_graph),
         ("fold_batchnorm", fold_batchnorm),
         ("cleanup_graph", cleanup_graph),

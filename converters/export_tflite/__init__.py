@@ -29,7 +29,7 @@ __all__ = ["export_tflite", "supported_ops", "TfliteExport"]
 
 def _load_all() -> None:
     """Import the lowering modules: each registers its ops in LOWERINGS as it loads."""
-    from edgepack.converters.export_tflite import ops_conv, ops_elementwise, ops_norm, ops_shape  # noqa: F401
+    from edgepack.converters.export_tflite import ops_conv, ops_elementwise, ops_norm, ops_recurrent, ops_shape  # noqa: F401
 
 
 def supported_ops() -> list[str]:

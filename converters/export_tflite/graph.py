@@ -42,6 +42,7 @@ class TfliteGraph:
     names: set = field(default_factory=set)
     transposes: int = 0
     origin: dict = field(default_factory=dict)  # id(operator) -> names of the ONNX nodes it came from
+    no_int8: dict = field(default_factory=dict)  # id(operator) -> why it stays float in an int8 graph (set by lowerings)
 
     def __post_init__(self) -> None:
         from ai_edge_litert import schema_py_generated as s

@@ -17,7 +17,8 @@ The float TFLite graph is built first (same lowerings as fp32), then rewritten i
   float constants are int8 per tensor;
 - one QUANTIZE at each float input and one DEQUANTIZE at each float output (`int8_io` makes the
   model's inputs and outputs int8 instead);
-- the operators lowered from the accuracy guard's `float_nodes` stay float (weights too), with a
+- the operators lowered from the accuracy guard's `float_nodes`, and those a lowering registered in
+  `graph.no_int8` (recurrent layers), stay float (weights too), with a
   DEQUANTIZE before each int8 tensor they read and a QUANTIZE after each tensor of theirs that an
   int8 operator reads: the only QUANTIZE/DEQUANTIZE inside the graph.
 
@@ -77,6 +78,8 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
     for op in no_kernel:
         report.float_ops.append({"op": names[code_of[op.opcodeIndex]], "from": sorted(graph.origin.get(id(op), ())),
                                  "why": "LiteRT has no int8 kernel for it: kept float between DEQUANTIZE and QUANTIZE"})
+    report.float_ops += _lowered_float(graph, names, code_of)
+    no_kernel += [op for op in graph.operators if id(op) in graph.no_int8]
     kept_float, range_of, borders = _keep_float(graph, float_nodes, consts, {id(op) for op in no_kernel})
     code_of = {i: c for c, i in graph.opcodes.items()}  # _keep_float may have added QUANTIZE / DEQUANTIZE
     ops = [(names[code_of[op.opcodeIndex]], op) for op in graph.operators if id(op) not in kept_float]
@@ -176,6 +179,22 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
     if not int8_io:
         _float_io(graph)
     return report
+
+
+def _lowered_float(graph: TfliteGraph, names: dict, code_of: dict) -> list[dict]:
+    """One report row per ONNX node whose lowering asked for float operators (`graph.no_int8`)."""
+    rows: dict[tuple, dict] = {}
+    for op in graph.operators:
+        why = graph.no_int8.get(id(op))
+        if why is None:
+            continue
+        origin = tuple(sorted(graph.origin.get(id(op), ())))
+        row = rows.setdefault(origin, {"op": "", "from": list(origin), "why": why, "operators": {}})
+        builtin = names[code_of[op.opcodeIndex]]
+        row["operators"][builtin] = row["operators"].get(builtin, 0) + 1
+    for row in rows.values():
+        row["op"] = ", ".join(sorted(row["operators"]))
+    return list(rows.values())
 
 
 def quantize_weights_only(graph: TfliteGraph) -> dict:
