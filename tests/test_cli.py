@@ -361,7 +361,8 @@ def test_report_schema_and_that_it_describes_the_files(runs):
 
     # verify.npz: inputs and reference outputs that the ONNX reproduces
     arrays = np.load(run.out / report["verification"]["file"])
-    assert sorted(arrays.files) == ["input/x", "reference/output"]
+    assert sorted(arrays.files) == ["input/x", "meta/edge", "reference/output"]
+    assert int(arrays["meta/edge"]) == 2  # the zeros and 10x inputs (judged for fp32 only)
     inputs, reference = arrays["input/x"], arrays["reference/output"]
     assert inputs.shape == (8, 1, 3, 16, 16) and reference.shape == (8, 1, 5)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -272,29 +272,26 @@ def test_onnx_that_onnxruntime_cannot_load_is_unsupported(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, comparing the NaN outputs
-def test_nan_weights_warn_and_export_still_proceeds(tmp_path):
+def test_nan_weights_are_an_error_naming_them_and_write_no_artifact(tmp_path):
     model = seeded(Net(), seed=2)
     with torch.no_grad():
-        model.fc.weight[1, 0] = float("nan")  # only logit 1 becomes NaN
+        model.fc.weight[1, 0] = float("nan")
         model.fc.bias[3] = float("inf")
     path = tmp_path / "nan.pt"
     torch.save(model.state_dict(), path)
-    report = edgepack.export(path, output_dir=tmp_path / "out", arch="models_for_tests:make_net", input_shape=SHAPE)
-
-    assert any("NaN or Inf in weights" in w and "fc.weight" in w and "fc.bias" in w for w in report["warnings"])
-    onnx_path = artifact_path(report, tmp_path / "out")
-    assert onnx_path.is_file() and (tmp_path / "out" / "report.json").is_file()
-    got = onnx_outputs(onnx_path, {"x": fresh()})[0]
-    want = torch_outputs(model, fresh())[0]
-    assert np.isnan(got[:, 1]).all() and np.isposinf(got[:, 3]).all()
-    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
-    finite = np.isfinite(want)
-    np.testing.assert_allclose(got[finite], want[finite], rtol=RTOL, atol=ATOL)
-    # NaN/Inf in the same places as the reference is agreement: the artifact verifies.
-    assert report["artifacts"][0]["ok"] and report["artifacts"][0]["fidelity"]["rel_error"] <= 1e-4
+    with pytest.raises(UsageError, match=r"NaN or Inf in weights \['fc.weight', 'fc.bias'\]"):
+        edgepack.export(path, output_dir=tmp_path / "out", arch="models_for_tests:make_net", input_shape=SHAPE)
+    assert not list((tmp_path / "out").glob("*.onnx")) and not (tmp_path / "out" / "report.json").exists()
 
 
-# ------------------------------------------------------------------ C: input shapes
+def test_a_negative_batchnorm_variance_is_an_error_naming_it(tmp_path):
+    model = seeded(Net(), seed=2)
+    with torch.no_grad():
+        model.bn1.running_var[2] = -1.0
+    path = tmp_path / "negvar.pt"
+    torch.save(model.state_dict(), path)
+    with pytest.raises(UsageError, match=r"negative BatchNorm variance in \['bn1.running_var'\]"):
+        edgepack.export(path, output_dir=tmp_path / "out", arch="models_for_tests:make_net", input_shape=SHAPE)
 
 
 def test_named_input_shape(net, tmp_path):

@@ -344,33 +344,27 @@ def test_op_ncnn_cannot_run_fails_that_artifact_with_exit_4(tmp_path):
     assert not list(tmp_path.glob("*.param")) and not list(tmp_path.glob("*.bin"))
 
 
-@pytest.mark.parametrize("formats", [("ncnn",), ("onnx", "ncnn")])
-def test_int8_guard_keeps_worst_layers_float_until_target(tmp_path, formats):
-    target = 0.99995  # plain int8 reaches 0.99989 on this model
-    report = edgepack.export(EXAMPLES / "digits_cnn.pt2", output_dir=tmp_path, formats=formats, int8=True,
+def test_int8_guard_keeps_worst_layers_float_until_target(tmp_path):
+    """The one guard loop on ncnn: each round keeps the int8 layer that loses most SQNR in fp32 (fp32
+    weights, no scales in the .param) and verifies again. This 4-layer model needs most of its MACs in
+    float for a 0.99995 target, so the artifact ends not ok (at most 10% of MACs may stay float)."""
+    target = 0.99995  # plain int8 reaches about 0.9999 on this model
+    report = edgepack.export(EXAMPLES / "digits_cnn.pt2", output_dir=tmp_path, formats=("ncnn",), int8=True,
                              calib=EXAMPLES / "digits_calib.npy", min_cosine=target)
     art = _artifact(report, "int8")
-    assert art["ok"], art["error"]
-    assert art["fidelity"]["cosine"] >= target and art["fidelity"]["tolerance"]["enforced"]
-    kept = [f["layer"] for f in art["float_layers"]]
-    assert 1 <= len(kept) <= 3 and art["nodes"] == {"quantized": 4 - len(kept), "float": len(kept)}
+    guard = art["guard"]
+    assert guard[0]["float_nodes"] == [] and guard[0]["cosine"] < target and len(guard) >= 2
+    for before, step in zip(guard, guard[1:]):  # one more layer in float per round, the one ranked worst
+        assert step["float_nodes"][: len(before["float_nodes"])] == before["float_nodes"]
+        assert step["kept_in_float"]["node"] in step["float_nodes"]
+    kept = guard[-1]["float_nodes"]
     param = NcnnParam.parse((tmp_path / art["path"]).read_text())
     assert all(layer.get(8) == 0 for layer in param.layers if layer.name in kept)  # fp32 weights, no scales
-    guard = art["guard"]
-    assert guard[-1]["float_layers"] == kept and guard[-1]["cosine"] >= target
-    ours = [g["worst"]["layer"] for g in guard[:-1]]  # what this artifact's guard added, one per round
-    assert all("this artifact's accuracy guard" in f["why"] for f in art["float_layers"] if f["layer"] in ours)
-    if formats == ("ncnn",):
-        assert guard[0]["float_layers"] == [] and guard[0]["cosine"] < target and ours == kept
-    else:  # starts from the int8 ONNX guard's choice: its float Conv/Gemm nodes are float layers here too
-        import onnx
-
-        onnx_art = next(a for a in report["artifacts"] if a["format"] == "onnx" and a["precision"] == "int8")
-        fp32_onnx = onnx.load(str(tmp_path / "digits_cnn.fp32.onnx"))
-        weighted = {n.name for n in fp32_onnx.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
-        inherited = [f for f in art["float_layers"] if "int8 ONNX's" in f["why"]]
-        assert {f["onnx_node"] for f in inherited} == set(onnx_art["float_nodes"]) & weighted
-        assert guard[0]["float_layers"] == [f["layer"] for f in inherited]
+    assert max(g["cosine"] for g in guard) > guard[0]["cosine"]
+    if art["ok"]:
+        assert art["fidelity"]["cosine"] >= target and art["int8_mac_share"] >= 0.9
+    else:
+        assert art["exit_code"] == 3 and ("of the MACs run in int8" in art["error"] or "misses its floor" in art["error"])
 
 
 def test_layer_divergence(digits_int8, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from edgepack.calib import load_samples
 from edgepack.errors import UsageError
-from edgepack.verify import TOLERANCES, compare, make_verification_set, tolerance_for
+from edgepack.verify import FLOORS, compare, make_verification_set, tolerance_for
 
 
 def test_compare_metrics_on_known_difference():
@@ -41,18 +41,21 @@ def test_compare_flags_nan_and_shape_mismatch():
 
 
 def test_tolerance_table_fp32_and_user_target():
-    assert TOLERANCES[("fp32", "exact")] == (1e-4, True)
+    assert FLOORS[("fp32", "exact")].rel_error == 1e-4
     assert tolerance_for("fp32") == (1e-4, True)
     assert tolerance_for("fp32", user_target=1e-2) == (1e-2, True)
-    assert tolerance_for("fp16") == (1e-2, False)  # reported, enforced only with a user target
-    assert tolerance_for("int8") == (None, False)  # int8 is judged by cosine / top-1 targets instead
+    assert tolerance_for("fp16") == (0.05, True)  # enforced: an fp16 overflow gives ~1
+    assert tolerance_for("int8") == (None, True)  # int8 is judged by its cosine floor instead
+    assert tolerance_for("fp32", "approx") == (1e-2, False)  # --prune-approx: reported only
 
 
 def test_random_verification_set_is_seeded():
     a = make_verification_set({"x": (1, 3, 4, 4)}, seed=3)
     b = make_verification_set({"x": (1, 3, 4, 4)}, seed=3)
     c = make_verification_set({"x": (1, 3, 4, 4)}, seed=4)
-    assert a.inputs["x"].shape == (8, 1, 3, 4, 4) and a.source == "random-normal"
+    assert a.inputs["x"].shape == (10, 1, 3, 4, 4) and a.source == "random-normal" and a.edge == 2
+    assert not a.inputs["x"][8].any() and np.abs(a.inputs["x"][9]).max() > 10  # zeros, then 10x N(0,1)
+    assert a.in_range().count == 8
     np.testing.assert_array_equal(a.inputs["x"], b.inputs["x"])
     assert not np.array_equal(a.inputs["x"], c.inputs["x"])
 
