@@ -495,7 +495,7 @@ def _entry(path: str, data: bytes) -> dict:
 
 
 def _layout(platform: str, name: str, manifest: dict, files: dict[str, bytes]) -> dict[str, bytes]:
-    from edgepack import pack_templates
+    from edgepack.commands import pack_templates
 
     body = {**files, MANIFEST_NAME: (json.dumps(manifest, indent=2) + "\n").encode()}
     if platform == "android":
