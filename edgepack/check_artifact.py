@@ -61,6 +61,16 @@ def check_onnx(path: Path) -> Any:
         onnx.checker.check_model(proto)
     except Exception as exc:  # noqa: BLE001  (ValidationError, and C++ errors surfacing as others)
         raise LoadError(f"{path.name} is not a valid ONNX model: {_line(exc)}; export it again") from None
+    bad = [f"{v.name} {[d.dim_value for d in v.type.tensor_type.shape.dim]}" for v in (*proto.graph.input, *proto.graph.output)
+           if any(d.HasField("dim_value") and not 0 < d.dim_value <= MAX_ELEMENTS for d in v.type.tensor_type.shape.dim)]
+    if bad:
+        raise LoadError(f"{path.name} is not a valid ONNX model: impossible dimensions in {bad[0][:80]}; export it again")
+    try:
+        onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    except Exception as exc:  # noqa: BLE001  (InferenceError; ops onnx has no schema for are not its business)
+        if "registered" not in str(exc).lower():
+            raise LoadError(f"{path.name} is not a valid ONNX model: its shapes do not agree "
+                            f"({_line(exc).replace('[ShapeInferenceError] ', '')}); export it again") from None
     return proto
 
 

@@ -230,7 +230,7 @@ def _inspect_tflite(path: Path) -> dict:
 
 def _ncnn_params(layer: str, kv: dict[str, str]) -> int:
     """Weights + biases of the layers that hold them, from the .param's own size fields."""
-    get = lambda k: int(kv.get(k, "0"))
+    get = lambda k: _int(kv.get(k, "0"))
     if layer in ("Convolution", "ConvolutionDepthWise", "Deconvolution", "DeconvolutionDepthWise", "Convolution1D"):
         return get("6") + (get("0") if get("5") else 0)
     if layer == "InnerProduct":
@@ -238,6 +238,12 @@ def _ncnn_params(layer: str, kv: dict[str, str]) -> int:
     if layer == "MemoryData":
         return max(get("0"), 1) * max(get("1"), 1) * max(get("2"), 1)
     return 0
+
+
+def _int(value: str) -> int:
+    """An ncnn integer parameter (the .param grammar also allows 1e3 or 2.0 there)."""
+    number = float(value)
+    return int(number) if math.isfinite(number) else 0
 
 
 def _inspect_ncnn(path: Path) -> dict:
@@ -255,7 +261,7 @@ def _inspect_ncnn(path: Path) -> dict:
         consumed.update(bottoms)
         produced.extend(tops)
         if layer == "Input":
-            dims = [int(kv[k]) for k in ("2", "1", "0") if int(kv.get(k, "0")) > 0]  # c, h, w
+            dims = [_int(kv[k]) for k in ("2", "1", "0") if _int(kv.get(k, "0")) > 0]  # c, h, w
             inputs += [_io(t, [1, *dims] if dims else None, "float32", ONNX_LAYOUTS, None) for t in tops]
     outputs = [_io(b, None, "float32", ONNX_LAYOUTS, None) for b in produced if b not in consumed and b not in
                {d["name"] for d in inputs}]
