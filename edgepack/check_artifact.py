@@ -57,21 +57,55 @@ def check_onnx(path: Path) -> Any:
                         "the file is damaged or of another format: export it again") from None
     if len(proto.graph.node) == 0:
         raise LoadError(f"{path.name} is not a valid ONNX model: it has no graph nodes (damaged or not ONNX); export it again")
+    checked = proto
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # noqa: BLE001  (ValidationError, and C++ errors surfacing as others)
-        raise LoadError(f"{path.name} is not a valid ONNX model: {_line(exc)}; export it again") from None
+        if not str(exc).startswith("Nodes in a graph must be topologically sorted"):
+            raise LoadError(f"{path.name} is not a valid ONNX model: {_line(exc)}; export it again") from None
+        checked = _sorted_copy(proto, path)  # runtimes sort the graph themselves: check a sorted copy
+        try:
+            onnx.checker.check_model(checked)
+        except Exception as exc2:  # noqa: BLE001
+            raise LoadError(f"{path.name} is not a valid ONNX model: {_line(exc2)}; export it again") from None
     bad = [f"{v.name} {[d.dim_value for d in v.type.tensor_type.shape.dim]}" for v in (*proto.graph.input, *proto.graph.output)
            if any(d.HasField("dim_value") and not 0 < d.dim_value <= MAX_ELEMENTS for d in v.type.tensor_type.shape.dim)]
     if bad:
         raise LoadError(f"{path.name} is not a valid ONNX model: impossible dimensions in {bad[0][:80]}; export it again")
     try:
-        onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+        onnx.shape_inference.infer_shapes(checked, strict_mode=True)
     except Exception as exc:  # noqa: BLE001  (InferenceError; ops onnx has no schema for are not its business)
         if "registered" not in str(exc).lower():
             raise LoadError(f"{path.name} is not a valid ONNX model: its shapes do not agree "
                             f"({_line(exc).replace('[ShapeInferenceError] ', '')}); export it again") from None
     return proto
+
+
+def _sorted_copy(proto: Any, path: Path) -> Any:
+    """A copy of `proto` with its nodes in topological order (a LoadError on a cycle)."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    known = {i.name for i in copy.graph.input} | {i.name for i in copy.graph.initializer} | {""}
+    pending, ordered = list(copy.graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            missing = next(i for i in pending[0].input if i not in known)
+            raise LoadError(f"{path.name} is not a valid ONNX model: its graph has a cycle or reads a tensor nothing "
+                            f"writes ({missing[:60]!r}); export it again")
+        for n in ready:
+            known.update(n.output)
+        ordered += ready
+        taken = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in taken]
+    nodes = [onnx.NodeProto() for _ in ordered]
+    for dst, src in zip(nodes, ordered):
+        dst.CopyFrom(src)
+    del copy.graph.node[:]
+    copy.graph.node.extend(nodes)
+    return copy
 
 
 def check_tflite(path: Path) -> bytes:
