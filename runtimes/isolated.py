@@ -64,6 +64,14 @@ def call(fn: Callable[..., Any], *args: Any, artifact: str | Path, timeout: floa
                     f"uses what {reader} does not support: export it again")
 
 
+def run_artifact(runtime: str, artifact: str, feeds: dict, **load_kwargs: Any) -> dict:
+    """Load `artifact` with the named runtime adapter and run `feeds` once: the outputs by name.
+    For `call(run_artifact, "ncnn", path, feeds, artifact=path, what="ncnn", fp16=False)`."""
+    from edgepack.runtimes import get_runtime
+
+    return get_runtime(runtime).load(artifact, **load_kwargs).run(feeds)
+
+
 def _child() -> int:
     module, qualname, args, kwargs = pickle.loads(sys.stdin.buffer.read())
     try:
