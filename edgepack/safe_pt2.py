@@ -76,12 +76,17 @@ def check_pt2(data: bytes, label: str, *, allow_pickle: bool) -> None:
 
 
 def _failures(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> list[tuple[zipfile.ZipInfo, str]]:
-    raw_tensors = _raw_tensor_members(archive, infos)
+    names = [i.filename for i in infos]
+    if len(set(names)) != len(names):  # torch's reader and zipfile may pick different copies: never written by torch
+        dup = next(n for n in names if names.count(n) > 1)
+        return [(next(i for i in infos if i.filename == dup), "appears twice in the archive")]
+    rel_of = _relative_names(names)
+    raw_tensors = _raw_tensor_members(archive, infos, rel_of)
     out = []
-    for info in infos:  # every entry, duplicates too: torch's reader may pick another copy than zipfile's
+    for info in infos:
         if info.is_dir():
             continue
-        rel = info.filename.split("/", 1)[1] if "/" in info.filename else info.filename
+        rel = rel_of[info.filename]
         if rel in _TEXT_MEMBERS or rel.startswith("extra/") or rel in raw_tensors:
             continue
         if rel.startswith("data/aotinductor/"):
@@ -103,12 +108,21 @@ def _failures(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> list[tu
     return out
 
 
-def _raw_tensor_members(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> set[str]:
+def _relative_names(names: list[str]) -> dict[str, str]:
+    """Member name -> path below the archive's root folder (torch.export.save puts everything in
+    one; the pre-2.7 format has no root folder)."""
+    roots = {n.split("/", 1)[0] for n in names}
+    if len(roots) == 1 and all("/" in n for n in names):
+        return {n: n.split("/", 1)[1] for n in names}
+    return {n: n for n in names}
+
+
+def _raw_tensor_members(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo], rel_of: dict[str, str]) -> set[str]:
     """Paths (below the archive root) of weights and constants stored as raw bytes, not pickled:
     the payload configs list them with use_pickle false."""
     raw: set[str] = set()
     for info in infos:
-        rel = info.filename.split("/", 1)[1] if "/" in info.filename else info.filename
+        rel = rel_of[info.filename]
         folder = "data/weights/" if rel.startswith("data/weights/") else "data/constants/" if rel.startswith("data/constants/") else None
         if folder is None or not rel.endswith("_config.json"):
             continue

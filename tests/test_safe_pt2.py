@@ -145,3 +145,21 @@ def test_opaque_constant_and_aotinductor_members_are_named(tmp_path):
     check_pt2(buf.getvalue(), "x.pt2", allow_pickle=True)  # the flag lets the user take the risk
     check_pt2(good, "x.pt2", allow_pickle=False)
     assert not marker.exists() and not os.path.exists("marker")
+
+
+def test_duplicate_members_are_refused(tmp_path):
+    """zipfile reads the last copy of a name, torch's reader may read another: a config copy that
+    says 'raw bytes' must not hide one that says 'pickle'."""
+    good = _exported(tmp_path).read_bytes()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(good)) as a, zipfile.ZipFile(buf, "w") as b:
+        for info in a.infolist():
+            b.writestr(info, a.read(info))
+        first = a.infolist()[0]
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+            b.writestr(first.filename, a.read(first))
+    with pytest.raises(PickleNotAllowed, match="appears twice in the archive"):
+        check_pt2(buf.getvalue(), "x.pt2", allow_pickle=False)
