@@ -51,15 +51,16 @@ def check_onnx(path: Path) -> Any:
 
     check_regular_file(path)
     try:
-        proto = onnx.load_model(str(path))
+        proto = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001  (protobuf raises DecodeError, RuntimeError, ...)
         raise LoadError(f"{path.name} is not a valid ONNX model (protobuf cannot parse it: {_line(exc)}); "
                         "the file is damaged or of another format: export it again") from None
     if len(proto.graph.node) == 0:
         raise LoadError(f"{path.name} is not a valid ONNX model: it has no graph nodes (damaged or not ONNX); export it again")
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
     checked = proto
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(str(path) if external else proto)  # the path: the checker finds the data files
     except Exception as exc:  # noqa: BLE001  (ValidationError, and C++ errors surfacing as others)
         if not str(exc).startswith("Nodes in a graph must be topologically sorted"):
             raise LoadError(f"{path.name} is not a valid ONNX model: {_line(exc)}; export it again") from None
@@ -78,6 +79,12 @@ def check_onnx(path: Path) -> Any:
         if "registered" not in str(exc).lower():
             raise LoadError(f"{path.name} is not a valid ONNX model: its shapes do not agree "
                             f"({_line(exc).replace('[ShapeInferenceError] ', '')}); export it again") from None
+    if external:
+        try:
+            onnx.load_external_data_for_model(proto, str(path.parent))
+        except Exception as exc:  # noqa: BLE001  (a missing or short data file)
+            raise LoadError(f"{path.name}: its external weights cannot be read ({_line(exc)}); keep the data file "
+                            "beside the .onnx") from None
     return proto
 
 
