@@ -144,6 +144,8 @@ _TFLITE_ITEMSIZE = {"FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "UINT8": 1, "INT64":
 def _tflite_problem(model: Any, size: int, s: Any) -> str | None:
     from edgepack.tflite_schema import builtin_names
 
+    if model.version != 3:
+        return f"schema version {model.version} (TFLite files are version 3)"
     if not model.subgraphs:
         return "it has no subgraph"
     buffers = model.buffers or []
