@@ -77,9 +77,11 @@ class LayerTable:
                    list(data.get("notes", [])))
 
 
-def read_layers(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> LayerTable:
-    """The layer table of an .onnx, .tflite or ncnn .param file (.param needs `input_shapes`)."""
-    from edgepack.check_artifact import check_ncnn_param, check_onnx, check_tflite
+def read_layers(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None, *, ask_runtime: bool = True) -> LayerTable:
+    """The layer table of an .onnx, .tflite or ncnn .param file (.param needs `input_shapes`).
+    `ask_runtime`: also have LiteRT accept a .tflite (in a child process); off when the runtime
+    has just verified the file (export)."""
+    from edgepack.check_artifact import ask_litert, check_ncnn_param, check_onnx, check_tflite
 
     suffix = path.suffix.lower()
     try:
@@ -91,7 +93,10 @@ def read_layers(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = No
         if suffix == ".onnx":
             return layers_from_onnx(check_onnx(path), source=path.name)
         if suffix == ".tflite":
-            return layers_from_tflite(check_tflite(path), source=path.name)
+            table = layers_from_tflite(check_tflite(path), source=path.name)
+            if ask_runtime:
+                ask_litert(path)
+            return table
     except (IndexError, KeyError, ValueError, TypeError, ZeroDivisionError, AttributeError, OverflowError) as exc:
         # the checks above passed, but the graph is still inconsistent (e.g. an op with fewer inputs than it needs)
         raise UsageError(f"cannot estimate {path.name}: its graph is inconsistent ({type(exc).__name__}: "

@@ -45,6 +45,20 @@ def check_artifact(path: Path) -> None:
         check_ncnn_param(Path(path))
 
 
+def ask_litert(path: Path) -> None:
+    """Whether LiteRT accepts a TFLite file the checks above passed (its flatbuffer verifier and
+    kernel prepare steps go further than they do), asked in a child process; skipped when no
+    LiteRT is installed (nothing here could run the file then)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ai_edge_litert") is None and importlib.util.find_spec("tflite_runtime") is None:
+        return
+    from edgepack.runtimes import isolated
+    from edgepack.runtimes.litert import check_loads
+
+    isolated.call(check_loads, str(path), artifact=path, what="litert", timeout=120)
+
+
 def check_onnx(path: Path) -> Any:
     """The parsed onnx.ModelProto of a well-formed ONNX file."""
     import onnx

@@ -30,7 +30,10 @@ def inspect_artifact(path: str | Path) -> dict:
     if suffix == ".onnx":
         result = _inspect_onnx(path)
     elif suffix == ".tflite":
+        from edgepack.check_artifact import ask_litert
+
         result = _inspect_tflite(path)
+        ask_litert(path)  # never an op census of a file LiteRT refuses
     elif suffix == ".param":
         from edgepack.runtimes import isolated
         from edgepack.runtimes.ncnn import check_loads
