@@ -518,7 +518,8 @@ def report_estimate(out_dir: Path, entry: dict, profile: DeviceProfile) -> dict:
         return {"error": f"estimating {path.suffix} artifacts is not supported yet; estimate the .onnx of the same export "
                          "with --runtime " + RUNTIME_OF_FORMAT.get(entry.get("format", ""), "ncnn")}
     try:
-        result = estimate_artifact(path, profile, RUNTIME_OF_FORMAT.get(entry["format"]), None, entry["precision"])
+        result = estimate_artifact(path, profile, RUNTIME_OF_FORMAT.get(entry["format"]), None, entry["precision"],
+                                   ask_runtime=False)  # the export has just run it in its runtime
     except UsageError as exc:
         return {"error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - an op the layer reader does not know must not fail a verified export
@@ -583,7 +584,8 @@ def export_target(path: Path) -> str:
 
 
 def estimate_artifact(path: Path, profile: DeviceProfile, runtime: str | None = None, threads: int | None = None,
-                      precision: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Estimate:
+                      precision: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None, *,
+                      ask_runtime: bool = True) -> Estimate:
     """Estimate an .onnx, .tflite or ncnn .param artifact on `profile`. The runtime defaults to the
     artifact's own (LiteRT for .tflite, ONNX Runtime for .onnx, ncnn for .param); --runtime ncnn
     estimates an ONNX graph as ncnn would run it. A .param's input shape comes from `input_shapes`
@@ -592,6 +594,6 @@ def estimate_artifact(path: Path, profile: DeviceProfile, runtime: str | None = 
 
     if not path.is_file():
         raise UsageError(f"no artifact at {path}; pass an .onnx, .tflite or .param file from an export folder")
-    table = read_layers(path, input_shapes or _report(path).get("inputs"))
+    table = read_layers(path, input_shapes or _report(path).get("inputs"), ask_runtime=ask_runtime)
     runtime = runtime or RUNTIME_OF_SUFFIX.get(path.suffix.lower(), profile.default_runtime)
     return estimate(table, profile, runtime, precision or artifact_precision(path), threads)

@@ -75,17 +75,30 @@ class LayerTable:
                    list(data.get("notes", [])))
 
 
-def read_layers(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> LayerTable:
-    """The layer table of an .onnx, .tflite or ncnn .param file (.param needs `input_shapes`)."""
-    suffix = path.suffix.lower()
-    if suffix == ".param":
-        return layers_from_ncnn(path, input_shapes or {})
-    if suffix == ".onnx":
-        import onnx
+def read_layers(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None, *, ask_runtime: bool = True) -> LayerTable:
+    """The layer table of an .onnx, .tflite or ncnn .param file (.param needs `input_shapes`).
+    `ask_runtime`: also have LiteRT accept a .tflite (in a child process); off when the runtime
+    has just verified the file (export)."""
+    from edgepack.check_artifact import ask_litert, check_ncnn_param, check_onnx, check_tflite
 
-        return layers_from_onnx(onnx.load(str(path)), source=path.name)
-    if suffix == ".tflite":
-        return layers_from_tflite(path.read_bytes(), source=path.name)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".param":
+            from edgepack.runtimes import isolated
+
+            check_ncnn_param(path)  # ncnn runs the net to learn blob shapes: in a child, it may crash
+            return isolated.call(layers_from_ncnn, path, input_shapes or {}, artifact=path, what="ncnn", timeout=300)
+        if suffix == ".onnx":
+            return layers_from_onnx(check_onnx(path), source=path.name)
+        if suffix == ".tflite":
+            table = layers_from_tflite(check_tflite(path), source=path.name)
+            if ask_runtime:
+                ask_litert(path)
+            return table
+    except (IndexError, KeyError, ValueError, TypeError, ZeroDivisionError, AttributeError, OverflowError) as exc:
+        # the checks above passed, but the graph is still inconsistent (e.g. an op with fewer inputs than it needs)
+        raise UsageError(f"cannot estimate {path.name}: its graph is inconsistent ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:150] if str(exc) else ''}); the file may be damaged: export it again") from None
     raise UsageError(f"cannot estimate {path.name}: the file is {suffix or 'without suffix'}; "
                      "edgepack estimate reads .onnx, .tflite and ncnn .param artifacts")
 

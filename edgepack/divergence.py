@@ -63,6 +63,12 @@ def load_model(model: Any, role: str = "model") -> Any:
         raise UsageError(f"{role}: model file {path} not found; check the path")
     if path.is_dir():
         raise UsageError(f"{role}: {path} is a directory; pass an .onnx file")
+    from edgepack.check_artifact import check_onnx, check_regular_file
+
+    try:
+        check_regular_file(path, "model file")  # before reading: a FIFO or device would block or never end
+    except UsageError as exc:
+        raise UsageError(f"{role}: {exc}") from None
     with open(path, "rb") as f:
         head = f.read(8)
     suffix = path.suffix.lower()
@@ -73,11 +79,9 @@ def load_model(model: Any, role: str = "model") -> Any:
         raise UsageError(f"{role}: {path} is a PyTorch file; compare ONNX files: use the export's fp32 ONNX "
                          "(OUT/<name>.fp32.onnx), which stands in for the PyTorch model and was verified against it")
     try:
-        proto = onnx.load_model(str(path))
-    except Exception as exc:  # protobuf raises DecodeError and friends
-        raise UsageError(f"{role}: {path} is not an ONNX file ({first_line(exc)}); pass an .onnx file") from None
-    if len(proto.graph.node) == 0:
-        raise UsageError(f"{role}: {path} is not an ONNX model (no graph nodes); pass an .onnx file")
+        proto = check_onnx(path)  # a damaged file: one line saying what is wrong, before ONNX Runtime sees it
+    except UsageError as exc:
+        raise UsageError(f"{role}: {exc}") from None
     return proto
 
 

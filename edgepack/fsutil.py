@@ -1,16 +1,25 @@
 """Atomic file writes: every artifact is written to a temporary file beside its final path and
-renamed into place, so a failure never leaves a half-written file behind."""
+renamed into place, so a failure never leaves a half-written file behind. `staged_output` does the
+same for a whole export folder (built beside -o, swapped in at the end)."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import shutil
+import signal
+import socket
+import sys
 import tempfile
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from edgepack.errors import OutputError
+from edgepack.errors import EdgepackError, OutputError
 
 
 @contextlib.contextmanager
@@ -76,3 +85,159 @@ def deflated_size(data: bytes | Path) -> int:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             n += len(c.compress(chunk))
     return n + len(c.flush())
+
+
+# ---------------------------------------------------------------- the export folder, swapped in whole
+
+MARKER_NAME = ".edgepack-export"  # in every folder edgepack exported: only such folders are ever replaced
+LOCK_NAME = ".edgepack-lock"  # in a staging folder: the pid (and its start time) of the export building it
+STAGE_PREFIX = ".edgepack-stage-"
+OLD_PREFIX = ".edgepack-old-"
+UNLOCKED_GRACE_S = 60.0  # a staging folder without a lock is someone's mkdtemp of a moment ago, or stale after this
+
+
+class Terminated(EdgepackError):
+    """SIGTERM during an export: exit 143, like a shell reports it."""
+
+    exit_code = 143
+
+
+@contextlib.contextmanager
+def staged_output(path: Path) -> Iterator[Path]:
+    """Yield a staging folder beside `path` to build an export in; on success the staging folder
+    becomes `path` (an earlier export there is replaced whole), on any error, SIGINT or SIGTERM it
+    is removed and `path` is left as it was. `path` must be new, empty, or an earlier export (it
+    carries MARKER_NAME); anything else is refused before work starts. Staging folders left by a
+    killed export are removed when the process named in their lock is gone. SIGTERM raises
+    Terminated (exit 143) while the folder is staged."""
+    final = Path(path).absolute()
+    check_output_target(final)
+    parent = final.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_stages(parent)
+        stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{final.name}.", dir=parent))
+        (stage / LOCK_NAME).write_text(json.dumps(_owner()))
+    except OSError as exc:
+        raise OutputError(f"cannot write next to {final} ({exc.strerror or exc}); choose another folder with -o") from None
+    previous = _on_sigterm()
+    try:
+        yield stage
+        (stage / LOCK_NAME).unlink()
+        (stage / MARKER_NAME).write_text(json.dumps({"edgepack_export": 1}) + "\n")
+        _swap_in(stage, final)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def check_output_target(final: Path) -> None:
+    """An OutputError unless `final` is new, an empty folder, or an earlier edgepack export."""
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise OutputError(f"output path {final} is a file; pass a folder with -o")
+    if (final / MARKER_NAME).is_file() or not any(final.iterdir()):
+        return
+    raise OutputError(f"output folder {final} is not empty and is not an edgepack export (no {MARKER_NAME}); edgepack "
+                      "replaces only its own exports: pass a new or empty folder with -o")
+
+
+def remove_stale_stages(parent: Path) -> list[Path]:
+    """Remove staging and swapped-out folders in `parent` whose owner is gone (killed exports);
+    those of a running export (a parallel sweep) are left alone. Returns what was removed."""
+    removed = []
+    for entry in Path(parent).iterdir():
+        if not entry.name.startswith((STAGE_PREFIX, OLD_PREFIX)) or not entry.is_dir() or entry.is_symlink():
+            continue
+        try:
+            owner = json.loads((entry / LOCK_NAME).read_text())
+        except (OSError, ValueError):
+            owner = None
+        if owner is None and time.time() - entry.stat().st_mtime < UNLOCKED_GRACE_S:
+            continue
+        if owner is not None and _alive(owner):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _owner() -> dict:
+    return {"pid": os.getpid(), "start": _start_time(os.getpid()), "host": socket.gethostname()}
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), so a reused pid is not taken for it."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat_line.rsplit(")", 1)[-1].split()[19]
+
+
+def _alive(owner: dict) -> bool:
+    if owner.get("host") != socket.gethostname():
+        return True  # another machine's export (a shared folder): never ours to judge
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return owner.get("start") is None or owner.get("start") == _start_time(pid)
+
+
+def _on_sigterm() -> Any:
+    """Turn SIGTERM into Terminated while staged (main thread only; elsewhere signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise Terminated("terminated (SIGTERM); the output folder was left as it was")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _swap_in(stage: Path, final: Path) -> None:
+    """Put `stage` at `final`: atomically exchanged with an earlier export where the OS can
+    (renameat2 RENAME_EXCHANGE on Linux), else moved aside first, then removed."""
+    if final.is_dir() and not any(final.iterdir()):
+        final.rmdir()
+    if not final.exists():
+        os.rename(stage, final)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f"{OLD_PREFIX}{final.name}.", dir=final.parent))
+    (aside / LOCK_NAME).write_text(json.dumps(_owner()))
+    if _exchange(stage, final):
+        old = stage  # now holds the earlier export
+    else:
+        (aside / LOCK_NAME).unlink()
+        os.rmdir(aside)
+        os.rename(final, aside)
+        os.rename(stage, final)
+        old = aside
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unavailable."""
+    if sys.platform != "linux":
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0

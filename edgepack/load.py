@@ -136,11 +136,7 @@ def _load_path(path: Path, *, allow_pickle: bool, arch: str | None) -> SourceMod
         return _from_onnx(path)
     torch = _import_torch(path)
     if kind == "exported-program":
-        try:
-            with open(path, "rb") as f:  # a file object: torch.export.load warns about names not ending in .pt2
-                ep = torch.export.load(f)
-        except Exception as exc:
-            raise LoadError(f"cannot load ExportedProgram {path}: {first_line(exc)}") from None
+        ep = load_exported_program(path, torch, allow_pickle=allow_pickle)
         return _from_object(ep, path)
     if kind == "torchscript":
         try:
@@ -149,6 +145,24 @@ def _load_path(path: Path, *, allow_pickle: bool, arch: str | None) -> SourceMod
             raise LoadError(f"cannot load TorchScript {path}: {first_line(exc)}") from None
         return _from_object(module, path, kind="torchscript")
     return _load_torch_pickle(path, torch, allow_pickle=allow_pickle, arch=arch)
+
+
+def load_exported_program(path: Path, torch: Any, *, allow_pickle: bool) -> Any:
+    """torch.export.load, after refusing an archive that would run code from the file (see
+    edgepack.safe_pt2). torch gets the same bytes that were checked."""
+    import io
+
+    from edgepack.safe_pt2 import check_pt2
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LoadError(f"cannot read {path}: {exc.strerror or exc}") from None
+    check_pt2(data, str(path), allow_pickle=allow_pickle)
+    try:
+        return torch.export.load(io.BytesIO(data))
+    except Exception as exc:
+        raise LoadError(f"cannot load ExportedProgram {path}: {first_line(exc)}") from None
 
 
 def _load_torch_pickle(path: Path, torch: Any, *, allow_pickle: bool, arch: str | None) -> SourceModel:

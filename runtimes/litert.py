@@ -57,6 +57,13 @@ class LiteRtSession:
         return {d["name"]: self._it.get_tensor(d["index"]).copy() for d in self._outputs}
 
 
+def check_loads(artifact: str | Path) -> None:
+    """LiteRT builds an interpreter for `artifact` and allocates its tensors (its verifier and every
+    kernel's prepare step). Run in a child by edgepack.runtimes.isolated: LiteRT may crash on a
+    damaged file."""
+    LiteRt().load(artifact)
+
+
 class LiteRt:
     name = "litert"
 

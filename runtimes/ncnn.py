@@ -35,6 +35,12 @@ def _param_inputs(param: Path) -> list[dict]:
     return rows
 
 
+def check_loads(param: str | Path) -> None:
+    """ncnn loads `param` and the .bin beside it (run in a child by edgepack.runtimes.isolated: ncnn
+    may crash on a damaged file). A UsageError when it refuses them."""
+    Ncnn().load(param)
+
+
 class NcnnSession:
     def __init__(self, net: Any, inputs: list[dict]) -> None:
         self._net = net

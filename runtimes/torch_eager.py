@@ -48,9 +48,11 @@ class TorchEager:
 
         return torch.__version__
 
-    def load(self, artifact: Any, *, threads: int | None = None, optimize: bool = True, input_names: list[str] | None = None) -> TorchSession:
+    def load(self, artifact: Any, *, threads: int | None = None, optimize: bool = True, input_names: list[str] | None = None,
+             allow_pickle: bool = False) -> TorchSession:
         """`artifact`: an nn.Module, ScriptModule or ExportedProgram in memory, or the path of a saved
-        ExportedProgram (.pt2), whose example inputs give the input names, shapes and dtypes."""
+        ExportedProgram (.pt2), whose example inputs give the input names, shapes and dtypes. A .pt2
+        that would run code from the file when loaded is refused unless `allow_pickle`."""
         from pathlib import Path
 
         import torch
@@ -58,7 +60,9 @@ class TorchEager:
         if threads:
             torch.set_num_threads(threads)
         if isinstance(artifact, (str, Path)):
-            artifact = torch.export.load(str(artifact))
+            from edgepack.load import load_exported_program
+
+            artifact = load_exported_program(Path(artifact), torch, allow_pickle=allow_pickle)
         inputs = None
         if isinstance(artifact, torch.export.ExportedProgram):
             inputs = _exported_inputs(artifact)

@@ -343,7 +343,7 @@ def test_cli_table_names_the_culprit(runs):
     ("missing", 2, "A: model file nope.onnx not found"),
     ("tflite", 4, "TFLite comparison arrives with the TFLite exporter"),
     ("torch", 2, "use the export's fp32 ONNX"),
-    ("not_onnx", 2, "B: notonnx.onnx is not an ONNX file"),
+    ("not_onnx", 2, "B: notonnx.onnx is not a valid ONNX model"),
     ("no_common", 2, "A and B share no tensor names"),
     ("bad_inputs", 2, "--inputs small.npz: input 'x' has shape [6, 1, 3, 8, 16]; the model expects [1,3,16,16]"),
 ])

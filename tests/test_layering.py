@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = {"edgepack": ROOT / "edgepack", "edgepack.converters": ROOT / "converters",
                 "edgepack.runtimes": ROOT / "runtimes", "edgepack.devices": ROOT / "devices"}
-TORCH_ALLOWED = {"edgepack.load", "edgepack.converters.torch_to_onnx", "edgepack.runtimes.torch_eager"}
+TORCH_ALLOWED = {"edgepack.load", "edgepack.safe_pt2", "edgepack.converters.torch_to_onnx", "edgepack.runtimes.torch_eager"}
 
 
 def _modules() -> dict[str, Path]:

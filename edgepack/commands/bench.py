@@ -104,6 +104,9 @@ def bench_artifact(path: Path, options: BenchOptions, *, remote: Any = None, bas
     runtime = runtime_for(path)
     if not path.is_file():
         raise UsageError(f"artifact {path} not found; pass an .onnx, .tflite or ncnn .param file, or an export folder")
+    from edgepack.check_artifact import check_artifact
+
+    check_artifact(path)  # a damaged file: one line saying what is wrong, before any runtime sees it
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="edgepack-verify-") as tmp:

@@ -29,9 +29,16 @@ def inspect_artifact(path: str | Path) -> dict:
     if suffix == ".onnx":
         result = _inspect_onnx(path)
     elif suffix == ".tflite":
+        from edgepack.check_artifact import ask_litert
+
         result = _inspect_tflite(path)
+        ask_litert(path)  # never an op census of a file LiteRT refuses
     elif suffix == ".param":
+        from edgepack.runtimes import isolated
+        from edgepack.runtimes.ncnn import check_loads
+
         result = _inspect_ncnn(path)
+        isolated.call(check_loads, path, artifact=path, what="ncnn", timeout=120)  # ncnn may crash on a damaged file
     else:
         raise UnsupportedError(f"{path.name}: inspect reads .onnx, .tflite and ncnn .param files")
     _layouts_from_report(path, result)
@@ -72,8 +79,10 @@ def _inspect_onnx(path: Path) -> dict:
 
     from edgepack.model_stats import node_macs
 
+    from edgepack.check_artifact import check_onnx
+
+    proto = check_onnx(path)
     try:
-        proto = onnx.load(str(path))
         proto = onnx.shape_inference.infer_shapes(proto)
         model = ir.from_proto(proto)
     except Exception as exc:  # noqa: BLE001  (protobuf and onnx raise several types for a bad file)
@@ -135,10 +144,10 @@ def _inspect_tflite(path: Path) -> dict:
         from ai_edge_litert import schema_py_generated as s
     except ImportError:
         raise UnsupportedError("reading .tflite needs the schema in ai-edge-litert (pip install ai-edge-litert)") from None
-    data = path.read_bytes()
+    from edgepack.check_artifact import check_tflite
+
+    data = check_tflite(path)
     try:
-        if len(data) < 8 or data[4:8] != b"TFL3":
-            raise ValueError("no TFL3 file identifier")
         model = s.ModelT.InitFromPackedBuf(data, 0)
     except Exception as exc:  # noqa: BLE001  (flatbuffers raises several types for a bad buffer)
         raise LoadError(f"{path.name} is not a readable TFLite flatbuffer: {exc}") from None
@@ -212,7 +221,7 @@ def _inspect_tflite(path: Path) -> dict:
 
 def _ncnn_params(layer: str, kv: dict[str, str]) -> int:
     """Weights + biases of the layers that hold them, from the .param's own size fields."""
-    get = lambda k: int(kv.get(k, "0"))
+    get = lambda k: _int(kv.get(k, "0"))
     if layer in ("Convolution", "ConvolutionDepthWise", "Deconvolution", "DeconvolutionDepthWise", "Convolution1D"):
         return get("6") + (get("0") if get("5") else 0)
     if layer == "InnerProduct":
@@ -222,28 +231,28 @@ def _ncnn_params(layer: str, kv: dict[str, str]) -> int:
     return 0
 
 
+def _int(value: str) -> int:
+    """An ncnn integer parameter (the .param grammar also allows 1e3 or 2.0 there)."""
+    number = float(value)
+    return int(number) if math.isfinite(number) else 0
+
+
 def _inspect_ncnn(path: Path) -> dict:
     """A text .param: op census, params from each layer's size fields, inputs from Input layers.
     MACs need the blob shapes, which a .param does not store: None."""
-    lines = path.read_text(errors="replace").split("\n")
-    if not lines or lines[0].strip() != "7767517":
-        raise LoadError(f"{path.name} is not a text ncnn .param (first line must be the magic number 7767517)")
+    from edgepack.check_artifact import check_ncnn_param
+
     ops: Counter = Counter()
     params = 0
     inputs, produced, consumed = [], [], set()
-    for line in lines[2:]:
-        parts = line.split()
-        if len(parts) < 4:
-            continue
-        layer, n_in, n_out = parts[0], int(parts[2]), int(parts[3])
-        bottoms, tops = parts[4:4 + n_in], parts[4 + n_in:4 + n_in + n_out]
-        kv = dict(x.split("=", 1) for x in parts[4 + n_in + n_out:] if "=" in x)
+    for layer, _, bottoms, tops, tokens in check_ncnn_param(path):
+        kv = dict(x.split("=", 1) for x in tokens)
         ops[layer] += 1
         params += _ncnn_params(layer, kv)
         consumed.update(bottoms)
         produced.extend(tops)
         if layer == "Input":
-            dims = [int(kv[k]) for k in ("2", "1", "0") if int(kv.get(k, "0")) > 0]  # c, h, w
+            dims = [_int(kv[k]) for k in ("2", "1", "0") if _int(kv.get(k, "0")) > 0]  # c, h, w
             inputs += [_io(t, [1, *dims] if dims else None, "float32", ONNX_LAYOUTS, None) for t in tops]
     outputs = [_io(b, None, "float32", ONNX_LAYOUTS, None) for b in produced if b not in consumed and b not in
                {d["name"] for d in inputs}]

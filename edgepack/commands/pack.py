@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -34,6 +37,11 @@ PLATFORMS = ("android", "ios", "rpi")
 MANIFEST_NAME = "edgepack.json"
 LABELS_NAME = "labels.txt"
 MANIFEST_VERSION = 1
+# A bundle name becomes file and zip member names on three platforms: letters, digits, . _ -,
+# starting with a letter or digit, no "..", at most 64 characters.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_ARTIFACT_BYTES = 2 << 30  # a TFLite flatbuffer cannot exceed 2 GiB
+MAX_SMALL_FILE_BYTES = 64 << 20  # report.json, labels
 
 
 @dataclass(frozen=True)
@@ -62,8 +70,17 @@ class PackOptions:
             raise UsageError(f"--cluster {self.cluster}: shared values per layer must be between 2 and 256 (16 is typical)")
         if Path(self.output).suffix != ".zip":
             raise UsageError(f"-o {self.output}: the bundle is a zip; give a path ending in .zip")
-        if self.name is not None and (not self.name or any(c in self.name for c in "/\\:")):
-            raise UsageError(f"--name {self.name!r} must be a plain file name (no path separators)")
+        if self.name is not None:
+            check_name(self.name, "--name")
+
+
+def check_name(name: Any, what: str) -> str:
+    """`name` if it is safe as a file and zip member name on every platform, else a UsageError."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
+        shown = repr(name)[:80]
+        raise UsageError(f"{what} {shown} is not a plain bundle name: use 1-64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit, without '..' (pass --name to choose one)")
+    return name
 
 
 def pack(options: PackOptions) -> dict:
@@ -80,9 +97,9 @@ def pack(options: PackOptions) -> dict:
     export_dir = Path(options.export_dir)
     report = _load_report(export_dir)
     artifact, choice = choose_artifact(report, options.precision)
-    source_path = export_dir / artifact["path"]
+    source_path = inside(export_dir, artifact.get("path"), "the artifact path in report.json")
     original = _read_checked(source_path, artifact, export_dir)
-    name = options.name or report["model"]["name"]
+    name = options.name or check_name((report.get("model") or {}).get("name"), "the model name in report.json")
     labels = read_labels(options.labels) if options.labels else None
     labelled_output = _labelled_output(artifact, labels) if labels else None
 
@@ -100,7 +117,12 @@ def pack(options: PackOptions) -> dict:
     files_in_model = {LABELS_NAME: "\n".join(labels).encode() + b"\n"} if labels else {}
     packed = append_associated_files(serialize_model(model), files_in_model)
 
-    with tempfile.TemporaryDirectory(prefix="edgepack-pack-") as tmp:
+    out_dir = Path(options.output).absolute().parent
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {out_dir} ({exc.strerror or exc}); choose another path with -o") from None
+    with tempfile.TemporaryDirectory(prefix=".edgepack-pack-", dir=out_dir) as tmp:  # nothing outside -o's folder
         packed_path = Path(tmp) / f"{name}.tflite"
         packed_path.write_bytes(packed)
         checks = _verify(export_dir, report, artifact, source_path, packed_path, options)
@@ -129,9 +151,50 @@ def pack(options: PackOptions) -> dict:
 
 
 def _load_report(export_dir: Path) -> dict:
-    from edgepack.report import read_report
+    path = inside(export_dir, "report.json", "report.json")
+    try:
+        report = json.loads(read_bounded(path, MAX_SMALL_FILE_BYTES))
+    except ValueError as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc}); export again") from None
+    if not isinstance(report, dict) or not isinstance(report.get("artifacts", []), list):
+        raise UsageError(f"{path} is not an edgepack report (no artifacts list); export again")
+    return report
 
-    return read_report(export_dir)
+
+def inside(folder: Path, relative: Any, what: str) -> Path:
+    """`folder/relative`, resolved, if it is a regular file inside `folder` (symlinks followed);
+    else a UsageError. Refuses absolute paths, `..`, and special files (FIFOs, devices)."""
+    root = Path(folder).resolve()
+    if not isinstance(relative, str) or not relative or "\0" in relative:
+        raise UsageError(f"{what} is {relative!r}, not a file name; export again")
+    rel = Path(relative)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise UsageError(f"{what} {relative!r} points outside the export folder {folder}; export again")
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root):
+        raise UsageError(f"{what} {relative!r} leads outside the export folder {folder} (a symlink?); export again")
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise UsageError(f"cannot read {path} ({exc.strerror or exc}); export again") from None
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{what} {relative!r} is not a regular file; export again")
+    return path
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (never reads more than limit + 1)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise UsageError(f"{path} is not a regular file")
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path} ({exc.strerror or exc}); export again") from None
+    if len(data) > limit:
+        raise UsageError(f"{path} is larger than {limit >> 20} MiB; that is not an export's file")
+    return data
 
 
 def choose_artifact(report: dict, precision: str | None) -> tuple[dict, str]:
@@ -162,18 +225,23 @@ def choose_artifact(report: dict, precision: str | None) -> tuple[dict, str]:
 
 
 def _read_checked(path: Path, artifact: dict, export_dir: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path} ({exc.strerror or exc}); export again") from None
-    for f in artifact.get("files") or []:
-        if Path(export_dir / f["path"]) == path and hashlib.sha256(data).hexdigest() != f["sha256"]:
-            raise UsageError(f"{path.name} changed since the export (sha256 differs from report.json); export again")
+    """The artifact's bytes, if report.json records its sha256 and they still match."""
+    root = Path(export_dir).resolve()
+    expected = [f.get("sha256") for f in artifact.get("files") or []
+                if isinstance(f, dict) and isinstance(f.get("path"), str) and (root / f["path"]).resolve() == path]
+    if not expected or not isinstance(expected[0], str):
+        raise UsageError(f"report.json records no sha256 for {artifact.get('path')}, so it cannot be checked; export again")
+    data = read_bounded(path, MAX_ARTIFACT_BYTES)
+    if hashlib.sha256(data).hexdigest() != expected[0]:
+        raise UsageError(f"{path.name} changed since the export (sha256 differs from report.json); export again")
     return data
 
 
 def read_labels(path: Path) -> list[str]:
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:
+        lines = read_bounded(Path(path), MAX_SMALL_FILE_BYTES).decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UsageError(f"--labels {path} is not UTF-8 text; give one label per line") from None
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
@@ -283,8 +351,10 @@ def _verify(export_dir: Path, report: dict, artifact: dict, source_path: Path, p
 
     run_packed = artifact_runner(packed_path, artifact)
     out: dict[str, Any] = {"runtime": _litert_version()}
-    vpath = export_dir / (report.get("verification") or {}).get("file", "verify.npz")
-    if vpath.is_file():
+    vname = str((report.get("verification") or {}).get("file", "verify.npz"))
+    present = os.path.lexists(export_dir / vname)
+    vpath = inside(export_dir, vname, "the verification file in report.json") if present else None
+    if vpath is not None:
         inputs, refs = load_verification(vpath)
         names = [d["name"] for d in artifact["outputs"]]
         fid = compare([refs[n] for n in names], run_all(run_packed, VerificationSet(inputs, "verify.npz", 0)), names)
@@ -292,7 +362,7 @@ def _verify(export_dir: Path, report: dict, artifact: dict, source_path: Path, p
         out["fidelity"] = {**fid, "samples": len(next(iter(inputs.values()))), "file": vpath.name}
     else:
         out["fidelity"] = None
-        out["fidelity_note"] = f"{vpath.name} not found in the export folder: the packed model was not re-verified"
+        out["fidelity_note"] = f"{vname} not found in the export folder: the packed model was not re-verified"
     eval_path, note = _eval_path(report, options)
     if eval_path is not None:
         with np.load(eval_path) as z:
@@ -441,6 +511,9 @@ def _layout(platform: str, name: str, manifest: dict, files: dict[str, bytes]) -
 
 
 def _write_zip(path: Path, layout: dict[str, bytes]) -> None:
+    for member in layout:  # names come from check_name and constants; this guards the layout code itself
+        if member.startswith(("/", "\\")) or ".." in member.split("/") or "\\" in member or ":" in member:
+            raise OutputError(f"refusing zip member name {member!r}: it would unpack outside the bundle's folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED,

@@ -47,6 +47,16 @@ class SshTarget:
             raise UsageError(f"--remote port {self.port}: must be 1..65535")
         if not self.python:
             raise UsageError("--remote-python is empty; pass the board's Python, e.g. python3 or ~/venv/bin/python")
+        if self.python.startswith("~") and not (self.python == "~" or self.python.startswith("~/")):
+            raise UsageError(f"--remote-python {self.python!r}: only ~/ (the login user's home on the board) is expanded; "
+                             "give the absolute path of the other user's Python")
+
+    def python_word(self) -> str:
+        """The board's Python as one sh word: quoted, with a leading ~/ expanded to the login user's
+        $HOME on the board (quoting alone would keep the ~ literal)."""
+        if self.python.startswith("~/"):
+            return '"$HOME"/' + shlex.quote(self.python[2:])
+        return shlex.quote(self.python)
 
     @classmethod
     def parse(cls, address: str, **kwargs) -> SshTarget:
@@ -113,10 +123,17 @@ class RemoteHost:
     def _ssh_error(self, proc: subprocess.CompletedProcess, doing: str) -> RemoteError:
         where = self.target.destination + (f" port {self.target.port}" if self.target.port else "")
         text = proc.stderr.strip()
-        if "Host key verification failed" in text or "REMOTE HOST IDENTIFICATION HAS CHANGED" in text:
-            return RemoteError(f"the host key of {where} is not in known_hosts (or has changed), so ssh refused it; "
-                               "check the key (e.g. connect once with `ssh` and compare its fingerprint), or pass "
-                               "--accept-new-host-key to record an unknown key (a changed key is always refused)")
+        if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text or re.search(r"Host key for \S+ has changed", text):
+            host = self.target.destination.rsplit("@", 1)[-1]
+            entry = f"[{host}]:{self.target.port}" if self.target.port and self.target.port != 22 else host
+            return RemoteError(f"the host key of {where} has changed since it was recorded in known_hosts, so ssh refused "
+                               "it (a reinstalled board, or someone in between); if the board was reinstalled, remove the "
+                               f"old key with `ssh-keygen -R {shlex.quote(entry)}` and connect again (--accept-new-host-key "
+                               "then records the new one)")
+        if "Host key verification failed" in text or "No ED25519 host key is known" in text or "host key is known" in text:
+            return RemoteError(f"the host key of {where} is not in known_hosts, so ssh refused it; check the key (e.g. "
+                               "connect once with `ssh` and compare its fingerprint), or pass --accept-new-host-key to "
+                               "record an unknown key (a changed key is always refused)")
         if "Permission denied" in text:
             return RemoteError(f"{where} refused the login: edgepack uses ssh keys or an agent only (never a password); "
                                "set up key login, e.g. `ssh-copy-id`, or name the key in ~/.ssh/config")
@@ -128,7 +145,7 @@ class RemoteHost:
     def __enter__(self) -> RemoteHost:
         if shutil.which("ssh") is None:
             raise RemoteError("`ssh` is not on PATH; install the OpenSSH client (e.g. apt-get install openssh-client)")
-        py = shlex.quote(self.target.python)
+        py = self.target.python_word()
         probe = "" if self.target.send_runner else f"{py} -m edgepack.runtimes.bench_runner --protocol 2>/dev/null; "
         proc = self._ssh(f'd=$(mktemp -d "${{TMPDIR:-/tmp}}/edgepack-bench.XXXXXX") && echo "$d" && '
                          f"{{ {probe}echo end; }}")
@@ -168,7 +185,7 @@ class RemoteHost:
             self._put(to_send)
         self._runner_sent = self._runner_sent or not self._installed
         q = shlex.quote
-        wd, py = self.workdir, q(self.target.python)
+        wd, py = self.workdir, self.target.python_word()
         runner = f"{py} -m edgepack.runtimes.bench_runner" if self._installed else f"{py} {q(wd + '/' + RUNNER_ZIP)}"
         extra = ["--verify", f"{wd}/{verify[0].name}", "--entry", f"{wd}/{verify[1].name}"] if verify is not None else []
         args = " ".join(q(a) for a in [f"{wd}/{path.name}", "--runtime", runtime, *options.runner_args(), *extra])
