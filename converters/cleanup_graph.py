@@ -39,7 +39,12 @@ def _keep_quantization(node: ir.Node) -> bool | None:
 
 
 def infer_shapes(model: ir.Model) -> None:
-    """ONNX shape inference, keeping what is already known when inference cannot say more."""
+    """ONNX shape inference, keeping what is already known when inference cannot say more. A
+    declared dimension of -1 or 0 (Paddle writes -1 for the batch of its outputs) is not known:
+    it is cleared first, so inference fills it from the (static) inputs."""
+    for value in [*model.graph.outputs, *(o for n in model.graph for o in n.outputs)]:
+        if value.shape is not None and any(isinstance(d, int) and d <= 0 for d in value.shape):
+            value.shape = None
     common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
 
 
