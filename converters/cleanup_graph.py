@@ -14,17 +14,24 @@ from edgepack.converters import PassResult
 
 # Large enough that pruning masks of real conv layers are folded; memory cost is one weight copy.
 _FOLD_LIMIT = 1 << 28
+_MAX_FOLD_ROUNDS = 8
 
 
 def cleanup_graph(model: ir.Model) -> PassResult:
     before = Counter(n.op_type for n in model.graph)
     dropouts = _dropout_to_identity(model.graph)
-    fold_constants(model, input_size_limit=_FOLD_LIMIT, output_size_limit=_FOLD_LIMIT, should_fold=_keep_quantization)
-    common.IdentityEliminationPass()(model)
-    common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-    common.RemoveUnusedNodesPass()(model)
-    common.TopologicalSortPass()(model)
-    infer_shapes(model)
+    # A shape computed from a shape (Paddle's Shape -> Slice -> Concat -> Reshape -> ... -> Shape)
+    # becomes constant one link per round: fold and infer again while that removes nodes.
+    for _ in range(_MAX_FOLD_ROUNDS):
+        size = sum(1 for _ in model.graph)
+        fold_constants(model, input_size_limit=_FOLD_LIMIT, output_size_limit=_FOLD_LIMIT, should_fold=_keep_quantization)
+        common.IdentityEliminationPass()(model)
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+        common.RemoveUnusedNodesPass()(model)
+        common.TopologicalSortPass()(model)
+        infer_shapes(model)
+        if sum(1 for _ in model.graph) == size:
+            break
     after = Counter(n.op_type for n in model.graph)
     removed = {op: before[op] - after.get(op, 0) for op in before if before[op] > after.get(op, 0)}
     counts = {"nodes_before": sum(before.values()), "nodes_after": sum(after.values()), "dropout_removed": dropouts}
