@@ -116,6 +116,8 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=300)
     ap.add_argument("--out", type=Path, default=Path("/tmp/ppocr_rec"))
     ap.add_argument("--formats", default="onnx,tflite,ncnn")
+    ap.add_argument("--min-cosine", type=float, default=None, help="the accuracy guard's floor for int8 (default: off)")
+    ap.add_argument("--calib-method", default="minmax")
     args = ap.parse_args()
     src = model_path()
     chars = characters(src)
@@ -124,7 +126,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     np.save(args.out / "calib.npy", calib)
     report = edgepack.export(src, output_dir=args.out / "export", input_shape=f"1x3x{HEIGHT}x{WIDTH}",
-                             formats=tuple(args.formats.split(",")), fp16=True, int8=True, calib=args.out / "calib.npy")
+                             formats=tuple(args.formats.split(",")), fp16=True, int8=True, calib=args.out / "calib.npy",
+                             min_cosine=args.min_cosine, calib_method=args.calib_method)
+    for art in report["artifacts"]:
+        if art["precision"] == "int8" and art.get("float_nodes"):
+            print(f"{art.get('path')}: {len(art['float_nodes'])} node(s) kept float by the accuracy guard")
     rows = [("original ONNX", "fp32", runner(args.out, {"format": "onnx", "path": src}))]
     for art in report["artifacts"]:
         if not art.get("path"):
