@@ -14,17 +14,24 @@ from edgepack.converters import PassResult
 
 # Large enough that pruning masks of real conv layers are folded; memory cost is one weight copy.
 _FOLD_LIMIT = 1 << 28
+_MAX_FOLD_ROUNDS = 8
 
 
 def cleanup_graph(model: ir.Model) -> PassResult:
     before = Counter(n.op_type for n in model.graph)
     dropouts = _dropout_to_identity(model.graph)
-    fold_constants(model, input_size_limit=_FOLD_LIMIT, output_size_limit=_FOLD_LIMIT, should_fold=_keep_quantization)
-    common.IdentityEliminationPass()(model)
-    common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-    common.RemoveUnusedNodesPass()(model)
-    common.TopologicalSortPass()(model)
-    infer_shapes(model)
+    # A shape computed from a shape (Paddle's Shape -> Slice -> Concat -> Reshape -> ... -> Shape)
+    # becomes constant one link per round: fold and infer again while that removes nodes.
+    for _ in range(_MAX_FOLD_ROUNDS):
+        size = sum(1 for _ in model.graph)
+        fold_constants(model, input_size_limit=_FOLD_LIMIT, output_size_limit=_FOLD_LIMIT, should_fold=_keep_quantization)
+        common.IdentityEliminationPass()(model)
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+        common.RemoveUnusedNodesPass()(model)
+        common.TopologicalSortPass()(model)
+        infer_shapes(model)
+        if sum(1 for _ in model.graph) == size:
+            break
     after = Counter(n.op_type for n in model.graph)
     removed = {op: before[op] - after.get(op, 0) for op in before if before[op] > after.get(op, 0)}
     counts = {"nodes_before": sum(before.values()), "nodes_after": sum(after.values()), "dropout_removed": dropouts}
@@ -39,7 +46,12 @@ def _keep_quantization(node: ir.Node) -> bool | None:
 
 
 def infer_shapes(model: ir.Model) -> None:
-    """ONNX shape inference, keeping what is already known when inference cannot say more."""
+    """ONNX shape inference, keeping what is already known when inference cannot say more. A
+    declared dimension of -1 or 0 (Paddle writes -1 for the batch of its outputs) is not known:
+    it is cleared first, so inference fills it from the (static) inputs."""
+    for value in [*model.graph.outputs, *(o for n in model.graph for o in n.outputs)]:
+        if value.shape is not None and any(isinstance(d, int) and d <= 0 for d in value.shape):
+            value.shape = None
     common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
 
 

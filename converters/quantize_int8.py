@@ -143,9 +143,34 @@ def quantize_int8_weights(fp32_model, out_path: Path) -> Int8Result:
     return Int8Result(quantized, floating, ())
 
 
+# Per-channel Q/DQ (the axis attribute of QuantizeLinear / DequantizeLinear) exists from opset 13;
+# ONNX Runtime's quantizer writes it into an older model anyway, which then does not load.
+MIN_QDQ_OPSET = 13
+
+
+def _upgraded(model):
+    """The model at opset >= MIN_QDQ_OPSET (onnx's version converter keeps tensor names, so the
+    calibration file still matches the fp32 graph), or the model itself when it already is."""
+    import onnx
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), MIN_QDQ_OPSET)
+    if opset >= MIN_QDQ_OPSET:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(proto, MIN_QDQ_OPSET)
+    except Exception as exc:
+        raise ConversionError(f"int8 ONNX: the model is opset {opset}; per-channel int8 needs opset {MIN_QDQ_OPSET} and "
+                              f"onnx's version converter failed ({str(exc).strip().splitlines()[0][:200]}); re-export "
+                              f"the model at opset {MIN_QDQ_OPSET} or newer") from None
+
+
 @contextlib.contextmanager
 def _as_file(model) -> Iterator[Path]:
     """ONNX Runtime's quantizers read a file most reliably: write a ModelProto to a temporary one."""
+    model = _upgraded(model)
     if isinstance(model, (str, Path)):
         yield Path(model)
         return

@@ -42,6 +42,7 @@ FIXED = {"LOGISTIC": (1.0 / 256.0, -128), "SOFTMAX": (1.0 / 256.0, -128), "TANH"
 PER_CHANNEL_WEIGHTS = {"CONV_2D": (1, 0), "DEPTHWISE_CONV_2D": (1, 3), "FULLY_CONNECTED": (1, 0),
                        "TRANSPOSE_CONV": (1, 0)}  # op -> (weight input index, channel axis)
 BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2}
+INT32_BIAS_LIMIT = 2**31 - 2**16  # the largest int32 bias written, with a margin for the kernels' own rounding
 
 
 # Builtins that LiteRT runs in float only; an int8 graph keeps them float (see _keep_float).
@@ -55,6 +56,7 @@ HYBRID_WEIGHTS = {"CONV_2D": (1, 0), "FULLY_CONNECTED": (1, 0)}  # op -> (weight
 class QuantReport:
     constrained: list[dict] = field(default_factory=list)  # ranges a kernel constraint changed
     float_ops: list[dict] = field(default_factory=list)  # ops kept float because LiteRT has no int8 kernel
+    requantized: list[dict] = field(default_factory=list)  # concat inputs given a QUANTIZE to the output's scale
 
 
 def _qparams(lo: float, hi: float) -> tuple[float, int]:
@@ -80,7 +82,13 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
                                  "why": "LiteRT has no int8 kernel for it: kept float between DEQUANTIZE and QUANTIZE"})
     report.float_ops += _lowered_float(graph, names, code_of)
     no_kernel += [op for op in graph.operators if id(op) in graph.no_int8]
-    kept_float, range_of, borders = _keep_float(graph, float_nodes, consts, {id(op) for op in no_kernel})
+    narrow = _narrow_fixed_outputs(graph, names, code_of, onnx_ranges, measured)
+    for op, name, hi in narrow:
+        report.float_ops.append({"op": name, "from": sorted(graph.origin.get(id(op), ())),
+                                 "why": f"calibrated output tops at {hi:.3g}: the fixed int8 scale {FIXED[name][0]:.4g} would leave "
+                                        f"it {max(int(hi / FIXED[name][0]), 0)} steps; kept float, its output quantized to its own range"})
+    kept_float, range_of, borders = _keep_float(graph, float_nodes, consts,
+                                                {id(op) for op in no_kernel} | {id(op) for op, _, _ in narrow})
     code_of = {i: c for c, i in graph.opcodes.items()}  # _keep_float may have added QUANTIZE / DEQUANTIZE
     ops = [(names[code_of[op.opcodeIndex]], op) for op in graph.operators if id(op) not in kept_float]
     # tensors (weights too) that only float operators touch, and the float side of each QUANTIZE border
@@ -108,18 +116,21 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
             a = parent[a]
         return a
 
+    def union(a: int, b: int) -> None:
+        a, b = find(a), find(b)
+        if a != b:
+            parent[a] = b
+
     for name, op in ops:
-        if name in SAME_SCALE:
-            data_in = [i for i in op.inputs if i in float_acts]
-            for t in data_in + [o for o in op.outputs if o in float_acts]:
-                a, b = find(t), find(op.outputs[0])
-                if a != b:
-                    parent[a] = b
+        if name in SAME_SCALE and name != "CONCATENATION":
+            for t in [i for i in op.inputs if i in float_acts] + [o for o in op.outputs if o in float_acts]:
+                union(t, op.outputs[0])
+    # a fixed output scale (LOGISTIC, SOFTMAX, ...) holds for every tensor that must share it
+    fixed = {op.outputs[0]: (name, FIXED[name]) for name, op in ops if name in FIXED and op.outputs[0] in float_acts}
+    _share_concat_scales(ops, float_acts, rng, fixed, find, union)
     groups: dict[int, list[int]] = {}
     for i in float_acts:
         groups.setdefault(find(i), []).append(i)
-    # a fixed output scale (LOGISTIC, SOFTMAX, ...) holds for every tensor that must share it
-    fixed = {op.outputs[0]: (name, FIXED[name]) for name, op in ops if name in FIXED and op.outputs[0] in float_acts}
     qp: dict[int, tuple[float, int]] = {}
     for members in groups.values():
         pinned = [fixed[m] for m in members if m in fixed]
@@ -154,11 +165,17 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
             w_idx, axis = PER_CHANNEL_WEIGHTS[name]
             w = op.inputs[w_idx]
             data_in = op.inputs[2] if name == "TRANSPOSE_CONV" else op.inputs[0]
-            w_scales = _quantize_weight(graph, w, axis) if w not in requant else requant[w]
-            requant[w] = w_scales
             b_in = BIAS_INPUT.get(name)
-            if b_in is not None and len(op.inputs) > b_in and op.inputs[b_in] >= 0:
-                _quantize_bias(graph, op.inputs[b_in], qp[data_in][0] * w_scales)
+            bias = op.inputs[b_in] if b_in is not None and len(op.inputs) > b_in and op.inputs[b_in] >= 0 else None
+            # int32 bias = bias / (input scale x weight scale): an input with a tiny range (a layer
+            # that random init or pruning left almost silent) would overflow it, so that channel's
+            # weight scale grows until the bias fits (ONNX Runtime's quantizer does the same)
+            floor = None if bias is None else np.abs(_buffer_array(graph, bias)).astype(np.float64) / (
+                qp[data_in][0] * INT32_BIAS_LIMIT)
+            w_scales = _quantize_weight(graph, w, axis, floor) if w not in requant else requant[w]
+            requant[w] = w_scales
+            if bias is not None:
+                _quantize_bias(graph, bias, qp[data_in][0] * w_scales)
     for name, op in ops:  # float constants of same-scale ops (pad values, clip bounds) use the data's scale
         if name in SAME_SCALE and op.inputs and op.inputs[0] in qp:
             scale, zp = qp[op.inputs[0]]
@@ -175,6 +192,7 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
     for i, (scale, zp) in qp.items():
         graph.tensors[i].type = s.TensorType.INT8
         _set_quant(graph, i, [scale], [zp])
+    report.requantized = _requantize_concat_inputs(graph, ops, qp)
     # 5. IO
     if not int8_io:
         _float_io(graph)
@@ -195,6 +213,65 @@ def _lowered_float(graph: TfliteGraph, names: dict, code_of: dict) -> list[dict]
     for row in rows.values():
         row["op"] = ", ".join(sorted(row["operators"]))
     return list(rows.values())
+
+
+# A concat input shares the output's scale (no requantization) when that costs it at most this
+# factor of resolution; a wider gap (box coordinates in pixels next to class scores in 0-1) keeps
+# the input's own scale and a QUANTIZE to the output's, as the int8 ONNX does (one Q/DQ per input).
+CONCAT_SHARE_MAX_RATIO = 2.0
+
+
+def _share_concat_scales(ops: list, float_acts: set[int], rng: dict[int, tuple[float, float]],
+                         fixed: dict[int, tuple], find, union) -> None:
+    """Merge each CONCATENATION input into its output's scale group when the shared range is at
+    most CONCAT_SHARE_MAX_RATIO times wider than either's own range and neither has a fixed scale."""
+
+    def span(root: int) -> tuple[float, float] | None:
+        known = [rng[m] for m in float_acts if find(m) == root and m in rng]
+        if not known:
+            return None
+        return min(0.0, *(r[0] for r in known)), max(0.0, *(r[1] for r in known))
+
+    pinned = {find(t) for t in fixed}
+    for name, op in ops:
+        if name != "CONCATENATION" or op.outputs[0] not in float_acts:
+            continue
+        for t in op.inputs:
+            if t not in float_acts:
+                continue
+            a, b = find(t), find(op.outputs[0])
+            if a == b:
+                continue
+            if a in pinned or b in pinned:
+                continue
+            ra, rb = span(a), span(b)
+            if ra is None or rb is None:
+                union(a, b)
+                continue
+            both = (min(ra[0], rb[0]), max(ra[1], rb[1]))
+            width = both[1] - both[0]
+            if width <= CONCAT_SHARE_MAX_RATIO * max(ra[1] - ra[0], 1e-12) and width <= CONCAT_SHARE_MAX_RATIO * max(rb[1] - rb[0], 1e-12):
+                union(a, b)
+
+
+def _requantize_concat_inputs(graph: TfliteGraph, ops: list, qp: dict[int, tuple[float, int]]) -> list[dict]:
+    """TFLite's int8 CONCATENATION (and XNNPACK's) takes inputs with the output's scale and zero
+    point: an input quantized otherwise goes through one QUANTIZE (int8 -> int8) first."""
+    done = []
+    for name, op in ops:
+        if name != "CONCATENATION" or op.outputs[0] not in qp:
+            continue
+        want = qp[op.outputs[0]]
+        for pos, t in enumerate(op.inputs):
+            if t not in qp or qp[t] == want:
+                continue
+            q = graph.tensor(graph.tensors[t].name + "_requant", graph.shape_of(t), np.int8)
+            _set_quant(graph, q, [want[0]], [want[1]])
+            graph.op("QUANTIZE", [t], [q])
+            graph.operators.insert(graph.operators.index(op), graph.operators.pop())
+            op.inputs[pos] = q
+            done.append({"tensor": graph.tensors[t].name, "scale": qp[t][0], "to_scale": want[0]})
+    return done
 
 
 def quantize_weights_only(graph: TfliteGraph) -> dict:
@@ -232,6 +309,26 @@ def quantize_weights_only(graph: TfliteGraph) -> dict:
     why = {"DEPTHWISE_CONV_2D": "no accelerated hybrid kernel (XNNPACK runs it in float; hybrid was 2.3x slower)",
            "small weights": f"fewer than {MIN_WEIGHTS_ELEMENTS} weights: not worth a hybrid kernel"}
     return {"quantized": quantized, "kept_float": [{"what": k, "ops": n, "why": why[k]} for k, n in kept.items()]}
+
+
+# A LOGISTIC / SOFTMAX output whose calibrated range holds fewer of its fixed scale's steps than
+# this stays float (the class scores of a detector whose objects are rare or absent: 1e-4 rounds
+# to 0 with LOGISTIC's 1/256; the int8 ONNX gives that tensor its own, finer scale).
+MIN_FIXED_SCALE_STEPS = 32
+
+
+def _narrow_fixed_outputs(graph: TfliteGraph, names: dict, code_of: dict, onnx_ranges: dict, measured: dict) -> list:
+    """(op, builtin name, calibrated max) of the fixed-scale ops whose output range is too narrow for it."""
+    found = []
+    for op in graph.operators:
+        name = names[code_of[op.opcodeIndex]]
+        if name not in ("LOGISTIC", "SOFTMAX"):
+            continue
+        t = graph.tensors[op.outputs[0]].name
+        r = onnx_ranges.get(t) or measured.get(t)
+        if r is not None and r[1] < MIN_FIXED_SCALE_STEPS * FIXED[name][0]:
+            found.append((op, name, float(r[1])))
+    return found
 
 
 def _keep_float(graph: TfliteGraph, float_nodes: set[str] | frozenset[str], consts: set[int],
@@ -296,11 +393,13 @@ def _read_only_by(graph: TfliteGraph, float_ops: set[int]) -> set[int]:
     return touched_float - touched_int8
 
 
-def _quantize_weight(graph: TfliteGraph, index: int, axis: int) -> np.ndarray:
+def _quantize_weight(graph: TfliteGraph, index: int, axis: int, min_scales: np.ndarray | None = None) -> np.ndarray:
     arr = _buffer_array(graph, index)
     moved = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1)
     amax = np.abs(moved).max(axis=1)
     scales = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float64)
+    if min_scales is not None:
+        scales = np.maximum(scales, np.broadcast_to(min_scales, scales.shape))
     shape = [1] * arr.ndim
     shape[axis] = -1
     q = np.clip(np.round(arr / scales.reshape(shape)), -127, 127).astype(np.int8)
