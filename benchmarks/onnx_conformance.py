@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import re
 import sys
 import tempfile
 import time
@@ -259,16 +260,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--formats", default="tflite,ncnn")
     ap.add_argument("--modes", default="given,const")
-    ap.add_argument("--only", default=None, help="run the cases whose name contains this")
+    ap.add_argument("--only", default=None, help="run the cases whose name matches this regular expression")
+    ap.add_argument("--cases-dir", type=Path, default=None,
+                    help="keep the regenerated cases in this folder and reuse them on the next run")
     ap.add_argument("--list-eligible", action="store_true", help=f"rewrite {CASES_FILE.name} and stop")
     ap.add_argument("--details", type=Path, default=None, help="write one line per case and run (TSV)")
     ap.add_argument("--timeout", type=float, default=60.0)
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="onnx-node-cases-") as tmp:
-        root = Path(tmp)
+        root = args.cases_dir or Path(tmp)
         start = time.perf_counter()
-        generated = write_cases(root)
+        if args.cases_dir and (root / "eligible.txt").is_file():
+            generated = {n: m.split(",") for n, m in (ln.split() for ln in (root / "eligible.txt").read_text().splitlines())}
+        else:
+            generated = write_cases(root)
+            (root / "eligible.txt").write_text("".join(f"{n} {','.join(m)}\n" for n, m in generated.items()))
         print(f"regenerated {len(generated)} eligible node cases (onnx {ONNX_VERSION}) in {time.perf_counter() - start:.1f} s",
               file=sys.stderr)
         if args.list_eligible:
@@ -291,7 +298,7 @@ def main() -> None:
             for mode in args.modes.split(","):
                 c = counts.setdefault((fmt, mode), Counter())
                 for name, modes in listed.items():
-                    if mode not in modes or name in missing or (args.only and args.only not in name):
+                    if mode not in modes or name in missing or (args.only and not re.search(args.only, name)):
                         continue
                     status, detail = pool.run((name, mode, fmt))
                     c[status] += 1

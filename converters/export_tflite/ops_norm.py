@@ -14,13 +14,24 @@ from edgepack.converters.export_tflite.registry import Ctx, lowering
 
 @lowering("LayerNormalization")
 def layer_norm(ctx: Ctx, node: ir.Node) -> None:
-    if any(o.uses() or o.name in ctx.outputs for o in node.outputs[1:]):
-        raise unsupported(node, "uses the Mean / InvStdDev outputs")
+    """Over the axes from `axis` on; the optional Mean and InvStdDev outputs are the reduced tensors
+    the normalisation computes anyway."""
     x = plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name)
     rank = len(x.perm)
     axis = node.attributes.get_int("axis", -1) % rank
-    scale, bias = _const_input(ctx, node, 1), _const_input(ctx, node, 2)
-    _normalize(ctx, node, x, list(range(axis, rank)), node.attributes.get_float("epsilon", 1e-5), scale, bias)
+    extra = [o if o is not None and (o.uses() or o.name in ctx.outputs) else None for o in list(node.outputs[1:3])]
+    _normalize(ctx, node, x, list(range(axis, rank)), node.attributes.get_float("epsilon", 1e-5),
+               _affine(ctx, node, 1), _affine(ctx, node, 2), extra=extra)
+
+
+@lowering("RMSNormalization")
+def rms_norm(ctx: Ctx, node: ir.Node) -> None:
+    """x * rsqrt(mean(x^2) + eps) * scale over the axes from `axis` on."""
+    x = plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name)
+    rank = len(x.perm)
+    axis = node.attributes.get_int("axis", -1) % rank
+    _normalize(ctx, node, x, list(range(axis, rank)), node.attributes.get_float("epsilon", 1e-5),
+               _affine(ctx, node, 1), None, centre=False)
 
 
 @lowering("InstanceNormalization")
@@ -33,6 +44,14 @@ def instance_norm(ctx: Ctx, node: ir.Node) -> None:
                None if scale is None else scale.reshape(per_channel), None if bias is None else bias.reshape(per_channel))
 
 
+def _affine(ctx: Ctx, node: ir.Node, i: int) -> np.ndarray | ir.Value | None:
+    """A scale / bias input: its array when constant, else the ONNX value (an activation)."""
+    if len(node.inputs) <= i or node.inputs[i] is None:
+        return None
+    array = ctx.const(node.inputs[i])
+    return node.inputs[i] if array is None else array.astype(np.float32)
+
+
 def _const_input(ctx: Ctx, node: ir.Node, i: int) -> np.ndarray | None:
     if len(node.inputs) <= i or node.inputs[i] is None:
         return None
@@ -43,32 +62,47 @@ def _const_input(ctx: Ctx, node: ir.Node, i: int) -> np.ndarray | None:
 
 
 def _normalize(ctx: Ctx, node: ir.Node, x: TVal, onnx_axes: list[int], eps: float,
-               scale: np.ndarray | None, bias: np.ndarray | None) -> None:
-    """(x - mean) * rsqrt(var + eps) * scale + bias over `onnx_axes`; scale and bias broadcast like ONNX."""
+               scale: np.ndarray | ir.Value | None, bias: np.ndarray | ir.Value | None, *,
+               extra: list[ir.Value | None] = (), centre: bool = True) -> None:
+    """(x - mean) * rsqrt(var + eps) * scale + bias over `onnx_axes` (without centring: RMS norm);
+    scale and bias broadcast like ONNX. `extra`: ONNX values to receive the mean and the rsqrt."""
+    from edgepack.converters.export_tflite.ops_elementwise import _operand
+
     g = ctx.g
     rank = len(x.perm)
     shape = g.shape_of(x.index)
     stored = sorted(x.stored_axis(a) for a in onnx_axes)
     reduced = [1 if i in stored else d for i, d in enumerate(shape)]
     axes = ctx.int_const(stored, node.name + "_axes")
-    name = node.name
-    mean, centred, square, var, var_eps, inv = (g.tensor(f"{name}_{k}", s) for k, s in (
-        ("mean", reduced), ("centred", shape), ("square", shape), ("var", reduced), ("var_eps", reduced), ("rsqrt", reduced)))
-    g.op("MEAN", [x.index, axes], [mean], g.options("ReducerOptions", keepDims=True))
-    g.op("SUB", [x.index, mean], [centred], g.options("SubOptions"))
+    name = node.name or node.outputs[0].name
+    extra = list(extra) + [None, None]
+    mean = ctx.out(extra[0], x.perm).index if extra[0] is not None else g.tensor(f"{name}_mean", reduced)
+    inv = ctx.out(extra[1], x.perm).index if extra[1] is not None else g.tensor(f"{name}_rsqrt", reduced)
+    centred, square, var, var_eps = (g.tensor(f"{name}_{k}", s) for k, s in (
+        ("centred", shape), ("square", shape), ("var", reduced), ("var_eps", reduced)))
+    if centre:
+        g.op("MEAN", [x.index, axes], [mean], g.options("ReducerOptions", keepDims=True))
+        g.op("SUB", [x.index, mean], [centred], g.options("SubOptions"))
+    else:
+        centred = x.index
     g.op("MUL", [centred, centred], [square], g.options("MulOptions"))
     g.op("MEAN", [square, axes], [var], g.options("ReducerOptions", keepDims=True))
     g.op("ADD", [var, g.const(np.array([eps], np.float32), name + "_epsilon")], [var_eps], g.options("AddOptions"))
     g.op("RSQRT", [var_eps], [inv])
     steps = [("MUL", None)]
-    if scale is not None and not (scale == 1).all():
+    if isinstance(scale, ir.Value) or (scale is not None and not (scale == 1).all()):
         steps.append(("MUL", scale))
-    if bias is not None and (bias != 0).any():
+    if isinstance(bias, ir.Value) or (bias is not None and (bias != 0).any()):
         steps.append(("ADD", bias))
     out = ctx.out(node.outputs[0], x.perm)
     cur = centred
-    for i, (builtin, array) in enumerate(steps):
-        other = inv if array is None else g.const(_const_in_layout(array, rank, x.perm), f"{name}_{builtin.lower()}{i}")
+    for i, (builtin, operand) in enumerate(steps):
+        if operand is None:
+            other = inv
+        elif isinstance(operand, ir.Value):
+            other = _operand(ctx, node, operand, rank, x.perm, None)
+        else:
+            other = g.const(_const_in_layout(operand, rank, x.perm), f"{name}_{builtin.lower()}{i}")
         nxt = out.index if i == len(steps) - 1 else g.tensor(f"{name}_step{i}", shape)
         g.op(builtin, [cur, other], [nxt], g.options("MulOptions" if builtin == "MUL" else "AddOptions"))
         cur = nxt

@@ -32,7 +32,9 @@ def supported_ops() -> list[str]:
 
 
 def _load_all() -> None:
-    from edgepack.converters.export_tflite import ops_conv, ops_elementwise, ops_norm, ops_shape  # noqa: F401  (registration)
+    from edgepack.converters.export_tflite import (  # noqa: F401  (registration)
+        ops_conv, ops_elementwise, ops_logic, ops_math, ops_movement, ops_norm, ops_shape,
+    )
 
 
 FUSABLE = {"Relu": "RELU", "Relu6": "RELU6", "ReluN1To1": "RELU_N1_TO_1"}
