@@ -235,16 +235,39 @@ def conv_transpose(ctx: Ctx, node: ir.Node) -> None:
 
 @lowering("Gemm")
 def gemm(ctx: Ctx, node: ir.Node) -> None:
+    """Constant B, no transA, a per-output (or no) bias: one FULLY_CONNECTED. Otherwise
+    BATCH_MATMUL (adjX/adjY for transA/transB), then alpha and beta * C broadcast like ONNX."""
     w = ctx.const(node.inputs[1])
-    if w is None or node.attributes.get_int("transA", 0):
-        raise unsupported(node, "has non-constant weights or transA")
     alpha, beta = node.attributes.get_float("alpha", 1.0), node.attributes.get_float("beta", 1.0)
-    w = (w if node.attributes.get_int("transB", 0) else w.T) * alpha  # (out, in)
-    c = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
-    if c is not None and c.size not in (1, w.shape[0]):
-        raise unsupported(node, f"has a bias of shape {list(c.shape)} (per-output bias only)")
-    bias = np.broadcast_to(beta * c.reshape(-1), (w.shape[0],)) if c is not None else np.zeros(w.shape[0])
-    _fully_connected(ctx, node, ctx.val(node.inputs[0], node), w, bias.astype(np.float32))
+    trans_a, trans_b = node.attributes.get_int("transA", 0), node.attributes.get_int("transB", 0)
+    c_value = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    c = ctx.const(c_value)
+    if w is not None and not trans_a and (c_value is None or (c is not None and c.size in (1, w.shape[1 - trans_b]))):
+        w = (w if trans_b else w.T) * alpha  # (out, in)
+        bias = np.broadcast_to(beta * c.reshape(-1), (w.shape[0],)) if c is not None else np.zeros(w.shape[0])
+        return _fully_connected(ctx, node, ctx.val(node.inputs[0], node), w, bias.astype(np.float32))
+    _gemm_general(ctx, node, alpha, beta, bool(trans_a), bool(trans_b), c_value)
+
+
+def _gemm_general(ctx: Ctx, node: ir.Node, alpha: float, beta: float, trans_a: bool, trans_b: bool,
+                  c_value: ir.Value | None) -> None:
+    from edgepack.converters.export_tflite.chain import Chain
+    from edgepack.converters.export_tflite.ops_elementwise import _operand
+
+    g, chain = ctx.g, Chain(ctx, node)
+    a, b = (ctx.as_perm(plain_features(ctx, ctx.val(v, node), v.name), identity(2), v.name + "_plain") for v in node.inputs[:2])
+    out = ctx.out(node.outputs[0], identity(2)).index
+    steps = (alpha != 1.0) + (c_value is not None and beta != 0.0)
+    product = chain.op("BATCH_MATMUL", a.index, b.index, out=out if not steps else None, shape=g.shape_of(out),
+                       adjX=trans_a, adjY=trans_b)
+    if alpha != 1.0:
+        steps -= 1
+        product = chain.op("MUL", product, chain.const(alpha), out=None if steps else out)
+    if c_value is not None and beta != 0.0:
+        bias = _operand(ctx, node, c_value, 2, identity(2), None)
+        if beta != 1.0:
+            bias = chain.op("MUL", bias, chain.const(beta))
+        chain.op("ADD", product, bias, out=out)
 
 
 @lowering("MatMul")
@@ -267,8 +290,25 @@ def matmul(ctx: Ctx, node: ir.Node) -> None:
         else:
             operands.append((ctx.as_perm(tv, identity(rank), value.name + "_plain"), False))
     (a, adj_x), (b, adj_y) = operands
+    g = ctx.g
     out = ctx.out(node.outputs[0], identity(len(ctx.shape(node.outputs[0]))))
-    ctx.g.op("BATCH_MATMUL", [a.index, b.index], [out.index], ctx.g.options("BatchMatMulOptions", adjX=adj_x, adjY=adj_y))
+    # A 1-D operand (BATCH_MATMUL wants rank 2+): (K,) as (1, K) on the left, (K, 1) on the right, the
+    # added axis RESHAPEd away after.
+    vector_a, vector_b = len(a.perm) == 1, len(b.perm) == 1
+    if vector_a or vector_b:
+        for i, (tv, shape) in enumerate(((a, [1, -1]), (b, [-1, 1]))):
+            if len(tv.perm) == 1:
+                k = g.shape_of(tv.index)[0]
+                mat = g.tensor(f"{node.name}_matrix{i}", [k if d == -1 else d for d in shape])
+                g.reshape(tv.index, mat)
+                a, b = (TVal(mat, identity(2)), b) if i == 0 else (a, TVal(mat, identity(2)))
+        sa, sb = g.shape_of(a.index), g.shape_of(b.index)
+        batch = list(np.broadcast_shapes(tuple(sa[:-2]), tuple(sb[:-2])))
+        full = g.tensor(node.name + "_full", batch + [sa[-2], sb[-1]])
+        g.op("BATCH_MATMUL", [a.index, b.index], [full], g.options("BatchMatMulOptions", adjX=adj_x, adjY=adj_y))
+        g.reshape(full, out.index)
+        return
+    g.op("BATCH_MATMUL", [a.index, b.index], [out.index], g.options("BatchMatMulOptions", adjX=adj_x, adjY=adj_y))
 
 
 def _bias_add(ctx: Ctx, node: ir.Node, features: int) -> tuple[np.ndarray | None, ir.Node]:
