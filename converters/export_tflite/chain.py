@@ -17,7 +17,7 @@ OPTIONS = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV":
            "SELECT_V2": "SelectV2Options", "LOGICAL_AND": "LogicalAndOptions", "LOGICAL_OR": "LogicalOrOptions",
            "LOGICAL_NOT": "LogicalNotOptions", "ABS": "AbsOptions", "SQUARE": "SquareOptions",
            "CAST": "CastOptions", "TILE": "TileOptions", "ADD_N": "AddNOptions", "BATCH_MATMUL": "BatchMatMulOptions",
-           "SIGN": "SignOptions", "EXP": "ExpOptions", "ARG_MAX": "ArgMaxOptions", "ARG_MIN": "ArgMinOptions",
+           "SIGN": "SignOptions", "SUM": "ReducerOptions", "MEAN": "ReducerOptions", "REDUCE_MAX": "ReducerOptions", "EXP": "ExpOptions", "ARG_MAX": "ArgMaxOptions", "ARG_MIN": "ArgMinOptions",
            "ONE_HOT": "OneHotOptions", "GATHER_ND": "GatherNdOptions", "SCATTER_ND": "ScatterNdOptions"}
 _BOOL_RESULT = {"LESS", "GREATER", "LESS_EQUAL", "GREATER_EQUAL", "EQUAL", "NOT_EQUAL", "LOGICAL_AND", "LOGICAL_OR",
                 "LOGICAL_NOT"}

@@ -106,3 +106,39 @@ def _normalize(ctx: Ctx, node: ir.Node, x: TVal, onnx_axes: list[int], eps: floa
         nxt = out.index if i == len(steps) - 1 else g.tensor(f"{name}_step{i}", shape)
         g.op(builtin, [cur, other], [nxt], g.options("MulOptions" if builtin == "MUL" else "AddOptions"))
         cur = nxt
+
+
+@lowering("LpNormalization")
+def lp_norm(ctx: Ctx, node: ir.Node) -> None:
+    """x / ||x||_p along `axis` (p = 1: sum of |x|; p = 2: square root of the sum of squares); 0 where the norm is 0."""
+    from edgepack.converters.export_tflite.chain import Chain
+
+    p = node.attributes.get_int("p", 2)
+    if p not in (1, 2):
+        raise unsupported(node, f"has p={p} (1 and 2 are supported)")
+    x = plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name)
+    c = Chain(ctx, node)
+    stored = x.stored_axis(node.attributes.get_int("axis", -1))
+    shape = ctx.g.shape_of(x.index)
+    reduced = [1 if i == stored else d for i, d in enumerate(shape)]
+    part = c.op("ABS" if p == 1 else "SQUARE", x.index)
+    norm = c.op("SUM", part, ctx.int_const([stored], node.name + "_axis"), shape=reduced, keepDims=True)
+    if p == 2:
+        norm = c.op("SQRT", norm)
+    norm = c.op("SELECT_V2", c.op("EQUAL", norm, c.const(0.0)), c.const(1.0), norm)  # 0 / 0 = 0, as ONNX
+    c.op("DIV", x.index, norm, out=ctx.out(node.outputs[0], x.perm).index)
+
+
+@lowering("Hardmax")
+def hardmax(ctx: Ctx, node: ir.Node) -> None:
+    """1 at the first maximum along `axis`, 0 elsewhere: ARG_MAX, then ONE_HOT on the same axis."""
+    from edgepack.converters.export_tflite.chain import Chain
+
+    x = plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name)
+    c = Chain(ctx, node)
+    stored = x.stored_axis(node.attributes.get_int("axis", -1))
+    shape = ctx.g.shape_of(x.index)
+    index = c.op("ARG_MAX", x.index, ctx.int_const([stored], node.name + "_axis"),
+                 shape=shape[:stored] + shape[stored + 1:], dtype=np.int32, outputType=ctx.g.s.TensorType.INT32)
+    c.op("ONE_HOT", index, ctx.int_const(shape[stored], node.name + "_depth"), c.const(1.0), c.const(0.0),
+         out=ctx.out(node.outputs[0], x.perm).index, axis=stored)
