@@ -298,8 +298,10 @@ def expand(ctx: Ctx, node: ir.Node) -> None:
              ctx.g.options("BroadcastToOptions"))
 
 
-@lowering("Resize", "Upsample")
-def resize(ctx: Ctx, node: ir.Node) -> None:
+def resize_builtin(ctx: Ctx, node: ir.Node) -> None:
+    """RESIZE_NEAREST_NEIGHBOR / RESIZE_BILINEAR for the ONNX modes they match exactly (the scale
+    must be out / in: the caller checks). Otherwise UnsupportedError (ops_resize tries the general
+    lowering then)."""
     x = ctx.as_perm(ctx.val(node.inputs[0], node), NHWC[4], node.inputs[0].name + "_nhwc")
     out_dims = ctx.shape(node.outputs[0])
     in_dims = ctx.shape(node.inputs[0])
