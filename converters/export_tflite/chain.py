@@ -18,7 +18,8 @@ OPTIONS = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV":
            "LOGICAL_NOT": "LogicalNotOptions", "ABS": "AbsOptions", "SQUARE": "SquareOptions",
            "CAST": "CastOptions", "TILE": "TileOptions", "ADD_N": "AddNOptions", "BATCH_MATMUL": "BatchMatMulOptions",
            "SIGN": "SignOptions", "SUM": "ReducerOptions", "MEAN": "ReducerOptions", "REDUCE_MAX": "ReducerOptions", "EXP": "ExpOptions", "ARG_MAX": "ArgMaxOptions", "ARG_MIN": "ArgMinOptions",
-           "ONE_HOT": "OneHotOptions", "GATHER": "GatherOptions", "GATHER_ND": "GatherNdOptions", "SCATTER_ND": "ScatterNdOptions"}
+           "ONE_HOT": "OneHotOptions", "GATHER": "GatherOptions", "CONCATENATION": "ConcatenationOptions", "SOFTMAX": "SoftmaxOptions",
+           "RESHAPE": "ReshapeOptions", "PADV2": "PadV2Options", "GATHER_ND": "GatherNdOptions", "SCATTER_ND": "ScatterNdOptions"}
 _BOOL_RESULT = {"LESS", "GREATER", "LESS_EQUAL", "GREATER_EQUAL", "EQUAL", "NOT_EQUAL", "LOGICAL_AND", "LOGICAL_OR",
                 "LOGICAL_NOT"}
 

@@ -33,7 +33,7 @@ def supported_ops() -> list[str]:
 
 def _load_all() -> None:
     from edgepack.converters.export_tflite import (  # noqa: F401  (registration)
-        ops_conv, ops_elementwise, ops_logic, ops_math, ops_movement, ops_norm, ops_resize, ops_shape,
+        ops_attention, ops_conv, ops_elementwise, ops_logic, ops_math, ops_movement, ops_norm, ops_resize, ops_shape,
     )
 
 
