@@ -131,15 +131,15 @@ def axis_taps(node: ir.Node, in_w: int, out_w: int, scale: float, roi: tuple[flo
         if exclude:
             coeffs = np.where((idx < 0) | (idx >= in_w), 0.0, coeffs)
             coeffs = coeffs / coeffs.sum()
-        rows.append((np.clip(idx, 0, in_w - 1).tolist(), coeffs.tolist()))
+        idx = np.clip(idx, 0, in_w - 1)
+        used = coeffs != 0  # taps with a zero weight are left out (nearest: one tap)
+        rows.append((idx[used].tolist() or [0], coeffs[used].tolist() or [0.0]))
     taps = max(len(i) for i, _ in rows)
     index = np.zeros((out_w, taps), np.int32)
     weight = np.zeros((out_w, taps), np.float32)
     for r, (i, w) in enumerate(rows):
         index[r, :len(i)], weight[r, :len(w)] = i, w
-    keep = np.abs(weight).sum(axis=0) > 0  # taps with a zero weight everywhere are dropped
-    keep[0] = True
-    return index[:, keep], weight[:, keep], outside
+    return index, weight, outside
 
 
 def _resize_taps(ctx: Ctx, node: ir.Node, in_dims, out_dims, scales) -> None:
