@@ -22,8 +22,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx_ir as ir
 
+from edgepack.converters.onnx_checks import transposed_conv_grows
 from edgepack.errors import ConversionError, UnsupportedError
 from edgepack.fsutil import atomic_path
 
@@ -128,6 +130,9 @@ def export_ncnn(model: ir.Model, path: Path, *, fp16: bool) -> NcnnExport:
     from edgepack.converters.export_onnx import export_onnx
 
     exe = pnnx_executable()
+    why = cannot_represent(model)
+    if why:
+        raise UnsupportedError(f"ncnn cannot represent this model: {why}; use --format onnx or tflite for it")
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="edgepack-pnnx-") as tmp:
         work = Path(tmp)
@@ -150,6 +155,7 @@ def export_ncnn(model: ir.Model, path: Path, *, fp16: bool) -> NcnnExport:
                                   "(export it with --format onnx), or use --format onnx or tflite for this model")
         param = NcnnParam.parse(param_file.read_text())
         _check_layers(param)
+        _check_runs_in_child(param_file, bin_file, model)
         blob_names, pnnx_names = _rename_io(param, [v.name for v in model.graph.inputs], [v.name for v in model.graph.outputs])
         _declare_input_shapes(param, {blob_names[v.name]: v.shape for v in model.graph.inputs})
         bin_path = path.with_suffix(".bin")
@@ -158,6 +164,79 @@ def export_ncnn(model: ir.Model, path: Path, *, fp16: bool) -> NcnnExport:
         with atomic_path(path) as tmp_param:
             tmp_param.write_text(param.text())
     return NcnnExport([path, bin_path], param.census(), blob_names, pnnx_names)
+
+
+# ---------------------------------------------------------------- what ncnn cannot hold
+
+
+_FLOAT = {"FLOAT", "FLOAT16", None}
+
+
+def cannot_represent(model: ir.Model) -> str | None:
+    """Why ncnn cannot hold this graph exactly (None when it can). ncnn's Mats have no batch axis
+    (edgepack feeds a batch one item at a time): a value whose leading axis is not a batch of 1, or
+    with fewer than 2 or more than 5 axes, has no faithful ncnn form: pnnx drops or misreads that
+    axis and the artifact computes something else. Ops whose ncnn kernels differ from ONNX are named."""
+    values = [*model.graph.inputs, *model.graph.outputs, *(o for n in model.graph for o in n.outputs if o is not None and o.name)]
+    for v in values:
+        if v.shape is None or (v.dtype is not None and v.dtype.name not in _FLOAT):
+            continue
+        dims = list(v.shape)
+        if not all(isinstance(d, int) for d in dims):
+            continue
+        if not 2 <= len(dims) <= 5:
+            return f"{v.name!r} has shape {dims}: ncnn holds 2- to 5-axis tensors whose first axis is a batch of 1"
+        if dims[0] != 1:
+            return (f"{v.name!r} has shape {dims}: its leading axis is not a batch of 1 (ncnn has no batch axis: "
+                    "it would drop or misread it)")
+    for node in model.graph:
+        why = _op_limit(node)
+        if why:
+            return f"{node.op_type} node {node.name!r} {why}"
+    return None
+
+
+def _op_limit(node: ir.Node) -> str | None:
+    const = ir.convenience.get_const_tensor
+    if node.op_type in ("Conv", "ConvTranspose") and len(node.inputs) > 1 and const(node.inputs[1]) is None:
+        return "has weights computed at run time (ncnn's convolutions take constant weights)"
+    if transposed_conv_grows(node):
+        return "is larger than its full transposed convolution (output_shape pads it)"
+    if node.op_type == "Pow" and const(node.inputs[0]) is None:
+        exponent = const(node.inputs[1])
+        if exponent is None or not np.isin(exponent.numpy(), (1.0, 2.0, 3.0, 0.5)).all():
+            return "raises a run-time base to a power (ncnn's pow is exp(y * log(x)): wrong for x <= 0)"
+    if node.op_type == "GridSample":
+        mode = node.attributes.get_string("mode", "linear")
+        padding = node.attributes.get_string("padding_mode", "zeros")
+        if mode not in ("linear", "bilinear") or padding == "reflection":
+            return f"uses mode={mode!r}, padding_mode={padding!r} (ncnn matches ONNX only for bilinear with zeros/border)"
+    return None
+
+
+def _check_runs_in_child(param_file: Path, bin_file: Path, model: ir.Model) -> None:
+    """Load the converted model in ncnn and run it once on zeros, in a child process: a model that
+    crashes ncnn is a conversion error here, not a crash of the export."""
+    import json
+    import sys
+
+    shapes = json.dumps([list(v.shape)[1:] for v in model.graph.inputs])
+    code = ("import json, sys, numpy as np, ncnn\n"
+            "net = ncnn.Net(); net.opt.use_fp16_storage = net.opt.use_fp16_packed = net.opt.use_fp16_arithmetic = False\n"
+            "assert net.load_param(sys.argv[1]) == 0 and net.load_model(sys.argv[2]) == 0\n"
+            "ex = net.create_extractor()\n"
+            "for name, shape in zip(net.input_names(), json.loads(sys.argv[3])):\n"
+            "    ex.input(name, ncnn.Mat(np.zeros(shape, np.float32)).clone())\n"
+            "for name in net.output_names():\n"
+            "    ex.extract(name)\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(param_file), str(bin_file), shapes], capture_output=True,
+                              text=True, timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+        raise ConversionError("ncnn hung running the converted model once (5 min); use --format onnx or tflite for it") from None
+    if proc.returncode < 0:
+        raise ConversionError(f"ncnn crashed running the converted model (signal {-proc.returncode}); "
+                              "use --format onnx or tflite for it")
 
 
 def _last_words(log: str) -> str:

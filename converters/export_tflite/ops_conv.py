@@ -6,6 +6,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from edgepack.converters.onnx_checks import transposed_conv_grows
 from edgepack.converters.export_tflite.graph import NHWC, TVal, identity, unsupported
 from edgepack.converters.export_tflite.ops_shape import plain_features
 from edgepack.converters.export_tflite.registry import Ctx, lowering
@@ -184,6 +185,8 @@ def conv_transpose(ctx: Ctx, node: ir.Node) -> None:
         raise unsupported(node, "is not a 2-D ConvTranspose with constant weights")
     if any(d != 1 for d in _ints(node, "dilations", [1, 1])):
         raise unsupported(node, "has dilations")
+    if transposed_conv_grows(node):
+        raise unsupported(node, "is larger than its full transposed convolution (output_shape pads it)")
     group = node.attributes.get_int("group", 1)
     b = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
     x = ctx.as_perm(ctx.val(node.inputs[0], node), NHWC4, node.inputs[0].name + "_nhwc")

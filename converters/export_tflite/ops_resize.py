@@ -183,6 +183,8 @@ def _resize_taps(ctx: Ctx, node: ir.Node, in_dims, out_dims, scales) -> None:
             acc = picked if acc is None else c.op("ADD", acc, picked)
         if outside.any():
             acc = c.op("ADD", acc, c.const((outside * extrapolation).astype(np.float32).reshape(bshape)))
-        if last:
+        if last and g.operators[-1].outputs == [acc]:
+            g.operators[-1].outputs = [out]  # the last op writes the ONNX output itself
+        elif last:
             g.reshape(acc, out)
         cur = acc
