@@ -16,7 +16,6 @@ from edgepack.converters.export_tflite.ops_shape import plain_features
 from edgepack.converters.export_tflite.registry import Ctx, lowering
 
 NEG_INF = np.float32(-np.inf)
-_RUNTIME_MASKS = False  # the lowering below crashes XNNPACK (bus error at invoke): kept, switched off
 
 
 def _input(node: ir.Node, i: int) -> ir.Value | None:
@@ -86,20 +85,23 @@ def attention(ctx: Ctx, node: ir.Node) -> None:
     shown_value = outputs[3] if outputs[3] is not None and (outputs[3].uses() or outputs[3].name in ctx.outputs) else None
 
     def biased(finite: bool) -> int:
+        # the softmax gets a finite stand-in for -inf (exp of it is exactly 0, a fully masked row stays
+        # finite; XNNPACK's softmax mishandles -inf); the qk_matmul_output keeps ONNX's -inf
         bias = runtime_bias
+        if bias is not None and finite:
+            bias = c.op("MAXIMUM", bias, c.const(np.float32(-3.0e38)))
         if const_bias is not None:
-            # the softmax gets a finite stand-in for -inf (exp of it is exactly 0; XNNPACK's softmax
-            # mishandles -inf); the qk_matmul_output keeps ONNX's -inf
             folded = c.const(np.maximum(const_bias, np.float32(-3.0e38)) if finite else const_bias)
             bias = folded if bias is None else c.op("ADD", bias, folded)
         return qk if bias is None else c.op("ADD", qk, bias)
 
     probs = c.op("SOFTMAX", biased(True), beta=1.0)
-    if runtime_bias is not None:
+    if runtime_bias is not None:  # rows whose run-time bias is -inf for every key: 0
         bias_shape = g.shape_of(runtime_bias)
         peak = c.op("REDUCE_MAX", runtime_bias, ctx.int_const([len(bias_shape) - 1], node.name + "_last_axis"),
                     shape=bias_shape[:-1] + [1], keepDims=True)
-        probs = c.op("SELECT_V2", c.op("EQUAL", peak, c.const(NEG_INF)), c.const(0.0), probs)
+        alive = c.op("CAST", c.op("GREATER", peak, c.const(NEG_INF)), dtype=np.float32)
+        probs = c.op("MUL", probs, alive)
     elif const_bias is not None and np.isneginf(const_bias.max(axis=-1, keepdims=True)).any():
         # rows with every key masked are 0 (their finite stand-in softmax is uniform, never NaN)
         keep = (~np.isneginf(const_bias.max(axis=-1, keepdims=True))).astype(np.float32)
@@ -132,9 +134,6 @@ def _bias(ctx: Ctx, c: Chain, node: ir.Node, mask_value, nonpad, s: int, kv_len:
             raise unsupported(node, "has nonpad_kv_seqlen computed at run time")
     mask = ctx.const(mask_value) if mask_value is not None else None
     runtime = None
-    if mask_value is not None and mask is None and not _RUNTIME_MASKS:
-        raise unsupported(node, f"has an attn_mask computed at run time ({mask_value.name!r}); LiteRT's XNNPACK "
-                                "delegate crashed on the lowering: store the mask in the model as an initializer")
     if mask_value is not None and mask is None:  # a run-time mask: as a bias tensor
         tv = ctx.as_perm(ctx.val(mask_value, node), identity(len(ctx.shape(mask_value))), mask_value.name + "_plain")
         shape = ctx.g.shape_of(tv.index)
