@@ -103,6 +103,12 @@ CASES = {
     "tile": ("Tile", {"x": x(2, 3)}, None, {"r": np.array([2, 3], np.int64)}, 1, 18, 0, 0),
     "attention_causal_gqa": ("Attention", {"q": x(1, 4, 3, 8), "k": x(1, 2, 5, 8), "v": x(1, 2, 5, 8)}, {"is_causal": 1},
                              None, 1, 23, 1e-4, 1e-5),
+    "attention_runtime_mask_3d": ("Attention", {"q": x(1, 3, 16), "k": x(1, 5, 16), "v": x(1, 5, 16), "m": x(3, 5)},
+                                  {"q_num_heads": 2, "kv_num_heads": 2}, None, 1, 23, 1e-4, 1e-5),
+    "conv_runtime_weights": ("Conv", {"x": x(1, 3, 7, 6), "w": x(4, 3, 3, 3)}, {"pads": [1, 0, 1, 2], "strides": [2, 1]},
+                             None, 1, 18, 1e-5, 1e-5),
+    "conv_transpose_runtime_weights": ("ConvTranspose", {"x": x(1, 3, 4, 5), "w": x(3, 2, 3, 3)}, {"strides": [2, 2]},
+                                       None, 1, 18, 1e-5, 1e-5),
 }
 
 

@@ -87,7 +87,7 @@ def _act(ctx: Ctx, node: ir.Node) -> tuple[int, ir.Value]:
 def conv(ctx: Ctx, node: ir.Node) -> None:
     w = ctx.const(node.inputs[1])
     if w is None:
-        raise unsupported(node, "has non-constant weights")
+        return _conv_runtime_weights(ctx, node)
     b = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
     if w.ndim == 3:
         return _conv1d(ctx, node, w, b)
@@ -119,6 +119,31 @@ def conv(ctx: Ctx, node: ir.Node) -> None:
                                        ctx.g.const(b, node.name + "_bias")], [out.index], opts)
     else:  # grouped: SPLIT into groups, one CONV_2D each, CONCATENATION
         _grouped(ctx, node, x, w, b, group, pad_code, strides, dil, act, out)
+
+
+def _conv_runtime_weights(ctx: Ctx, node: ir.Node) -> None:
+    """A 2-D, ungrouped convolution whose weights are computed at run time: the (O, I, kH, kW) weights
+    stored NHWC are TFLite's (O, kH, kW, I) filter layout, fed to CONV_2D as they are."""
+    w_shape = ctx.shape(node.inputs[1])
+    if len(w_shape) != 4 or node.attributes.get_int("group", 1) != 1:
+        raise unsupported(node, "has non-constant weights (supported for ungrouped 2-D convolutions only)")
+    g = ctx.g
+    x = ctx.as_perm(ctx.val(node.inputs[0], node), NHWC4, node.inputs[0].name + "_nhwc")
+    w = ctx.as_perm(ctx.val(node.inputs[1], node), NHWC4, node.inputs[1].name + "_ohwi")
+    bias_value = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    b = ctx.const(bias_value)
+    if bias_value is None or b is not None:
+        bias = g.const((np.zeros(w_shape[0]) if b is None else b).astype(np.float32), node.name + "_bias")
+    else:
+        bias = ctx.as_perm(ctx.val(bias_value, node), (0,), bias_value.name + "_plain").index
+    kernel, strides, dil = list(w_shape[2:]), _ints(node, "strides", [1, 1]), _ints(node, "dilations", [1, 1])
+    padding, pairs = _padding(node, ctx.shape(node.inputs[0])[2:], kernel, strides, dil, ctx.shape(node.outputs[0])[2:])
+    x = _pad_input(ctx, x, pairs, node.name)
+    act, produced = _act(ctx, node)
+    out = ctx.out(produced, NHWC4)
+    opts = g.options("Conv2DOptions", padding=getattr(g.s.Padding, padding), strideH=strides[0], strideW=strides[1],
+                     dilationHFactor=dil[0], dilationWFactor=dil[1], fusedActivationFunction=act)
+    g.op("CONV_2D", [x.index, w.index, bias], [out.index], opts)
 
 
 def _grouped(ctx, node, x, w, b, group, pad_code, strides, dil, act, out) -> None:
@@ -181,14 +206,21 @@ def conv_transpose(ctx: Ctx, node: ir.Node) -> None:
     Grouped: SPLIT the channels, one TRANSPOSE_CONV per group, CONCATENATION."""
     g = ctx.g
     w = ctx.const(node.inputs[1])
+    runtime_w = None
+    if w is None and len(ctx.shape(node.inputs[1])) == 4 and node.attributes.get_int("group", 1) == 1:
+        # weights computed at run time: (I, O, kH, kW) relaid to TFLite's (O, kH, kW, I)
+        runtime_w = ctx.as_perm(ctx.val(node.inputs[1], node), (1, 2, 3, 0), node.inputs[1].name + "_ohwi").index
+        w = np.zeros(ctx.shape(node.inputs[1]), np.float32)  # its shape only
     if w is None or w.ndim != 4:
-        raise unsupported(node, "is not a 2-D ConvTranspose with constant weights")
+        raise unsupported(node, "is not a 2-D ConvTranspose with constant weights (or ungrouped run-time ones)")
     if any(d != 1 for d in _ints(node, "dilations", [1, 1])):
         raise unsupported(node, "has dilations")
     if transposed_conv_grows(node):
         raise unsupported(node, "is larger than its full transposed convolution (output_shape pads it)")
     group = node.attributes.get_int("group", 1)
     b = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if b is None and len(node.inputs) > 2 and node.inputs[2] is not None:
+        raise unsupported(node, "has a bias computed at run time")
     x = ctx.as_perm(ctx.val(node.inputs[0], node), NHWC4, node.inputs[0].name + "_nhwc")
     n, h, wd, cin = g.shape_of(x.index)
     strides = _ints(node, "strides", [1, 1])
@@ -210,7 +242,8 @@ def conv_transpose(ctx: Ctx, node: ir.Node) -> None:
     opts = g.options("TransposeConvOptions", padding=g.s.Padding.VALID, strideH=strides[0], strideW=strides[1])
     if group == 1:
         g.op("TRANSPOSE_CONV", [ctx.int_const(full, node.name + "_output_shape"),
-                                ctx.weight(w.transpose(1, 2, 3, 0), node.name + "_weights"), x.index], [target], opts)
+                                runtime_w if runtime_w is not None else ctx.weight(w.transpose(1, 2, 3, 0), node.name + "_weights"),
+                                x.index], [target], opts)
     else:
         cin_g, cout_g = cin // group, w.shape[1]
         parts = [g.tensor(f"{node.name}_group{i}_in", [n, h, wd, cin_g]) for i in range(group)]
