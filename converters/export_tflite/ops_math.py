@@ -234,3 +234,12 @@ def max_min(ctx: Ctx, node: ir.Node) -> None:
     if not node.inputs:
         raise unsupported(node, "has no inputs")
     _variadic(ctx, node, "MAXIMUM" if node.op_type == "Max" else "MINIMUM", None)
+
+
+@lowering("Swish")
+def swish(ctx: Ctx, node: ir.Node) -> None:
+    """x * sigmoid(alpha * x)."""
+    c, x, out = _start(ctx, node)
+    alpha = node.attributes.get_float("alpha", 1.0)
+    scaled = x.index if alpha == 1.0 else c.op("MUL", x.index, c.const(alpha))
+    c.op("MUL", x.index, c.op("LOGISTIC", scaled), out=out)

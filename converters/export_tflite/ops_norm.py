@@ -39,7 +39,9 @@ def instance_norm(ctx: Ctx, node: ir.Node) -> None:
     x = plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name)
     rank = len(x.perm)
     per_channel = (-1,) + (1,) * (rank - 2)  # (C,) -> (C, 1, ..., 1): broadcast on axis 1
-    scale, bias = _const_input(ctx, node, 1), _const_input(ctx, node, 2)
+    scale, bias = _affine(ctx, node, 1), _affine(ctx, node, 2)
+    if isinstance(scale, ir.Value) or isinstance(bias, ir.Value):
+        raise unsupported(node, "has a scale or bias computed at run time")
     _normalize(ctx, node, x, list(range(2, rank)), node.attributes.get_float("epsilon", 1e-5),
                None if scale is None else scale.reshape(per_channel), None if bias is None else bias.reshape(per_channel))
 
@@ -50,15 +52,6 @@ def _affine(ctx: Ctx, node: ir.Node, i: int) -> np.ndarray | ir.Value | None:
         return None
     array = ctx.const(node.inputs[i])
     return node.inputs[i] if array is None else array.astype(np.float32)
-
-
-def _const_input(ctx: Ctx, node: ir.Node, i: int) -> np.ndarray | None:
-    if len(node.inputs) <= i or node.inputs[i] is None:
-        return None
-    array = ctx.const(node.inputs[i])
-    if array is None:
-        raise unsupported(node, f"has a non-constant {'scale' if i == 1 else 'bias'}")
-    return array.astype(np.float32)
 
 
 def _normalize(ctx: Ctx, node: ir.Node, x: TVal, onnx_axes: list[int], eps: float,
