@@ -109,6 +109,9 @@ CASES = {
                              None, 1, 18, 1e-5, 1e-5),
     "conv_transpose_runtime_weights": ("ConvTranspose", {"x": x(1, 3, 4, 5), "w": x(3, 2, 3, 3)}, {"strides": [2, 2]},
                                        None, 1, 18, 1e-5, 1e-5),
+    "lp_pool_p3": ("LpPool", {"x": x(1, 2, 6, 7)}, {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [1, 0, 1, 1], "p": 3},
+                   None, 1, 18, 1e-4, 1e-5),
+    "swish": ("Swish", {"x": x(2, 5)}, {"alpha": 1.5}, None, 1, 24, 1e-5, 1e-6),
 }
 
 

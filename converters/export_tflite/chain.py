@@ -19,7 +19,7 @@ OPTIONS = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV":
            "CAST": "CastOptions", "TILE": "TileOptions", "ADD_N": "AddNOptions", "BATCH_MATMUL": "BatchMatMulOptions",
            "SIGN": "SignOptions", "SUM": "ReducerOptions", "MEAN": "ReducerOptions", "REDUCE_MAX": "ReducerOptions", "EXP": "ExpOptions", "ARG_MAX": "ArgMaxOptions", "ARG_MIN": "ArgMinOptions",
            "ONE_HOT": "OneHotOptions", "GATHER": "GatherOptions", "CONCATENATION": "ConcatenationOptions", "SOFTMAX": "SoftmaxOptions",
-           "RESHAPE": "ReshapeOptions", "PADV2": "PadV2Options", "GATHER_ND": "GatherNdOptions", "SCATTER_ND": "ScatterNdOptions"}
+           "RESHAPE": "ReshapeOptions", "AVERAGE_POOL_2D": "Pool2DOptions", "PADV2": "PadV2Options", "GATHER_ND": "GatherNdOptions", "SCATTER_ND": "ScatterNdOptions"}
 _BOOL_RESULT = {"LESS", "GREATER", "LESS_EQUAL", "GREATER_EQUAL", "EQUAL", "NOT_EQUAL", "LOGICAL_AND", "LOGICAL_OR",
                 "LOGICAL_NOT"}
 

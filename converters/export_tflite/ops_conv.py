@@ -458,3 +458,31 @@ def global_pool(ctx: Ctx, node: ir.Node) -> None:
     builtin = "MEAN" if node.op_type == "GlobalAveragePool" else "REDUCE_MAX"
     ctx.g.op(builtin, [x.index, ctx.int_const(axes, node.name + "_axes")], [out.index],
              ctx.g.options("ReducerOptions", keepDims=True))
+
+
+@lowering("LpPool")
+def lp_pool(ctx: Ctx, node: ir.Node) -> None:
+    """(sum over the window of |x|^p)^(1/p): |x|^p, zero PAD, AVERAGE_POOL_2D (VALID) times the
+    window area, ^(1/p). 2-D windows without dilation."""
+    from edgepack.converters.export_tflite.chain import Chain
+
+    kernel = _ints(node, "kernel_shape", [1, 1])
+    strides, dil = _ints(node, "strides", [1] * len(kernel)), _ints(node, "dilations", [1] * len(kernel))
+    if len(kernel) != 2 or any(d != 1 for d in dil):
+        raise unsupported(node, "is not a 2-D pool without dilations")
+    p = float(node.attributes.get_int("p", 2))
+    c = Chain(ctx, node)
+    x = ctx.as_perm(ctx.val(node.inputs[0], node), NHWC4, node.inputs[0].name + "_nhwc")
+    powered = c.op("SQUARE", x.index) if p == 2 else c.op("POW", c.op("ABS", x.index), c.const(p))
+    in_hw, out_hw = ctx.shape(node.inputs[0])[2:], ctx.shape(node.outputs[0])[2:]
+    pairs = _explicit_pads(node, in_hw, kernel, strides, [1, 1], out_hw)
+    padded = _pad_input(ctx, TVal(powered, NHWC4), pairs, node.name)
+    out = ctx.out(node.outputs[0], NHWC4)
+    n, _, _, ch = ctx.g.shape_of(padded.index)
+    mean = c.op("AVERAGE_POOL_2D", padded.index, shape=[n, out_hw[0], out_hw[1], ch], padding=ctx.g.s.Padding.VALID,
+                strideH=strides[0], strideW=strides[1], filterHeight=kernel[0], filterWidth=kernel[1])
+    total = c.op("MUL", mean, c.const(float(kernel[0] * kernel[1])))
+    if p == 2:
+        c.op("SQRT", total, out=out.index)
+    else:
+        c.op("POW", total, c.const(1.0 / p), out=out.index)
