@@ -112,6 +112,9 @@ CASES = {
     "lp_pool_p3": ("LpPool", {"x": x(1, 2, 6, 7)}, {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [1, 0, 1, 1], "p": 3},
                    None, 1, 18, 1e-4, 1e-5),
     "swish": ("Swish", {"x": x(2, 5)}, {"alpha": 1.5}, None, 1, 24, 1e-5, 1e-6),
+    "avg_pool_1d": ("AveragePool", {"x": x(1, 3, 11)}, {"kernel_shape": [3], "strides": [2], "pads": [1, 1]}, None, 1, 18,
+                    1e-5, 1e-6),
+    "max_pool_1d": ("MaxPool", {"x": x(2, 3, 9)}, {"kernel_shape": [4], "pads": [2, 1]}, None, 1, 18, 0, 0),
 }
 
 

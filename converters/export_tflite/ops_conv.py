@@ -439,14 +439,42 @@ def _average_scale(node: ir.Node, in_hw, kernel, strides, pairs, out_hw, include
 
 @lowering("MaxPool")
 def max_pool(ctx: Ctx, node: ir.Node) -> None:
-    if len(node.outputs) > 1 and node.outputs[1].uses():
+    if len(node.outputs) > 1 and (node.outputs[1].uses() or node.outputs[1].name in ctx.outputs):
         raise unsupported(node, "uses the Indices output")
-    _pool(ctx, node, "MAX_POOL_2D")
+    _pool_any(ctx, node, "MAX_POOL_2D")
 
 
 @lowering("AveragePool")
 def average_pool(ctx: Ctx, node: ir.Node) -> None:
-    _pool(ctx, node, "AVERAGE_POOL_2D")
+    _pool_any(ctx, node, "AVERAGE_POOL_2D")
+
+
+def _pool_any(ctx: Ctx, node: ir.Node, builtin: str) -> None:
+    """2-D pools directly; a 1-D pool (N, C, W) as the 2-D pool of (N, C, 1, W) with a 1 x k window."""
+    if len(ctx.shape(node.inputs[0])) != 3:
+        return _pool(ctx, node, builtin)
+    x = ctx.as_perm(ctx.val(node.inputs[0], node), NHWC[3], node.inputs[0].name + "_nwc")
+    n, width, ch = ctx.g.shape_of(x.index)
+    as_2d = ir.Value(name=f"{node.outputs[0].name}_as2d_in", shape=ir.Shape([n, ch, 1, width]), type=node.inputs[0].type)
+    flat = ctx.g.tensor(as_2d.name, [n, 1, width, ch])
+    ctx.g.reshape(x.index, flat)
+    ctx.values[as_2d.name] = TVal(flat, NHWC4)
+    attrs = []
+    for key, value in node.attributes.items():
+        if key in ("kernel_shape", "strides", "dilations"):
+            attrs.append(ir.AttrInt64s(key, [1, *value.as_ints()]))
+        elif key == "pads":
+            begin, end = value.as_ints()
+            attrs.append(ir.AttrInt64s(key, [0, begin, 0, end]))
+        else:
+            attrs.append(value)
+    flat_node = ir.Node("", node.op_type, [as_2d], attributes=attrs, name=node.name, num_outputs=1)
+    out_w = ctx.shape(node.outputs[0])[2]
+    flat_node.outputs[0].name = f"{node.outputs[0].name}_as2d"
+    flat_node.outputs[0].shape = ir.Shape([n, ch, 1, out_w])
+    _pool(ctx, flat_node, builtin)
+    out = ctx.out(node.outputs[0], NHWC[3])
+    ctx.g.reshape(ctx.values[flat_node.outputs[0].name].index, out.index)
 
 
 @lowering("GlobalAveragePool", "GlobalMaxPool")
