@@ -293,7 +293,7 @@ def main() -> None:
             print(f"warning: {len(missing)} listed case(s) not regenerated: {missing[:5]}", file=sys.stderr)
         pool = Pool(root, args.timeout)
         counts: dict[tuple[str, str], Counter] = {}
-        rows = []
+        details = args.details.open("w") if args.details else None  # one line per case as it finishes
         for fmt in args.formats.split(","):
             for mode in args.modes.split(","):
                 c = counts.setdefault((fmt, mode), Counter())
@@ -302,12 +302,14 @@ def main() -> None:
                         continue
                     status, detail = pool.run((name, mode, fmt))
                     c[status] += 1
-                    rows.append((fmt, mode, name, status, detail))
+                    if details:
+                        details.write("\t".join((fmt, mode, name, status, detail)) + "\n")
+                        details.flush()
                 print(f"{fmt} {mode}: {sum(c.values())} cases, " + ", ".join(f"{s} {c[s]}" for s in STATUSES if c[s]),
                       file=sys.stderr, flush=True)
         pool.close()
-    if args.details:
-        args.details.write_text("".join("\t".join(r) + "\n" for r in rows))
+    if details:
+        details.close()
     _table(counts, args.formats.split(","))
 
 
