@@ -163,3 +163,13 @@ def test_softplus_keeps_digits_for_very_negative_inputs(tmp_path):
     want = np.log1p(np.exp(feed["x"].astype(np.float64)))
     np.testing.assert_allclose(run(feed)[0], want, rtol=2e-4, atol=0)
     assert math.isfinite(float(run(feed)[0].max()))
+
+
+def test_scalar_input_and_output_keep_rank_0(tmp_path):
+    feed = {"x": np.array(0.3, F), "b": np.array([1.0, -2.0], F)}
+    result, run = _export(_model("Mul", feed), tmp_path)
+    assert result.inputs[0]["shape"] == [] and result.outputs[0]["shape"] == [2]
+    np.testing.assert_array_equal(run(feed)[0], np.array([0.3, -0.6], F))
+    result, run = _export(_model("Sigmoid", {"x": feed["x"]}), tmp_path)
+    got = run({"x": feed["x"]})[0]
+    assert got.shape == () and abs(float(got) - 1 / (1 + math.exp(-0.3))) < 1e-6
