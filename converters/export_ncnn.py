@@ -190,14 +190,71 @@ def cannot_represent(model: ir.Model) -> str | None:
             return (f"{v.name!r} has shape {dims}: its leading axis is not a batch of 1 (ncnn has no batch axis: "
                     "it would drop or misread it)")
     for node in model.graph:
+        five = [o for o in node.outputs if o is not None and o.shape is not None and len(o.shape) == 5]
+        if five and node.op_type in _SHAPE_OPS:
+            return (f"{node.op_type} node {node.name!r} makes the 5-axis {five[0].name!r}: pnnx maps such reshapes onto "
+                    "ncnn's 4-axis Mat wrongly")
         why = _op_limit(node)
         if why:
             return f"{node.op_type} node {node.name!r} {why}"
     return None
 
 
+_SHAPE_OPS = {"Reshape", "Expand", "Unsqueeze", "Squeeze", "Gather", "MatMul", "Transpose", "Tile", "Concat", "Flatten"}
+# Resize that ncnn's Interp computes as ONNX does: (mode, coordinate transform[, nearest rounding])
+_NCNN_RESIZE = {("nearest", "asymmetric", "floor"), ("linear", "half_pixel"), ("linear", "pytorch_half_pixel"),
+                ("linear", "align_corners"), ("cubic", "half_pixel"), ("cubic", "align_corners")}
+
+
+def _resize_limit(node: ir.Node) -> str | None:
+    attr = node.attributes
+    mode = attr.get_string("mode", "nearest")
+    coord = attr.get_string("coordinate_transformation_mode", "half_pixel")
+    key = (mode, coord, attr.get_string("nearest_mode", "round_prefer_floor")) if mode == "nearest" else (mode, coord)
+    if node.op_type == "Upsample" or len(node.inputs) == 2:
+        key = (mode, "asymmetric", "floor") if mode == "nearest" else (mode, "asymmetric")
+    if key not in _NCNN_RESIZE or attr.get_int("antialias", 0) or attr.get_int("exclude_outside", 0) or (
+            mode == "cubic" and attr.get_float("cubic_coeff_a", -0.75) != -0.75):
+        return f"uses mode={mode!r} with {coord!r} coordinates (ncnn's Interp matches ONNX for {sorted(_NCNN_RESIZE)})"
+    x, y = node.inputs[0].shape, node.outputs[0].shape
+    if x is None or y is None:
+        return None
+    if coord == "pytorch_half_pixel" and any(o == 1 for o in list(y)[2:]):
+        return "resizes an axis to length 1 with pytorch_half_pixel"
+    scales_value = node.inputs[1] if len(node.inputs) == 2 else (node.inputs[2] if len(node.inputs) > 2 else None)
+    scales = ir.convenience.get_const_tensor(scales_value) if scales_value is not None else None
+    if scales is not None and scales.numpy().size == len(x):
+        for s, i, o in zip(scales.numpy().reshape(-1), list(x), list(y)):
+            if abs(float(s) - o / i) > 1e-6:
+                return f"has a scale {float(s):g} that is not output / input size ({o} / {i}); ncnn resizes by the sizes"
+    return None
+
+
+def _pool_limit(node: ir.Node) -> str | None:
+    attr = node.attributes
+    if node.op_type == "AveragePool" and attr.get_string("auto_pad", "NOTSET") != "NOTSET":
+        return "pads with auto_pad SAME (ncnn's average counts the padding differently)"
+    x, y = node.inputs[0].shape, node.outputs[0].shape
+    if not attr.get_int("ceil_mode", 0) or x is None or y is None:
+        return None
+    kernel = list(attr.get_ints("kernel_shape", []))
+    spatial = len(kernel)
+    strides = list(attr.get_ints("strides", [1] * spatial))
+    dil = list(attr.get_ints("dilations", [1] * spatial))
+    pads = list(attr.get_ints("pads", [0] * 2 * spatial))
+    for i in range(spatial):
+        span = x[2 + i] + pads[i] + pads[i + spatial] - ((kernel[i] - 1) * dil[i] + 1)
+        if y[2 + i] != -(-span // strides[i]) + 1:
+            return "has ceil_mode=1 with a last window starting in the padding (ONNX drops it; ncnn keeps it)"
+    return None
+
+
 def _op_limit(node: ir.Node) -> str | None:
     const = ir.convenience.get_const_tensor
+    if node.op_type in ("Resize", "Upsample"):
+        return _resize_limit(node)
+    if node.op_type in ("AveragePool", "MaxPool"):
+        return _pool_limit(node)
     if node.op_type in ("Conv", "ConvTranspose") and len(node.inputs) > 1 and const(node.inputs[1]) is None:
         return "has weights computed at run time (ncnn's convolutions take constant weights)"
     if transposed_conv_grows(node):
