@@ -22,8 +22,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx_ir as ir
 
+from edgepack.converters.onnx_checks import transposed_conv_grows
 from edgepack.errors import ConversionError, UnsupportedError
 from edgepack.fsutil import atomic_path
 
@@ -128,6 +130,9 @@ def export_ncnn(model: ir.Model, path: Path, *, fp16: bool) -> NcnnExport:
     from edgepack.converters.export_onnx import export_onnx
 
     exe = pnnx_executable()
+    why = cannot_represent(model)
+    if why:
+        raise UnsupportedError(f"ncnn cannot represent this model: {why}; use --format onnx or tflite for it")
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="edgepack-pnnx-") as tmp:
         work = Path(tmp)
@@ -150,6 +155,7 @@ def export_ncnn(model: ir.Model, path: Path, *, fp16: bool) -> NcnnExport:
                                   "(export it with --format onnx), or use --format onnx or tflite for this model")
         param = NcnnParam.parse(param_file.read_text())
         _check_layers(param)
+        _check_runs_in_child(param_file, bin_file, model)
         blob_names, pnnx_names = _rename_io(param, [v.name for v in model.graph.inputs], [v.name for v in model.graph.outputs])
         _declare_input_shapes(param, {blob_names[v.name]: v.shape for v in model.graph.inputs})
         bin_path = path.with_suffix(".bin")
@@ -158,6 +164,141 @@ def export_ncnn(model: ir.Model, path: Path, *, fp16: bool) -> NcnnExport:
         with atomic_path(path) as tmp_param:
             tmp_param.write_text(param.text())
     return NcnnExport([path, bin_path], param.census(), blob_names, pnnx_names)
+
+
+# ---------------------------------------------------------------- what ncnn cannot hold
+
+
+_FLOAT = {"FLOAT", "FLOAT16", None}
+
+
+def cannot_represent(model: ir.Model) -> str | None:
+    """Why ncnn cannot hold this graph exactly (None when it can). ncnn's Mats have no batch axis
+    (edgepack feeds a batch one item at a time): a value whose leading axis is not a batch of 1, or
+    with fewer than 2 or more than 5 axes, has no faithful ncnn form: pnnx drops or misreads that
+    axis and the artifact computes something else. Ops whose ncnn kernels differ from ONNX are named."""
+    values = [*model.graph.inputs, *model.graph.outputs, *(o for n in model.graph for o in n.outputs if o is not None and o.name)]
+    # ONNX LSTM/GRU/RNN (layout 0) hold sequences as [T, batch, C] and Y as [T, directions, batch, H]:
+    # pnnx maps those recurrent blocks onto ncnn's LSTM/GRU/RNN layers, batch 1 included (and the
+    # artifact is verified against the reference like every other).
+    recurrent = any(n.op_type in ("LSTM", "GRU", "RNN") for n in model.graph)
+    for v in values:
+        if v.shape is None or (v.dtype is not None and v.dtype.name not in _FLOAT):
+            continue
+        dims = list(v.shape)
+        if not all(isinstance(d, int) for d in dims):
+            continue
+        if not 2 <= len(dims) <= 5:
+            return f"{v.name!r} has shape {dims}: ncnn holds 2- to 5-axis tensors whose first axis is a batch of 1"
+        sequence_first = recurrent and (dims[1] == 1 or (len(dims) == 4 and dims[2] == 1))
+        if dims[0] != 1 and not sequence_first:
+            return (f"{v.name!r} has shape {dims}: its leading axis is not a batch of 1 (ncnn has no batch axis: "
+                    "it would drop or misread it)")
+    for node in model.graph:
+        five = [o for o in node.outputs if o is not None and o.shape is not None and len(o.shape) == 5]
+        if five and node.op_type in _SHAPE_OPS:
+            return (f"{node.op_type} node {node.name!r} makes the 5-axis {five[0].name!r}: pnnx maps such reshapes onto "
+                    "ncnn's 4-axis Mat wrongly")
+        why = _op_limit(node)
+        if why:
+            return f"{node.op_type} node {node.name!r} {why}"
+    return None
+
+
+_SHAPE_OPS = {"Reshape", "Expand", "Unsqueeze", "Squeeze", "Gather", "MatMul", "Transpose", "Tile", "Concat", "Flatten"}
+# Resize that ncnn's Interp computes as ONNX does: (mode, coordinate transform[, nearest rounding])
+_NCNN_RESIZE = {("nearest", "asymmetric", "floor"), ("linear", "half_pixel"), ("linear", "pytorch_half_pixel"),
+                ("linear", "align_corners"), ("cubic", "half_pixel"), ("cubic", "align_corners")}
+
+
+def _resize_limit(node: ir.Node) -> str | None:
+    attr = node.attributes
+    mode = attr.get_string("mode", "nearest")
+    coord = attr.get_string("coordinate_transformation_mode", "half_pixel")
+    key = (mode, coord, attr.get_string("nearest_mode", "round_prefer_floor")) if mode == "nearest" else (mode, coord)
+    if node.op_type == "Upsample" or len(node.inputs) == 2:
+        key = (mode, "asymmetric", "floor") if mode == "nearest" else (mode, "asymmetric")
+    if key not in _NCNN_RESIZE or attr.get_int("antialias", 0) or attr.get_int("exclude_outside", 0) or (
+            mode == "cubic" and attr.get_float("cubic_coeff_a", -0.75) != -0.75):
+        return f"uses mode={mode!r} with {coord!r} coordinates (ncnn's Interp matches ONNX for {sorted(_NCNN_RESIZE)})"
+    x, y = node.inputs[0].shape, node.outputs[0].shape
+    if x is None or y is None:
+        return None
+    if coord == "pytorch_half_pixel" and any(o == 1 for o in list(y)[2:]):
+        return "resizes an axis to length 1 with pytorch_half_pixel"
+    scales_value = node.inputs[1] if len(node.inputs) == 2 else (node.inputs[2] if len(node.inputs) > 2 else None)
+    scales = ir.convenience.get_const_tensor(scales_value) if scales_value is not None else None
+    if scales is not None and scales.numpy().size == len(x):
+        for s, i, o in zip(scales.numpy().reshape(-1), list(x), list(y)):
+            if abs(float(s) - o / i) > 1e-6:
+                return f"has a scale {float(s):g} that is not output / input size ({o} / {i}); ncnn resizes by the sizes"
+    return None
+
+
+def _pool_limit(node: ir.Node) -> str | None:
+    attr = node.attributes
+    if node.op_type == "AveragePool" and attr.get_string("auto_pad", "NOTSET") != "NOTSET":
+        return "pads with auto_pad SAME (ncnn's average counts the padding differently)"
+    x, y = node.inputs[0].shape, node.outputs[0].shape
+    if not attr.get_int("ceil_mode", 0) or x is None or y is None:
+        return None
+    kernel = list(attr.get_ints("kernel_shape", []))
+    spatial = len(kernel)
+    strides = list(attr.get_ints("strides", [1] * spatial))
+    dil = list(attr.get_ints("dilations", [1] * spatial))
+    pads = list(attr.get_ints("pads", [0] * 2 * spatial))
+    for i in range(spatial):
+        span = x[2 + i] + pads[i] + pads[i + spatial] - ((kernel[i] - 1) * dil[i] + 1)
+        if y[2 + i] != -(-span // strides[i]) + 1:
+            return "has ceil_mode=1 with a last window starting in the padding (ONNX drops it; ncnn keeps it)"
+    return None
+
+
+def _op_limit(node: ir.Node) -> str | None:
+    const = ir.convenience.get_const_tensor
+    if node.op_type in ("Resize", "Upsample"):
+        return _resize_limit(node)
+    if node.op_type in ("AveragePool", "MaxPool"):
+        return _pool_limit(node)
+    if node.op_type in ("Conv", "ConvTranspose") and len(node.inputs) > 1 and const(node.inputs[1]) is None:
+        return "has weights computed at run time (ncnn's convolutions take constant weights)"
+    if transposed_conv_grows(node):
+        return "is larger than its full transposed convolution (output_shape pads it)"
+    if node.op_type == "Pow" and const(node.inputs[0]) is None:
+        exponent = const(node.inputs[1])
+        if exponent is None or not np.isin(exponent.numpy(), (1.0, 2.0, 3.0, 0.5)).all():
+            return "raises a run-time base to a power (ncnn's pow is exp(y * log(x)): wrong for x <= 0)"
+    if node.op_type == "GridSample":
+        mode = node.attributes.get_string("mode", "linear")
+        padding = node.attributes.get_string("padding_mode", "zeros")
+        if mode not in ("linear", "bilinear") or padding == "reflection":
+            return f"uses mode={mode!r}, padding_mode={padding!r} (ncnn matches ONNX only for bilinear with zeros/border)"
+    return None
+
+
+def _check_runs_in_child(param_file: Path, bin_file: Path, model: ir.Model) -> None:
+    """Load the converted model in ncnn and run it once on zeros, in a child process: a model that
+    crashes ncnn is a conversion error here, not a crash of the export."""
+    import json
+    import sys
+
+    shapes = json.dumps([list(v.shape)[1:] for v in model.graph.inputs])
+    code = ("import json, sys, numpy as np, ncnn\n"
+            "net = ncnn.Net(); net.opt.use_fp16_storage = net.opt.use_fp16_packed = net.opt.use_fp16_arithmetic = False\n"
+            "assert net.load_param(sys.argv[1]) == 0 and net.load_model(sys.argv[2]) == 0\n"
+            "ex = net.create_extractor()\n"
+            "for name, shape in zip(net.input_names(), json.loads(sys.argv[3])):\n"
+            "    ex.input(name, ncnn.Mat(np.zeros(shape, np.float32)).clone())\n"
+            "for name in net.output_names():\n"
+            "    ex.extract(name)\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(param_file), str(bin_file), shapes], capture_output=True,
+                              text=True, timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+        raise ConversionError("ncnn hung running the converted model once (5 min); use --format onnx or tflite for it") from None
+    if proc.returncode < 0:
+        raise ConversionError(f"ncnn crashed running the converted model (signal {-proc.returncode}); "
+                              "use --format onnx or tflite for it")
 
 
 def _last_words(log: str) -> str:

@@ -22,6 +22,8 @@ def to_stored(array: np.ndarray, perm: list[int]) -> np.ndarray:
 
 
 def to_onnx_layout(array: np.ndarray, perm: list[int]) -> np.ndarray:
+    if not perm:  # a scalar (LiteRT may hand back a rank-0 tensor as shape (1,))
+        return np.array(array.reshape(()))  # (np.ascontiguousarray would make it 1-D)
     return np.ascontiguousarray(array.transpose(np.argsort(perm)))
 
 

@@ -20,6 +20,7 @@ import onnx_ir as ir
 
 from edgepack.converters.export_tflite.graph import NHWC, TfliteGraph, TVal, _np_type, identity, unsupported
 from edgepack.converters.export_tflite.registry import LOWERINGS, Ctx
+from edgepack.errors import ConversionError
 from edgepack.fsutil import atomic_path
 from edgepack.runtimes.artifact import to_onnx_layout, to_stored  # noqa: F401  (re-exported)
 from edgepack.tflite_schema import builtin_names
@@ -29,7 +30,10 @@ __all__ = ["export_tflite", "supported_ops", "TfliteExport"]
 
 def _load_all() -> None:
     """Import the lowering modules: each registers its ops in LOWERINGS as it loads."""
-    from edgepack.converters.export_tflite import ops_conv, ops_elementwise, ops_norm, ops_recurrent, ops_shape  # noqa: F401
+    from edgepack.converters.export_tflite import (  # noqa: F401  (each registers its lowerings)
+        ops_attention, ops_conv, ops_elementwise, ops_logic, ops_math, ops_movement, ops_norm, ops_recurrent, ops_resize,
+        ops_shape,
+    )
 
 
 def supported_ops() -> list[str]:
@@ -103,12 +107,33 @@ def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool 
             row.update({"dtype": "int8", "scale": q.scale[0], "zero_point": q.zeroPoint[0]})
     graph.drop_unused()
     data = graph.serialize(description="edgepack")
+    _check_runnable(data)
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     census = Counter(_op_name(graph, op) for op in graph.operators)
     return TfliteExport([path], ins, outs, dict(sorted(census.items())), graph.transposes, constrained, weights_only,
                         float_ops)
+
+
+def _check_runnable(data: bytes) -> None:
+    """LiteRT prepares every operator of the flatbuffer (shapes, types, operand counts): a graph its
+    kernels refuse is a conversion error here, never an artifact written as if it were fine. Skipped
+    when no LiteRT interpreter is installed (the export still verifies the artifact where it can)."""
+    try:
+        from edgepack.runtimes.litert import _interpreter_class
+    except ImportError:
+        return
+    try:
+        interpreter_class = _interpreter_class()
+    except Exception:  # noqa: BLE001  (no interpreter package: nothing to check with)
+        return
+    try:
+        interpreter_class(model_content=data).allocate_tensors()
+    except (RuntimeError, ValueError) as exc:
+        why = " ".join(str(exc).split())[:300]
+        raise ConversionError(f"TFLite export: LiteRT cannot run the graph written for this model ({why}); "
+                              "use --format onnx for this model") from None
 
 
 @dataclass(frozen=True)

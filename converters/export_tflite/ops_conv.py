@@ -6,6 +6,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from edgepack.converters.onnx_checks import transposed_conv_grows
 from edgepack.converters.export_tflite.graph import NHWC, TVal, identity, unsupported
 from edgepack.converters.export_tflite.ops_shape import plain_features
 from edgepack.converters.export_tflite.registry import Ctx, lowering
@@ -86,7 +87,7 @@ def _act(ctx: Ctx, node: ir.Node) -> tuple[int, ir.Value]:
 def conv(ctx: Ctx, node: ir.Node) -> None:
     w = ctx.const(node.inputs[1])
     if w is None:
-        raise unsupported(node, "has non-constant weights")
+        return _conv_runtime_weights(ctx, node)
     b = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
     if w.ndim == 3:
         return _conv1d(ctx, node, w, b)
@@ -118,6 +119,31 @@ def conv(ctx: Ctx, node: ir.Node) -> None:
                                        ctx.g.const(b, node.name + "_bias")], [out.index], opts)
     else:  # grouped: SPLIT into groups, one CONV_2D each, CONCATENATION
         _grouped(ctx, node, x, w, b, group, pad_code, strides, dil, act, out)
+
+
+def _conv_runtime_weights(ctx: Ctx, node: ir.Node) -> None:
+    """A 2-D, ungrouped convolution whose weights are computed at run time: the (O, I, kH, kW) weights
+    stored NHWC are TFLite's (O, kH, kW, I) filter layout, fed to CONV_2D as they are."""
+    w_shape = ctx.shape(node.inputs[1])
+    if len(w_shape) != 4 or node.attributes.get_int("group", 1) != 1:
+        raise unsupported(node, "has non-constant weights (supported for ungrouped 2-D convolutions only)")
+    g = ctx.g
+    x = ctx.as_perm(ctx.val(node.inputs[0], node), NHWC4, node.inputs[0].name + "_nhwc")
+    w = ctx.as_perm(ctx.val(node.inputs[1], node), NHWC4, node.inputs[1].name + "_ohwi")
+    bias_value = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    b = ctx.const(bias_value)
+    if bias_value is None or b is not None:
+        bias = g.const((np.zeros(w_shape[0]) if b is None else b).astype(np.float32), node.name + "_bias")
+    else:
+        bias = ctx.as_perm(ctx.val(bias_value, node), (0,), bias_value.name + "_plain").index
+    kernel, strides, dil = list(w_shape[2:]), _ints(node, "strides", [1, 1]), _ints(node, "dilations", [1, 1])
+    padding, pairs = _padding(node, ctx.shape(node.inputs[0])[2:], kernel, strides, dil, ctx.shape(node.outputs[0])[2:])
+    x = _pad_input(ctx, x, pairs, node.name)
+    act, produced = _act(ctx, node)
+    out = ctx.out(produced, NHWC4)
+    opts = g.options("Conv2DOptions", padding=getattr(g.s.Padding, padding), strideH=strides[0], strideW=strides[1],
+                     dilationHFactor=dil[0], dilationWFactor=dil[1], fusedActivationFunction=act)
+    g.op("CONV_2D", [x.index, w.index, bias], [out.index], opts)
 
 
 def _grouped(ctx, node, x, w, b, group, pad_code, strides, dil, act, out) -> None:
@@ -180,12 +206,21 @@ def conv_transpose(ctx: Ctx, node: ir.Node) -> None:
     Grouped: SPLIT the channels, one TRANSPOSE_CONV per group, CONCATENATION."""
     g = ctx.g
     w = ctx.const(node.inputs[1])
+    runtime_w = None
+    if w is None and len(ctx.shape(node.inputs[1])) == 4 and node.attributes.get_int("group", 1) == 1:
+        # weights computed at run time: (I, O, kH, kW) relaid to TFLite's (O, kH, kW, I)
+        runtime_w = ctx.as_perm(ctx.val(node.inputs[1], node), (1, 2, 3, 0), node.inputs[1].name + "_ohwi").index
+        w = np.zeros(ctx.shape(node.inputs[1]), np.float32)  # its shape only
     if w is None or w.ndim != 4:
-        raise unsupported(node, "is not a 2-D ConvTranspose with constant weights")
+        raise unsupported(node, "is not a 2-D ConvTranspose with constant weights (or ungrouped run-time ones)")
     if any(d != 1 for d in _ints(node, "dilations", [1, 1])):
         raise unsupported(node, "has dilations")
+    if transposed_conv_grows(node):
+        raise unsupported(node, "is larger than its full transposed convolution (output_shape pads it)")
     group = node.attributes.get_int("group", 1)
     b = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if b is None and len(node.inputs) > 2 and node.inputs[2] is not None:
+        raise unsupported(node, "has a bias computed at run time")
     x = ctx.as_perm(ctx.val(node.inputs[0], node), NHWC4, node.inputs[0].name + "_nhwc")
     n, h, wd, cin = g.shape_of(x.index)
     strides = _ints(node, "strides", [1, 1])
@@ -207,7 +242,8 @@ def conv_transpose(ctx: Ctx, node: ir.Node) -> None:
     opts = g.options("TransposeConvOptions", padding=g.s.Padding.VALID, strideH=strides[0], strideW=strides[1])
     if group == 1:
         g.op("TRANSPOSE_CONV", [ctx.int_const(full, node.name + "_output_shape"),
-                                ctx.weight(w.transpose(1, 2, 3, 0), node.name + "_weights"), x.index], [target], opts)
+                                runtime_w if runtime_w is not None else ctx.weight(w.transpose(1, 2, 3, 0), node.name + "_weights"),
+                                x.index], [target], opts)
     else:
         cin_g, cout_g = cin // group, w.shape[1]
         parts = [g.tensor(f"{node.name}_group{i}_in", [n, h, wd, cin_g]) for i in range(group)]
@@ -235,16 +271,39 @@ def conv_transpose(ctx: Ctx, node: ir.Node) -> None:
 
 @lowering("Gemm")
 def gemm(ctx: Ctx, node: ir.Node) -> None:
+    """Constant B, no transA, a per-output (or no) bias: one FULLY_CONNECTED. Otherwise
+    BATCH_MATMUL (adjX/adjY for transA/transB), then alpha and beta * C broadcast like ONNX."""
     w = ctx.const(node.inputs[1])
-    if w is None or node.attributes.get_int("transA", 0):
-        raise unsupported(node, "has non-constant weights or transA")
     alpha, beta = node.attributes.get_float("alpha", 1.0), node.attributes.get_float("beta", 1.0)
-    w = (w if node.attributes.get_int("transB", 0) else w.T) * alpha  # (out, in)
-    c = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
-    if c is not None and c.size not in (1, w.shape[0]):
-        raise unsupported(node, f"has a bias of shape {list(c.shape)} (per-output bias only)")
-    bias = np.broadcast_to(beta * c.reshape(-1), (w.shape[0],)) if c is not None else np.zeros(w.shape[0])
-    _fully_connected(ctx, node, ctx.val(node.inputs[0], node), w, bias.astype(np.float32))
+    trans_a, trans_b = node.attributes.get_int("transA", 0), node.attributes.get_int("transB", 0)
+    c_value = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    c = ctx.const(c_value)
+    if w is not None and not trans_a and (c_value is None or (c is not None and c.size in (1, w.shape[1 - trans_b]))):
+        w = (w if trans_b else w.T) * alpha  # (out, in)
+        bias = np.broadcast_to(beta * c.reshape(-1), (w.shape[0],)) if c is not None else np.zeros(w.shape[0])
+        return _fully_connected(ctx, node, ctx.val(node.inputs[0], node), w, bias.astype(np.float32))
+    _gemm_general(ctx, node, alpha, beta, bool(trans_a), bool(trans_b), c_value)
+
+
+def _gemm_general(ctx: Ctx, node: ir.Node, alpha: float, beta: float, trans_a: bool, trans_b: bool,
+                  c_value: ir.Value | None) -> None:
+    from edgepack.converters.export_tflite.chain import Chain
+    from edgepack.converters.export_tflite.ops_elementwise import _operand
+
+    g, chain = ctx.g, Chain(ctx, node)
+    a, b = (ctx.as_perm(plain_features(ctx, ctx.val(v, node), v.name), identity(2), v.name + "_plain") for v in node.inputs[:2])
+    out = ctx.out(node.outputs[0], identity(2)).index
+    steps = (alpha != 1.0) + (c_value is not None and beta != 0.0)
+    product = chain.op("BATCH_MATMUL", a.index, b.index, out=out if not steps else None, shape=g.shape_of(out),
+                       adjX=trans_a, adjY=trans_b)
+    if alpha != 1.0:
+        steps -= 1
+        product = chain.op("MUL", product, chain.const(alpha), out=None if steps else out)
+    if c_value is not None and beta != 0.0:
+        bias = _operand(ctx, node, c_value, 2, identity(2), None)
+        if beta != 1.0:
+            bias = chain.op("MUL", bias, chain.const(beta))
+        chain.op("ADD", product, bias, out=out)
 
 
 @lowering("MatMul")
@@ -267,8 +326,25 @@ def matmul(ctx: Ctx, node: ir.Node) -> None:
         else:
             operands.append((ctx.as_perm(tv, identity(rank), value.name + "_plain"), False))
     (a, adj_x), (b, adj_y) = operands
+    g = ctx.g
     out = ctx.out(node.outputs[0], identity(len(ctx.shape(node.outputs[0]))))
-    ctx.g.op("BATCH_MATMUL", [a.index, b.index], [out.index], ctx.g.options("BatchMatMulOptions", adjX=adj_x, adjY=adj_y))
+    # A 1-D operand (BATCH_MATMUL wants rank 2+): (K,) as (1, K) on the left, (K, 1) on the right, the
+    # added axis RESHAPEd away after.
+    vector_a, vector_b = len(a.perm) == 1, len(b.perm) == 1
+    if vector_a or vector_b:
+        for i, (tv, shape) in enumerate(((a, [1, -1]), (b, [-1, 1]))):
+            if len(tv.perm) == 1:
+                k = g.shape_of(tv.index)[0]
+                mat = g.tensor(f"{node.name}_matrix{i}", [k if d == -1 else d for d in shape])
+                g.reshape(tv.index, mat)
+                a, b = (TVal(mat, identity(2)), b) if i == 0 else (a, TVal(mat, identity(2)))
+        sa, sb = g.shape_of(a.index), g.shape_of(b.index)
+        batch = list(np.broadcast_shapes(tuple(sa[:-2]), tuple(sb[:-2])))
+        full = g.tensor(node.name + "_full", batch + [sa[-2], sb[-1]])
+        g.op("BATCH_MATMUL", [a.index, b.index], [full], g.options("BatchMatMulOptions", adjX=adj_x, adjY=adj_y))
+        g.reshape(full, out.index)
+        return
+    g.op("BATCH_MATMUL", [a.index, b.index], [out.index], g.options("BatchMatMulOptions", adjX=adj_x, adjY=adj_y))
 
 
 def _bias_add(ctx: Ctx, node: ir.Node, features: int) -> tuple[np.ndarray | None, ir.Node]:
@@ -363,14 +439,42 @@ def _average_scale(node: ir.Node, in_hw, kernel, strides, pairs, out_hw, include
 
 @lowering("MaxPool")
 def max_pool(ctx: Ctx, node: ir.Node) -> None:
-    if len(node.outputs) > 1 and node.outputs[1].uses():
+    if len(node.outputs) > 1 and (node.outputs[1].uses() or node.outputs[1].name in ctx.outputs):
         raise unsupported(node, "uses the Indices output")
-    _pool(ctx, node, "MAX_POOL_2D")
+    _pool_any(ctx, node, "MAX_POOL_2D")
 
 
 @lowering("AveragePool")
 def average_pool(ctx: Ctx, node: ir.Node) -> None:
-    _pool(ctx, node, "AVERAGE_POOL_2D")
+    _pool_any(ctx, node, "AVERAGE_POOL_2D")
+
+
+def _pool_any(ctx: Ctx, node: ir.Node, builtin: str) -> None:
+    """2-D pools directly; a 1-D pool (N, C, W) as the 2-D pool of (N, C, 1, W) with a 1 x k window."""
+    if len(ctx.shape(node.inputs[0])) != 3:
+        return _pool(ctx, node, builtin)
+    x = ctx.as_perm(ctx.val(node.inputs[0], node), NHWC[3], node.inputs[0].name + "_nwc")
+    n, width, ch = ctx.g.shape_of(x.index)
+    as_2d = ir.Value(name=f"{node.outputs[0].name}_as2d_in", shape=ir.Shape([n, ch, 1, width]), type=node.inputs[0].type)
+    flat = ctx.g.tensor(as_2d.name, [n, 1, width, ch])
+    ctx.g.reshape(x.index, flat)
+    ctx.values[as_2d.name] = TVal(flat, NHWC4)
+    attrs = []
+    for key, value in node.attributes.items():
+        if key in ("kernel_shape", "strides", "dilations"):
+            attrs.append(ir.AttrInt64s(key, [1, *value.as_ints()]))
+        elif key == "pads":
+            begin, end = value.as_ints()
+            attrs.append(ir.AttrInt64s(key, [0, begin, 0, end]))
+        else:
+            attrs.append(value)
+    flat_node = ir.Node("", node.op_type, [as_2d], attributes=attrs, name=node.name, num_outputs=1)
+    out_w = ctx.shape(node.outputs[0])[2]
+    flat_node.outputs[0].name = f"{node.outputs[0].name}_as2d"
+    flat_node.outputs[0].shape = ir.Shape([n, ch, 1, out_w])
+    _pool(ctx, flat_node, builtin)
+    out = ctx.out(node.outputs[0], NHWC[3])
+    ctx.g.reshape(ctx.values[flat_node.outputs[0].name].index, out.index)
 
 
 @lowering("GlobalAveragePool", "GlobalMaxPool")
@@ -382,3 +486,31 @@ def global_pool(ctx: Ctx, node: ir.Node) -> None:
     builtin = "MEAN" if node.op_type == "GlobalAveragePool" else "REDUCE_MAX"
     ctx.g.op(builtin, [x.index, ctx.int_const(axes, node.name + "_axes")], [out.index],
              ctx.g.options("ReducerOptions", keepDims=True))
+
+
+@lowering("LpPool")
+def lp_pool(ctx: Ctx, node: ir.Node) -> None:
+    """(sum over the window of |x|^p)^(1/p): |x|^p, zero PAD, AVERAGE_POOL_2D (VALID) times the
+    window area, ^(1/p). 2-D windows without dilation."""
+    from edgepack.converters.export_tflite.chain import Chain
+
+    kernel = _ints(node, "kernel_shape", [1, 1])
+    strides, dil = _ints(node, "strides", [1] * len(kernel)), _ints(node, "dilations", [1] * len(kernel))
+    if len(kernel) != 2 or any(d != 1 for d in dil):
+        raise unsupported(node, "is not a 2-D pool without dilations")
+    p = float(node.attributes.get_int("p", 2))
+    c = Chain(ctx, node)
+    x = ctx.as_perm(ctx.val(node.inputs[0], node), NHWC4, node.inputs[0].name + "_nhwc")
+    powered = c.op("SQUARE", x.index) if p == 2 else c.op("POW", c.op("ABS", x.index), c.const(p))
+    in_hw, out_hw = ctx.shape(node.inputs[0])[2:], ctx.shape(node.outputs[0])[2:]
+    pairs = _explicit_pads(node, in_hw, kernel, strides, [1, 1], out_hw)
+    padded = _pad_input(ctx, TVal(powered, NHWC4), pairs, node.name)
+    out = ctx.out(node.outputs[0], NHWC4)
+    n, _, _, ch = ctx.g.shape_of(padded.index)
+    mean = c.op("AVERAGE_POOL_2D", padded.index, shape=[n, out_hw[0], out_hw[1], ch], padding=ctx.g.s.Padding.VALID,
+                strideH=strides[0], strideW=strides[1], filterHeight=kernel[0], filterWidth=kernel[1])
+    total = c.op("MUL", mean, c.const(float(kernel[0] * kernel[1])))
+    if p == 2:
+        c.op("SQRT", total, out=out.index)
+    else:
+        c.op("POW", total, c.const(1.0 / p), out=out.index)

@@ -6,13 +6,13 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from edgepack.converters.export_tflite.graph import TVal, identity, unsupported
+from edgepack.converters.export_tflite.graph import TVal, _np_type, identity, unsupported
 from edgepack.converters.export_tflite.ops_shape import plain_features
 from edgepack.converters.export_tflite.registry import Ctx, activation_kind, lowering
 
 _BINARY = {"Add": ("ADD", "AddOptions"), "Sub": ("SUB", "SubOptions"), "Mul": ("MUL", "MulOptions"),
-           "Div": ("DIV", "DivOptions"), "Max": ("MAXIMUM", "MaximumMinimumOptions"),
-           "Min": ("MINIMUM", "MaximumMinimumOptions"), "Pow": ("POW", "PowOptions")}
+           "Div": ("DIV", "DivOptions"),
+           "Pow": ("POW", "PowOptions")}
 _FUSED_BINARY = ("ADD", "SUB", "MUL", "DIV")
 
 
@@ -21,6 +21,8 @@ def _const_in_layout(array: np.ndarray, rank: int, perm: tuple[int, ...]) -> np.
     a = np.asarray(array)
     if a.dtype == np.float64:
         a = a.astype(np.float32)
+    elif a.dtype.kind == "u" and a.dtype != np.uint8:
+        a = a.astype(np.int64)
     a = a.reshape((1,) * (rank - a.ndim) + a.shape)
     return np.ascontiguousarray(a.transpose(perm))
 
@@ -40,28 +42,39 @@ def _operand(ctx: Ctx, node: ir.Node, value: ir.Value, rank: int, perm: tuple[in
         return ctx.as_perm(tv, perm, value.name + "_relayout").index
     plain = ctx.as_perm(tv, identity(len(tv.perm)), value.name + "_plain")  # lower rank: broadcast like ONNX
     shape = [1] * (rank - len(tv.perm)) + ctx.g.shape_of(plain.index)
-    expanded = ctx.g.tensor(value.name + "_expanded", shape)
+    expanded = ctx.g.tensor(value.name + "_expanded", shape, _np_type(ctx.g.tensors[plain.index].type))
     ctx.g.reshape(plain.index, expanded)
     if perm == identity(rank):
         return expanded
     return ctx.g.transpose(expanded, perm, value.name + "_expanded_t")
 
 
-@lowering(*_BINARY)
-def binary(ctx: Ctx, node: ir.Node) -> None:
-    """Output in the layout of the full-rank activation operand; constants are laid out to match at
-    export time. Flattened image features (feature_perm) stay permuted when every activation operand
-    shares that order; per-feature constants are reordered to it."""
-    builtin, options = _BINARY[node.op_type]
+def broadcast_operands(ctx: Ctx, node: ir.Node, values: list[ir.Value]) -> tuple[list[int], tuple[int, ...], tuple[int, ...] | None]:
+    """(operand tensors, output layout, feature order) for an element-wise op over `values`, broadcast
+    like ONNX: the output takes the layout of the full-rank activation operands; constants are laid
+    out to match at export time. Flattened image features (feature_perm) stay permuted when every
+    activation operand shares that order; per-feature constants are reordered to it."""
     rank = len(ctx.shape(node.outputs[0]))
-    acts = [ctx.values.get(v.name) for v in node.inputs[:2] if ctx.const(v) is None]
-    if not acts or any(a is None for a in acts):
+    acts = [ctx.values.get(v.name) for v in values if ctx.const(v) is None]
+    if any(a is None for a in acts):
         raise unsupported(node, "has inputs no supported op produced")
     full = [a for a in acts if len(a.perm) == rank]
     perm = full[0].perm if full else identity(rank)
     orders = {a.feature_perm for a in acts}
     feature_perm = orders.pop() if len(orders) == 1 and len(full) == len(acts) else None
-    inputs = [_operand(ctx, node, v, rank, perm, feature_perm) for v in node.inputs[:2]]
+    return [_operand(ctx, node, v, rank, perm, feature_perm) for v in values], perm, feature_perm
+
+
+def binary_operands(ctx: Ctx, node: ir.Node) -> tuple[list[int], tuple[int, ...], tuple[int, ...] | None]:
+    return broadcast_operands(ctx, node, list(node.inputs[:2]))
+
+
+@lowering(*_BINARY)
+def binary(ctx: Ctx, node: ir.Node) -> None:
+    builtin, options = _BINARY[node.op_type]
+    inputs, perm, feature_perm = binary_operands(ctx, node)
+    if builtin == "POW":
+        inputs = [_as_float(ctx, node, i) for i in inputs]
     act, produced = ctx.g.s.ActivationFunctionType.NONE, node.outputs[0]
     if builtin in _FUSED_BINARY:
         fused = ctx.fusable_activation(node)
@@ -71,6 +84,17 @@ def binary(ctx: Ctx, node: ir.Node) -> None:
     out = ctx.out(produced, perm, feature_perm=feature_perm)
     opts = ctx.g.options(options, fusedActivationFunction=act) if builtin in _FUSED_BINARY else ctx.g.options(options)
     ctx.g.op(builtin, inputs, [out.index], opts)
+
+
+def _as_float(ctx: Ctx, node: ir.Node, index: int) -> int:
+    """A constant integer operand (Pow's exponent) as float32: TFLite's POW wants one type."""
+    g = ctx.g
+    if _np_type(g.tensors[index].type) == np.float32:
+        return index
+    data = g.data_of(index)
+    if data is None:
+        raise unsupported(node, "mixes a float base with a non-constant integer exponent")
+    return g.const(data.astype(np.float32), g.name_of(index) + "_float")
 
 
 def _unary(ctx: Ctx, node: ir.Node, builtin: str, options: object | None = None) -> TVal:
@@ -118,8 +142,13 @@ def erf(ctx: Ctx, node: ir.Node) -> None:
     """TFLite has no ERF; the exact GELU that PyTorch exports around it, x * 0.5 * (1 + erf(x / sqrt 2)),
     becomes one GELU (the scaling op before the Erf is left unused and dropped)."""
     gelu = _match_gelu(ctx, node)
-    if gelu is None:
-        raise unsupported(node, "is not part of an exact GELU, x * 0.5 * (1 + erf(x / sqrt(2))) (TFLite has no ERF)")
+    if gelu is None:  # a lone Erf: written out (ops_math.erf_chain)
+        from edgepack.converters.export_tflite.chain import Chain
+        from edgepack.converters.export_tflite.chain import erf_chain
+
+        x = ctx.val(node.inputs[0], node)
+        erf_chain(Chain(ctx, node), x.index, ctx.out(node.outputs[0], x.perm, feature_perm=x.feature_perm).index)
+        return
     x_value, skipped, last = gelu
     ctx.skip.update(id(n) for n in skipped)
     x = ctx.val(x_value, node)
@@ -217,9 +246,15 @@ def hard_sigmoid(ctx: Ctx, node: ir.Node) -> None:
 @lowering("PRelu")
 def prelu(ctx: Ctx, node: ir.Node) -> None:
     slope = ctx.const(node.inputs[1])
-    if slope is None:
-        raise unsupported(node, "has a non-constant slope")
     x = ctx.val(node.inputs[0], node)
+    if slope is None:  # max(x, 0) + slope * min(x, 0), broadcast like ONNX
+        from edgepack.converters.export_tflite.chain import Chain
+
+        (xs, ss), perm, feature_perm = binary_operands(ctx, node)
+        c = Chain(ctx, node)
+        neg = c.op("MUL", c.op("MINIMUM", xs, c.const(0.0)), ss)
+        c.op("ADD", c.op("MAXIMUM", xs, c.const(0.0)), neg, out=ctx.out(node.outputs[0], perm, feature_perm=feature_perm).index)
+        return
     rank = len(x.perm)
     alpha = _const_in_layout(slope, rank, x.perm)
     if x.feature_perm is not None and alpha.shape[-1] > 1:

@@ -233,13 +233,18 @@ def pad(ctx: Ctx, node: ir.Node) -> None:
         raise unsupported(node, f"uses mode={mode!r} (constant and reflect are supported)")
 
 
-_REDUCERS = {"ReduceMean": "MEAN", "ReduceMax": "REDUCE_MAX", "ReduceMin": "REDUCE_MIN", "ReduceSum": "SUM",
-             "ReduceL2": "SUM"}
+# ONNX reduction -> (op on x first, TFLite reducer, op on the result after)
+_REDUCERS = {"ReduceMean": (None, "MEAN", None), "ReduceMax": (None, "REDUCE_MAX", None),
+             "ReduceMin": (None, "REDUCE_MIN", None), "ReduceSum": (None, "SUM", None),
+             "ReduceProd": (None, "REDUCE_PROD", None), "ReduceL2": ("SQUARE", "SUM", "SQRT"),
+             "ReduceSumSquare": ("SQUARE", "SUM", None), "ReduceL1": ("ABS", "SUM", None),
+             "ReduceLogSum": (None, "SUM", "LOG"), "ReduceLogSumExp": ("EXP", "SUM", "LOG")}
 
 
 @lowering(*_REDUCERS)
 def reduce(ctx: Ctx, node: ir.Node) -> None:
-    """Axes remapped to the stored layout; ReduceL2 is MUL(x, x), SUM, SQRT."""
+    """Axes remapped to the stored layout; the L1/L2/SumSquare/LogSum/LogSumExp reductions are the
+    reducer with one element-wise op before and/or after (ReduceL2: SQUARE, SUM, SQRT)."""
     x = plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name)
     rank = len(x.perm)
     axes = node.attributes.get_ints("axes", None)
@@ -248,26 +253,36 @@ def reduce(ctx: Ctx, node: ir.Node) -> None:
         if arr is None:
             raise unsupported(node, "has non-constant axes")
         axes = arr.reshape(-1).tolist()
+    before, reducer, after = _REDUCERS[node.op_type]
     if not axes and node.attributes.get_int("noop_with_empty_axes", 0):
-        return ctx.alias(node.outputs[0], x)
-    axes = [a % rank for a in (axes if axes else range(rank))]
+        if before is None and after is None:
+            return ctx.alias(node.outputs[0], x)
+        axes_given = []
+    else:
+        axes_given = [a % rank for a in (axes if axes else range(rank))]
+    if any(d == 0 for d in ctx.shape(node.inputs[0])) and reducer in ("REDUCE_MAX", "REDUCE_MIN"):
+        raise unsupported(node, "takes the max / min of an empty tensor")
     keep = bool(node.attributes.get_int("keepdims", 1))
-    if keep:
+    if keep or not axes_given:
         perm = x.perm
     else:
-        kept = [a for a in x.perm if a not in axes]
+        kept = [a for a in x.perm if a not in axes_given]
         perm = tuple(sorted(kept).index(a) for a in kept)
     out = ctx.out(node.outputs[0], perm)
     g = ctx.g
     source, target = x.index, out.index
-    if node.op_type == "ReduceL2":
-        source = g.tensor(node.name + "_squared", g.shape_of(x.index))
-        g.op("MUL", [x.index, x.index], [source], g.options("MulOptions"))
-        target = g.tensor(node.name + "_sum", g.shape_of(out.index))
-    g.op(_REDUCERS[node.op_type], [source, ctx.int_const(sorted(x.stored_axis(a) for a in axes), node.name + "_axes")],
+    if before is not None:
+        source = g.tensor(f"{node.name}_{before.lower()}", g.shape_of(x.index))
+        g.op(before, [x.index], [source])
+    if not axes_given:  # noop_with_empty_axes=1 with an element-wise part: no reduction
+        g.op(after, [source], [out.index]) if after is not None else g.reshape(source, out.index)
+        return
+    if after is not None:
+        target = g.tensor(f"{node.name}_{reducer.lower()}", g.shape_of(out.index))
+    g.op(reducer, [source, ctx.int_const(sorted(x.stored_axis(a) for a in axes_given), node.name + "_axes")],
          [target], g.options("ReducerOptions", keepDims=keep))
-    if node.op_type == "ReduceL2":
-        g.op("SQRT", [target], [out.index])
+    if after is not None:
+        g.op(after, [target], [out.index])
 
 
 @lowering("Expand")
@@ -283,8 +298,10 @@ def expand(ctx: Ctx, node: ir.Node) -> None:
              ctx.g.options("BroadcastToOptions"))
 
 
-@lowering("Resize", "Upsample")
-def resize(ctx: Ctx, node: ir.Node) -> None:
+def resize_builtin(ctx: Ctx, node: ir.Node) -> None:
+    """RESIZE_NEAREST_NEIGHBOR / RESIZE_BILINEAR for the ONNX modes they match exactly (the scale
+    must be out / in: the caller checks). Otherwise UnsupportedError (ops_resize tries the general
+    lowering then)."""
     x = ctx.as_perm(ctx.val(node.inputs[0], node), NHWC[4], node.inputs[0].name + "_nhwc")
     out_dims = ctx.shape(node.outputs[0])
     in_dims = ctx.shape(node.inputs[0])

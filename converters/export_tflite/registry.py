@@ -58,6 +58,11 @@ class Ctx:
 
     @staticmethod
     def shape(value: ir.Value) -> tuple[int, ...]:
+        if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+            from edgepack.errors import UnsupportedError
+
+            raise UnsupportedError(f"TFLite export: {value.name!r} has no static shape ({value.shape}); "
+                                   "pass --input-shape, or use --format onnx for this model")
         return tuple(int(d) for d in value.shape)
 
     def out(self, value: ir.Value, perm: tuple[int, ...] | None = None, dtype=np.float32,
