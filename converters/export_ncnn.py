@@ -194,9 +194,16 @@ def cannot_represent(model: ir.Model) -> str | None:
         if dims[0] != 1 and not sequence_first:
             return (f"{v.name!r} has shape {dims}: its leading axis is not a batch of 1 (ncnn has no batch axis: "
                     "it would drop or misread it)")
+    from edgepack.converters.channel_rules import match_shuffle
+
+    shuffles = set()  # Reshape -> Transpose(0,2,1,3,4) -> Reshape: pnnx turns it into ncnn's ShuffleChannel
+    for node in model.graph:
+        found = match_shuffle(node)
+        if found is not None:
+            shuffles.update(id(n) for n in found[:3])
     for node in model.graph:
         five = [o for o in node.outputs if o is not None and o.shape is not None and len(o.shape) == 5]
-        if five and node.op_type in _SHAPE_OPS:
+        if five and node.op_type in _SHAPE_OPS and id(node) not in shuffles:
             return (f"{node.op_type} node {node.name!r} makes the 5-axis {five[0].name!r}: pnnx maps such reshapes onto "
                     "ncnn's 4-axis Mat wrongly")
         why = _op_limit(node)

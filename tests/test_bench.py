@@ -153,7 +153,8 @@ def test_export_dir_bench_writes_report_and_html(export_dir):
     report = json.loads((export_dir / "report.json").read_text())
     assert len(report["artifacts"]) == len(before["artifacts"]) == 4
     for art, old in zip(report["artifacts"], before["artifacts"]):
-        assert {k: v for k, v in art.items() if k != "bench"} == old  # nothing else changed
+        assert {k: v for k, v in art.items() if k not in ("bench", "benches")} == old  # nothing else changed
+        assert list(art["benches"].values()) == [art["bench"]]  # one machine measured
         _check_schema(art["bench"], export_dir / art["path"], runs=10, threads=1)
         assert art["bench"]["runtime"] == {"onnx": "onnxruntime", "tflite": "litert"}[art["format"]]
         assert art["path"] in proc.stdout
@@ -194,7 +195,9 @@ def test_runner_zip_is_self_contained(export_dir, tmp_path):
     zpath = build_runner_zip(tmp_path / "runner.zip")
     names = set(zipfile.ZipFile(zpath).namelist())
     assert names == {"__main__.py", "edgepack/__init__.py", "edgepack/errors.py", "edgepack/runtimes/__init__.py",
-                     "edgepack/runtimes/bench_runner.py"} | {
+                     "edgepack/runtimes/bench_runner.py",
+                     # bench --verify: runs the artifact in ONNX layout and compares (numpy only)
+                     "edgepack/fsutil.py", "edgepack/verify.py", "edgepack/runtimes/artifact.py"} | {
         spec.partition(":")[0].replace(".", "/") + ".py" for n, spec in ADAPTERS.items() if n != "torch"}
     assert "edgepack.runtimes.torch_eager" not in runner_modules()
     # a board has numpy and a runtime only: everything else edgepack uses is made unimportable
@@ -361,6 +364,11 @@ def test_export_dir_with_a_corrupt_artifact(export_dir, tmp_path):
 
     out = tmp_path / "out"
     shutil.copytree(export_dir, out)
+    report = json.loads((out / "report.json").read_text())
+    for art in report["artifacts"]:  # a fresh export: no measurement from another test's run
+        for key in ("bench", "benches", "bench_error"):
+            art.pop(key, None)
+    (out / "report.json").write_text(json.dumps(report))
     (out / "digits_cnn.int8.tflite").write_bytes(b"\0" * 64)
     proc = run_cli("bench", str(out), "--runs", "3", "--threads", "1")
     assert proc.returncode == 2

@@ -364,7 +364,7 @@ def test_report_schema_and_that_it_describes_the_files(runs):
     assert sorted(arrays.files) == ["input/x", "meta/edge", "reference/output"]
     assert int(arrays["meta/edge"]) == 2  # the zeros and 10x inputs (judged for fp32 only)
     inputs, reference = arrays["input/x"], arrays["reference/output"]
-    assert inputs.shape == (8, 1, 3, 16, 16) and reference.shape == (8, 1, 5)
+    assert inputs.shape == (10, 1, 3, 16, 16) and reference.shape == (10, 1, 5)  # 8 N(0,1) + zeros + 10x
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     actual = np.stack([session.run(None, {"x": x})[0] for x in inputs])
     assert np.abs(actual - reference).max() / np.abs(reference).max() <= 1e-4

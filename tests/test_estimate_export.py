@@ -103,6 +103,10 @@ def test_estimate_errors_are_one_line(rpi4_export, tmp_path, capsys):
     assert "use at most 2" in capsys.readouterr().err
     (tmp_path / "model.bin").write_bytes(b"x")
     assert main(["estimate", str(tmp_path / "model.bin")]) == 2
+    assert "cannot estimate model.bin: edgepack estimate reads .onnx, .tflite and ncnn .param" in capsys.readouterr().err
+    lone = tmp_path / "lone.onnx"
+    lone.write_bytes((out / "net.fp32.onnx").read_bytes())
+    assert main(["estimate", str(lone)]) == 2
     assert "no --target given and no report.json" in capsys.readouterr().err
     assert main(["estimate", str(tmp_path / "model.bin"), "--target", "rpi4"]) == 2
     assert "reads .onnx, .tflite and ncnn .param" in capsys.readouterr().err

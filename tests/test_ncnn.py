@@ -267,7 +267,7 @@ def test_missing_pnnx_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pnnx" else real(name, *a))
     from edgepack.converters.export_ncnn import pnnx_executable
 
-    with pytest.raises(UnsupportedError, match=r"pnnx not installed: pip install 'edgepack\[ncnn\]'"):
+    with pytest.raises(UnsupportedError, match=r"pnnx not installed: pip install 'edgepack\[ncnn-export\]'"):
         pnnx_executable()
     report = edgepack.export(EXAMPLES / "digits_cnn.pt2", output_dir=tmp_path, formats=("onnx", "ncnn"))
     onnx_art, ncnn_art = report["artifacts"]

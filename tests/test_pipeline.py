@@ -56,20 +56,20 @@ def test_artifact_beyond_tolerance_is_kept_marked_failed_exit_3(small_pt2, tmp_p
 def test_verify_npz_reverifies_without_torch(small_pt2, tmp_path):
     report = edgepack.export(small_pt2, output_dir=tmp_path)
     data = np.load(tmp_path / "verify.npz")
-    assert data["input/x"].shape == (8, 1, 3, 16, 16)  # 8 seeded N(0,1) samples, batch 1 each
+    assert data["input/x"].shape == (10, 1, 3, 16, 16)  # 8 seeded N(0,1) samples + zeros + 10x, batch 1 each
     sess = ort.InferenceSession(str(tmp_path / report["artifacts"][0]["path"]), providers=["CPUExecutionProvider"])
     outs = np.stack([sess.run(None, {"x": x})[0] for x in data["input/x"]])
     ref = data["reference/output"]
-    assert ref.shape == (8, 1, 5)
+    assert ref.shape == (10, 1, 5)
     assert np.abs(outs - ref).max() / np.abs(ref).max() <= 1e-4
-    assert report["verification"]["source"] == "random-normal" and report["verification"]["samples"] == 8
+    assert report["verification"]["source"] == "random-normal" and report["verification"]["samples"] == 10
 
 
 def test_report_timings_and_pass_results(small_pt2, tmp_path):
     report = edgepack.export(small_pt2, output_dir=tmp_path, target="rpi4")
     assert report["timings_s"]["total"] >= report["timings_s"]["to_onnx"] > 0
     assert [p["name"] for p in report["passes"]] == [
-        "cleanup_graph", "fold_batchnorm", "cleanup_graph", "remove_pruned_channels", "cleanup_graph"]
+        "fold_shape_subgraphs", "cleanup_graph", "fold_batchnorm", "cleanup_graph", "remove_pruned_channels", "cleanup_graph"]
     assert report["target"]["name"] == "rpi4"
     assert report["model"]["exporter"] == "dynamo"
     # MACs: conv1 3*9*8*256 + conv2 8*9*8*64 + linear 8*5
