@@ -10,7 +10,9 @@
   ranges. `nodes_to_exclude` keeps nodes in float with a Q/DQ pair around them.
 - `quantize_int8_weights`: dynamic-range (int8 weights, activations quantized at run time), no
   data needed; labelled `int8-weights`, never plain int8.
-- `load_ranges`: the calibration file as {tensor name: (min, max)} for the other exporters.
+- `load_ranges`: the calibration file as {tensor name: (min, max)} for the other exporters;
+  `save_ranges` writes one from such a dict (ranges chosen by the PTQ passes, improve_int8.py), so
+  that `quantize_int8(..., calib_feeds=None)` and every other exporter read those.
 """
 from __future__ import annotations
 
@@ -209,3 +211,13 @@ def load_ranges(cache_path: Path) -> dict[str, tuple[float, float]]:
     data = load_tensors_data(Path(cache_path))
     return {name: (float(np.min(t.range_value[0])), float(np.max(t.range_value[1])))
             for name, t in data.data.items()}
+
+
+def save_ranges(ranges: dict[str, tuple[float, float]], cache_path: Path, method: str = "minmax") -> None:
+    """Write {tensor name: (min, max)} as the calibration file `load_ranges` and `quantize_int8` read
+    (`method` is the --calib-method the file will be read with: ONNX Runtime checks they match)."""
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    data = {name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+            for name, (lo, hi) in ranges.items()}
+    save_tensors_data(TensorsData(_method(method), data), Path(cache_path))
