@@ -5,7 +5,9 @@ exporter reads these ranges -- the int8 ONNX (ONNX Runtime's QDQ quantizer takes
 cache), the TFLite writer and the ncnn table -- so all int8 artifacts of an export share them.
 
 The measurement is ONNX Runtime's calibrators (`create_calibrator`: min/max, percentile or
-entropy), fed in strides so their per-sample intermediate tensors stay bounded."""
+entropy), fed in strides so their per-sample intermediate tensors stay bounded; `mse` adds a
+per-tensor search of the clipping range that minimises the int8 rounding error
+(converters/search_ranges.py) on top of min/max."""
 from __future__ import annotations
 
 import tempfile
@@ -27,9 +29,12 @@ class Calibration:
     method: str
     feeds: list[dict[str, np.ndarray]]  # the samples it was measured on (also the TFLite-only tensors' ranges)
     ranges: dict[str, tuple[float, float]]
+    ort_method: str = "minmax"  # the ONNX Runtime method the file is read back with (it checks they match)
+    ptq: dict | None = None  # what the range search did (--calib-method mse)
 
     def to_report(self, source: str | None, seed: int) -> dict:
         return {"file": self.path.name, "method": self.method, "samples": len(self.feeds), "source": source, "seed": seed,
+                **({"ptq": self.ptq} if self.ptq else {}),
                 "note": "float (min, max) per ONNX tensor name; every int8 exporter derives its scales from these ranges"}
 
     def summary(self) -> dict:
@@ -47,6 +52,14 @@ def calibrate(fp32_proto: Any, feeds: Sequence[dict[str, np.ndarray]], method: s
     if not feeds:
         raise UsageError("int8 needs calibration data: pass --calib, or --int8-weights-only for weights-only int8")
     path = Path(path)
+    if method == "mse":  # min/max, then a per-tensor MSE search of the clipping range (converters/search_ranges.py)
+        from edgepack.converters.improve_int8 import PtqOptions, improve_int8
+        from edgepack.converters.quantize_int8 import save_ranges
+
+        _, ranges, summary = improve_int8(fp32_proto, feeds, PtqOptions(equalize=False, correct_bias=False))
+        save_ranges(ranges, path, method="minmax")
+        path.chmod(0o644)
+        return Calibration(path, "mse", feeds, load_ranges(path), "minmax", summary.to_json())
     with tempfile.TemporaryDirectory(prefix="edgepack-calib-") as tmp, _quiet(), _quantizer_errors():
         model_path = Path(tmp) / "model.onnx"
         model_path.write_bytes(fp32_proto.SerializeToString())
@@ -61,5 +74,5 @@ def calibrate(fp32_proto: Any, feeds: Sequence[dict[str, np.ndarray]], method: s
         del calibrator
     save_tensors_data(tensors, path)
     path.chmod(0o644)
-    return Calibration(path, method, feeds, load_ranges(path))
+    return Calibration(path, method, feeds, load_ranges(path), method)
 

@@ -20,7 +20,7 @@ from edgepack.formats import parse_formats
 
 _SHAPE_RE = re.compile(r"^\d+(x\d+)*$")
 LAYOUTS = ("nchw", "nhwc")
-CALIB_METHODS = ("minmax", "percentile", "entropy")
+CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
 @dataclass(frozen=True)

@@ -200,3 +200,19 @@ def test_cle_through_leaky_relu(act):
     feeds = _feeds(2, 1)
     for (x,), (y,) in zip(run(model, feeds, optimize=False), run(out, feeds, optimize=False)):
         assert np.abs(y - x).max() / np.abs(x).max() < 1e-5
+
+
+def test_calib_method_mse_runs_the_range_search_in_the_export(tmp_path):
+    """--calib-method mse: min/max then the per-tensor MSE range search, one calibration file that every
+    int8 exporter reads; what the search did is in the report."""
+    from pathlib import Path
+
+    import edgepack
+
+    root = Path(__file__).resolve().parent.parent
+    report = edgepack.export(root / "examples" / "digits_cnn.pt2", output_dir=tmp_path, formats=("onnx", "tflite"),
+                             int8=True, calib=root / "examples" / "digits_calib.npy", calib_method="mse")
+    cal = report["calibration"]
+    assert cal["method"] == "mse" and cal["ptq"]["cosine_final"] >= cal["ptq"]["cosine_minmax"] - 1e-9
+    int8 = [a for a in report["artifacts"] if a["precision"] == "int8"]
+    assert len(int8) == 2 and all(a["ok"] and a["fidelity"]["cosine"] >= 0.99 for a in int8)

@@ -74,7 +74,7 @@ def build_int8(ctx: ExportContext, path: Path) -> Built:
     float_now = list(ctx.int8_float_nodes)
 
     def standin_onnx() -> Path:
-        quantize_int8(ctx.fp32_proto, standin, cache_path=cal.path, method=cal.method, calib_feeds=cal.feeds,
+        quantize_int8(ctx.fp32_proto, standin, cache_path=cal.path, method=cal.ort_method, calib_feeds=cal.feeds,
                       nodes_to_exclude=float_now)
         return standin
 
