@@ -501,7 +501,7 @@ def lp_pool(ctx: Ctx, node: ir.Node) -> None:
     p = float(node.attributes.get_int("p", 2))
     c = Chain(ctx, node)
     x = ctx.as_perm(ctx.val(node.inputs[0], node), NHWC4, node.inputs[0].name + "_nhwc")
-    powered = c.op("SQUARE", x.index) if p == 2 else c.op("POW", c.op("ABS", x.index), c.const(p))
+    powered = c.op("MUL", x.index, x.index) if p == 2 else c.op("POW", c.op("ABS", x.index), c.const(p))
     in_hw, out_hw = ctx.shape(node.inputs[0])[2:], ctx.shape(node.outputs[0])[2:]
     pairs = _explicit_pads(node, in_hw, kernel, strides, [1, 1], out_hw)
     padded = _pad_input(ctx, TVal(powered, NHWC4), pairs, node.name)

@@ -114,7 +114,7 @@ def lp_norm(ctx: Ctx, node: ir.Node) -> None:
     stored = x.stored_axis(node.attributes.get_int("axis", -1))
     shape = ctx.g.shape_of(x.index)
     reduced = [1 if i == stored else d for i, d in enumerate(shape)]
-    part = c.op("ABS" if p == 1 else "SQUARE", x.index)
+    part = c.op("ABS", x.index) if p == 1 else c.op("MUL", x.index, x.index)  # no int8 SQUARE kernel in LiteRT
     norm = c.op("SUM", part, ctx.int_const([stored], node.name + "_axis"), shape=reduced, keepDims=True)
     if p == 2:
         norm = c.op("SQRT", norm)

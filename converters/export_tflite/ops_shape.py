@@ -273,7 +273,8 @@ def reduce(ctx: Ctx, node: ir.Node) -> None:
     source, target = x.index, out.index
     if before is not None:
         source = g.tensor(f"{node.name}_{before.lower()}", g.shape_of(x.index))
-        g.op(before, [x.index], [source])
+        # x*x as MUL, not SQUARE: LiteRT has no int8 SQUARE kernel (an int8 graph could not run)
+        g.op("MUL", [x.index, x.index], [source]) if before == "SQUARE" else g.op(before, [x.index], [source])
     if not axes_given:  # noop_with_empty_axes=1 with an element-wise part: no reduction
         g.op(after, [source], [out.index]) if after is not None else g.reshape(source, out.index)
         return
