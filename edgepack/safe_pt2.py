@@ -30,7 +30,7 @@ import re
 import zipfile
 from typing import Any
 
-from edgepack.errors import PickleNotAllowed
+from edgepack.errors import PickleNotAllowed, first_line
 
 # Members torch reads as text or JSON, never unpickles (by their path inside the archive root).
 _TEXT_MEMBERS = {"archive_format", "archive_version", "version", "byteorder", ".data/version", ".data/serialization_id"}
@@ -95,7 +95,7 @@ def _failures(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> list[tu
         try:
             payload = archive.read(info)
         except Exception as exc:  # a damaged member: torch reports it on load
-            out.append((info, f"cannot be read: {_first_line(exc)}"))
+            out.append((info, f"cannot be read: {first_line(exc, 200)}"))
             continue
         if rel.endswith(".json"):
             why = _graph_json_problem(payload)
@@ -159,7 +159,7 @@ def _pickle_problem(payload: bytes) -> str | None:
         if found:
             return f"pickle needs {found.group(1)}, which torch's weights-only allowlist refuses"
         detail = _UNPICKLER_RE.search(text)
-        return f"pickle refused by torch's weights-only loader: {detail.group(1)[:150] if detail else _first_line(exc)}"
+        return f"pickle refused by torch's weights-only loader: {detail.group(1)[:150] if detail else first_line(exc, 200)}"
 
 
 def _graph_json_problem(payload: bytes) -> str | None:
@@ -230,9 +230,3 @@ def _target_problem(target: str) -> str | None:
     if target.startswith("math.") and type(resolved).__name__ == "builtin_function_or_method" and resolved.__module__ == "math":
         return None
     return f"graph node target {target[:60]!r} is a Python function, not an operator"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    line = text.splitlines()[0]
-    return line if len(line) < 200 else line[:197] + "..."

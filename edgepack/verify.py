@@ -90,9 +90,6 @@ class VerificationSet:
         n = self.count - self.edge
         return VerificationSet({k: v[:n] for k, v in self.inputs.items()}, self.source, self.seed, self.calibration_indices)
 
-    def without_edges(self) -> "VerificationSet":
-        return self.in_range()
-
     def describe(self) -> str:
         if self.edge:
             return f"{self.source}: {self.count - self.edge} sample(s) + {self.edge} edge input(s) (zeros, 10x magnitude)"
