@@ -279,12 +279,13 @@ def devices(name: str | None) -> None:
 @click.option("--target", default=None, help="Device profile (see `edgepack devices`); default: the export's target.")
 @click.option("--runtime", type=click.Choice(["litert", "onnxruntime", "ncnn"]), default=None,
               help="Runtime to estimate for (default: the artifact's own: litert for .tflite, onnxruntime for .onnx).")
-@click.option("--threads", type=int, default=None, help="Threads (default: the profile's).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads (default: the profile's).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8-weights"]), default=None,
               help="Precision (default: from the export's report.json, else read off the file).")
 @click.option("--input-shape", "input_shape", default=None,
               help="Input shape for an ncnn .param (it stores none), e.g. 1x3x224x224; default: the export's report.json.")
-@click.option("--top", type=int, default=15, show_default=True, help="Layers to list (slowest first); 0 = all.")
+@click.option("--top", type=click.IntRange(min=0), default=15, show_default=True,
+              help="Layers to list (slowest first); 0 = all.")
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON (latency_ms, peak_memory_mb, layers).")
 def estimate(artifact: Path, target: str | None, runtime: str | None, threads: int | None, precision: str | None,
              input_shape: str | None, top: int, as_json: bool) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgepack import report as report_mod
-from edgepack.calib import load_samples
+from edgepack.calib import check_finite, load_samples
 from edgepack.converters import PassResult
 from edgepack.converters.cleanup_graph import cleanup_graph
 from edgepack.artifacts import EvalSet, ExportContext, build_artifact
@@ -534,6 +534,7 @@ def _load_eval(options: ExportOptions, specs: list[InputSpec], source: SourceMod
     if tuple(x.shape[1:]) != tuple(spec.shape[1:]) or len(x) != len(y) or y.ndim != 1:
         raise UsageError(f"--eval {path}: x has shape {list(x.shape)} and y {list(y.shape)}; expected x (M, "
                          f"{', '.join(map(str, spec.shape[1:]))}) and y (M,)")
+    check_finite(x.astype(np.float32), f"--eval {path} x")
     eval_set = EvalSet(path, x.astype(np.float32), y.astype(np.int64), spec.name, spec.shape)
     session = (get_runtime("torch").load(source.model, input_names=[spec.name]) if source.is_torch else
                get_runtime("onnxruntime").load(_with_static_inputs(source.onnx_model, specs).SerializeToString(), optimize=False))
