@@ -74,3 +74,18 @@ def test_a_dash_file_name_reaches_the_runner_as_a_path(tmp_path, monkeypatch):
     with pytest.raises(Seen):
         bench_runner.benchmark("-x.onnx", runtime="onnxruntime", runs=1)
     assert seen and seen[0][0] == str(tmp_path / "-x.onnx")  # absolute: argparse cannot take it for an option
+
+
+def test_a_pipe_as_calib_or_eval_data_is_refused_before_reading(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "data.npy"
+    os.mkfifo(fifo)  # reading it would wait forever
+    out = tmp_path / "out"
+    assert main(["export", str(ONNX), "--int8", "--calib", str(fifo), "--format", "onnx", "-o", str(out)]) == 2
+    line = _one_error(capsys)
+    assert line.startswith(f"edgepack: error: --calib {fifo} is not a regular file"), line
+    assert main(["export", str(ONNX), "--eval", str(fifo), "--format", "onnx", "-o", str(out)]) == 2
+    line = _one_error(capsys)
+    assert line.startswith(f"edgepack: error: --eval {fifo} is not a regular file"), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npy"]
