@@ -1,4 +1,5 @@
-"""Seeded fuzzing of `inspect`, `estimate` and `bench` with damaged .onnx / .tflite / ncnn artifacts.
+"""Seeded fuzzing of `inspect`, `estimate`, `bench`, and for ONNX mutants `export` (the mutant as the
+model) and `compare` (the seed against the mutant), with damaged .onnx / .tflite / ncnn artifacts.
 
 Mutants of the digits example's artifacts (tests/data/artifacts): truncation, bit flips, random
 bytes, zeroed spans, a damaged header, impossible dims, and for ncnn edits of .param tokens and a
@@ -12,14 +13,19 @@ replaced when it dies (a signal that escaped isolation) or hangs. Outcomes per c
   signal        the worker died
   hang          no answer within --timeout seconds
   silent        accepted although the runtime itself refuses the file (the oracle below)
-  leftover      a file written next to the mutant (inspect/estimate/bench write nothing there)
+  leftover      a file written next to the mutant (inspect/estimate/bench/compare write nothing there;
+                a failed export leaves no output folder and no staging folder; a finished one
+                leaves a complete export: report.json and every file it lists, with its sha256)
+
+export counts as accepted when it writes a complete export (exit 0, or 3/4 when an artifact fails
+verification or a format cannot hold the model: report.json says which).
 
 Oracle: the runtime that runs the format (ONNX Runtime, LiteRT, ncnn) loads the mutant and runs it
 once on zeros, in its own child process (edgepack.runtimes.isolated); when it refuses or crashes,
 the file is invalid and every command must reject it. A mutant the runtime runs (e.g. a flipped
 weight bit) may be accepted.
 
-    python -m benchmarks.fuzz_artifacts --mutants 300 [--seed 0] [--commands inspect,estimate,bench]
+    python -m benchmarks.fuzz_artifacts --mutants 300 [--seed 0] [--commands inspect,estimate,bench,export,compare]
 
 prints the outcome table (rows: type x command) and exits 1 when any internal error, traceback,
 signal, hang, silent success or leftover was seen."""
@@ -42,7 +48,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = ROOT / "tests" / "data" / "artifacts"
 SEED_FILES = {"onnx": "digits_cnn.fp32.onnx", "tflite": "digits_cnn.fp32.tflite", "ncnn": "digits_cnn.fp16.param"}
-COMMANDS = ("inspect", "estimate", "bench")
+COMMANDS = ("inspect", "estimate", "bench", "export", "compare")
+MODEL_COMMANDS = ("export", "compare")  # commands that take an ONNX model: run on ONNX mutants only
+EXPORT_FORMATS = "onnx,tflite"
 OUTCOMES = ("rejected", "accepted", "internal", "traceback", "signal", "hang", "silent", "leftover")
 BAD = ("internal", "traceback", "signal", "hang", "silent", "leftover")
 # mutations that always make the file invalid (the test asserts rejection for these without an oracle)
@@ -192,12 +200,14 @@ def _cli(argv: list[str]) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-def classify(code: int, err: str) -> str:
+def classify(code: int, err: str, *, exported: bool = False) -> str:
+    """The outcome of one command from its exit code and stderr; `exported`: an export wrote a
+    complete folder (its exit code then says whether every artifact passed)."""
     if "Traceback (most recent call last)" in err:
         return "traceback"
     if "internal error" in err:
         return "internal"
-    if code == 0:
+    if code == 0 or (exported and code in (3, 4)):
         return "accepted"
     lines = [line for line in err.strip().splitlines() if line.strip()]
     if len(lines) == 1 and lines[0].startswith("edgepack: error:"):
@@ -218,19 +228,46 @@ def run_mutant(folder: str, name: str, commands: tuple[str, ...], with_oracle: b
             valid = isolated.call(oracle_valid, str(path), artifact=path, timeout=60)
         except EdgepackError:
             valid = False
+    export_dir = Path(folder) / "export"
     argv = {"inspect": ["inspect", str(path)], "estimate": ["estimate", str(path), "--target", "rpi4"],
-            "bench": ["bench", str(path), "--runs", "2", "--warmup", "0", "--timeout", "60"]}
+            "bench": ["bench", str(path), "--runs", "2", "--warmup", "0", "--timeout", "60"],
+            "export": ["export", str(path), "--format", EXPORT_FORMATS, "--target", "rpi4", "-o", str(export_dir)],
+            "compare": ["compare", str(SEEDS / SEED_FILES["onnx"]), str(path)]}
     out: dict[str, object] = {"valid": valid}
     for command in commands:
+        if command in MODEL_COMMANDS and path.suffix != ".onnx":
+            continue
         code, err = _cli(argv[command])
-        outcome = classify(code, err)
+        exported = command == "export" and export_complete(export_dir)
+        outcome = classify(code, err, exported=exported)
         if outcome == "accepted" and valid is False:
             outcome = "silent"
+        if exported:
+            import shutil
+
+            shutil.rmtree(export_dir)
         if sorted(p.name for p in Path(folder).iterdir()) != before:
             outcome = "leftover"
         out[command] = outcome
         out[command + "_message"] = err.strip()[:300]
     return out
+
+
+def export_complete(folder: Path) -> bool:
+    """An export folder with edgepack's marker, report.json and every file it lists (sha256 checked)."""
+    import hashlib
+    import json
+
+    from edgepack.fsutil import MARKER_NAME
+
+    try:
+        report = json.loads((folder / "report.json").read_text())
+        if not (folder / MARKER_NAME).is_file():
+            return False
+        return all(hashlib.sha256((folder / f["path"]).read_bytes()).hexdigest() == f["sha256"]
+                   for art in report["artifacts"] for f in art["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 # ---------------------------------------------------------------- the driver
@@ -255,12 +292,14 @@ def fuzz(mutants: int, seed: int, commands: tuple[str, ...], timeout: float, kin
                     result = pool.submit(run_mutant, str(folder), name, commands, with_oracle).result(timeout=timeout)
                 except (BrokenProcessPool, FutureTimeout) as exc:
                     outcome = "hang" if isinstance(exc, FutureTimeout) else "signal"
-                    result = {c: outcome for c in commands}
+                    result = {c: outcome for c in commands if c not in MODEL_COMMANDS or kind == "onnx"}
                     for proc in list(getattr(pool, "_processes", {}).values()):
                         proc.kill()
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = ProcessPoolExecutor(workers, mp_context=ctx)
                 for command in commands:
+                    if command not in result:  # a model command on a non-ONNX mutant
+                        continue
                     table[(kind, command, result[command])] += 1
                     if result[command] in BAD or (op in INVALID_BY_CONSTRUCTION and result[command] == "accepted"):
                         notes.append({"kind": kind, "index": index, "mutation": op, "command": command,
@@ -275,6 +314,8 @@ def print_table(table: Counter, kinds: tuple[str, ...], commands: tuple[str, ...
     print(header)
     for kind in kinds:
         for command in commands:
+            if command in MODEL_COMMANDS and kind != "onnx":
+                continue
             print(f"{kind:7} {command:9}" + "".join(f"{table[(kind, command, o)]:>10}" for o in OUTCOMES))
         print(f"{kind:7} {'oracle':9} valid {table[(kind, 'oracle', 'valid')]}, invalid {table[(kind, 'oracle', 'invalid')]} "
               f"(of {mutants} mutants)")

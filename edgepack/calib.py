@@ -224,10 +224,23 @@ def _load_arrays(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np
                 f"--calib array for input {name!r} has shape {list(arr.shape)}; expected (N, {', '.join(map(str, shape[1:]))}) "
                 f"for input shape {list(shape)}"
             )
-        out[name] = samples.astype(np.float32)
+        with np.errstate(over="ignore"):  # a float64 value beyond float32's range: Inf, named below
+            out[name] = samples.astype(np.float32)
+        check_finite(out[name], f"--calib {path} input {name!r}")
         counts.add(samples.shape[0])
     if len(counts) != 1:
         raise UsageError(f"--calib arrays have different sample counts {sorted(counts)}; give the same N for every input")
     if next(iter(counts)) == 0:
         raise UsageError(f"--calib {path} has no samples")
     return out
+
+
+def check_finite(samples: np.ndarray, what: str) -> None:
+    """NaN/Inf in data (or a float64 value beyond float32's range) is an error naming the first
+    sample that holds one: calibration ranges and verification would be meaningless."""
+    bad = ~np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise UsageError(f"{what}: sample {first} (of {len(samples)}) holds NaN or Inf"
+                         + (f", and {int(bad.sum()) - 1} more sample(s)" if bad.sum() > 1 else "")
+                         + "; remove or fix those samples (values must be finite float32)")

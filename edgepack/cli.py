@@ -3,7 +3,9 @@ edgepack.errors; --debug shows the traceback."""
 from __future__ import annotations
 
 import re
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import click
 
 from edgepack import __version__
 from edgepack.errors import EdgepackError
+from edgepack.fsutil import Terminated
 
 _DEBUG = {"on": False}
 
@@ -276,12 +279,13 @@ def devices(name: str | None) -> None:
 @click.option("--target", default=None, help="Device profile (see `edgepack devices`); default: the export's target.")
 @click.option("--runtime", type=click.Choice(["litert", "onnxruntime", "ncnn"]), default=None,
               help="Runtime to estimate for (default: the artifact's own: litert for .tflite, onnxruntime for .onnx).")
-@click.option("--threads", type=int, default=None, help="Threads (default: the profile's).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads (default: the profile's).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8-weights"]), default=None,
               help="Precision (default: from the export's report.json, else read off the file).")
 @click.option("--input-shape", "input_shape", default=None,
               help="Input shape for an ncnn .param (it stores none), e.g. 1x3x224x224; default: the export's report.json.")
-@click.option("--top", type=int, default=15, show_default=True, help="Layers to list (slowest first); 0 = all.")
+@click.option("--top", type=click.IntRange(min=0), default=15, show_default=True,
+              help="Layers to list (slowest first); 0 = all.")
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON (latency_ms, peak_memory_mb, layers).")
 def estimate(artifact: Path, target: str | None, runtime: str | None, threads: int | None, precision: str | None,
              input_shape: str | None, top: int, as_json: bool) -> None:
@@ -301,12 +305,35 @@ def estimate(artifact: Path, target: str | None, runtime: str | None, threads: i
 
 def main(argv: list[str] | None = None) -> int:
     _DEBUG["on"] = False  # set again by --debug; a second main() in one process starts clean
+    previous = _sigterm_as_error()
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_error():
+    """SIGTERM raises Terminated (one line, exit 143) instead of killing the process silently; an
+    export replaces this with its own handler while its folder is staged. Returns the handler
+    it replaced (None off the main thread, where signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise Terminated("terminated (SIGTERM)")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         cli.main(args=argv, prog_name="edgepack", standalone_mode=False)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
-    except click.exceptions.Abort:
-        click.echo("edgepack: aborted", err=True)
+    except click.exceptions.Abort:  # click's form of SIGINT (Ctrl-C)
+        click.echo("edgepack: interrupted (SIGINT)", err=True)
         return 130
     except click.UsageError as exc:  # bad flags: one line like every other error, exit 2
         ctx = exc.ctx
@@ -322,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"edgepack: error: {_one_line(str(exc))}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
+        click.echo("edgepack: interrupted (SIGINT)", err=True)
         return 130
+    except Terminated as exc:
+        click.echo(f"edgepack: error: {exc}", err=True)
+        return exc.exit_code
     except Exception as exc:  # a bug in edgepack: still one line unless --debug
         if _DEBUG["on"]:
             raise

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgepack.errors import EdgepackError, OutputError, UsageError
+from edgepack.errors import OutputError, UsageError
 
 
 @contextlib.contextmanager
@@ -65,21 +65,6 @@ def read_bounded(path: Path, limit: int) -> bytes:
     return data
 
 
-def prepare_output_dir(path: Path) -> Path:
-    """Create the output folder and prove it is writable before any work is done."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"output path {path} is a file; pass a directory with -o")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".edgepack-write-test.", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise OutputError(f"cannot write to output directory {path} ({exc.strerror or exc}); choose another with -o") from None
-    return path
-
-
 def file_entry(path: Path, root: Path) -> dict:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -112,8 +97,10 @@ OLD_PREFIX = ".edgepack-old-"
 UNLOCKED_GRACE_S = 60.0  # a staging folder without a lock is someone's mkdtemp of a moment ago, or stale after this
 
 
-class Terminated(EdgepackError):
-    """SIGTERM during an export: exit 143, like a shell reports it."""
+class Terminated(BaseException):
+    """SIGTERM: exit 143, like a shell reports it. A BaseException like KeyboardInterrupt, so no
+    `except Exception` on the way (an artifact's failure record, a converter's fallback) takes it
+    for an error of the work it interrupts."""
 
     exit_code = 143
 
@@ -126,20 +113,22 @@ def staged_output(path: Path) -> Iterator[Path]:
     carries MARKER_NAME); anything else is refused before work starts. Staging folders left by a
     killed export are removed when the process named in their lock is gone. SIGTERM raises
     Terminated (exit 143) while the folder is staged."""
-    final = Path(path).absolute()
+    final = Path(path).resolve()  # a symlink to an earlier export: replace what it points to
     check_output_target(final)
+    if final.is_dir():
+        _remove_stale_lock(final)
     parent = final.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         remove_stale_stages(parent)
         stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{final.name}.", dir=parent))
+        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; the export folder gets normal permissions
         (stage / LOCK_NAME).write_text(json.dumps(_owner()))
     except OSError as exc:
         raise OutputError(f"cannot write next to {final} ({exc.strerror or exc}); choose another folder with -o") from None
     previous = _on_sigterm()
     try:
         yield stage
-        (stage / LOCK_NAME).unlink()
         (stage / MARKER_NAME).write_text(json.dumps({"edgepack_export": 1}) + "\n")
         _swap_in(stage, final)
     except BaseException:
@@ -148,6 +137,27 @@ def staged_output(path: Path) -> Iterator[Path]:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+SCRATCH_NAME = ".scratch"  # in a staging folder: the export's temporary files, removed before the swap
+
+
+@contextlib.contextmanager
+def export_output(path: Path) -> Iterator[Path]:
+    """`staged_output` for `run_export`, with this process's temporary files (tempfile's default
+    folder: work folders of the converters, the quantizer, pnnx) inside the staging folder, so a
+    killed export leaves its scratch only there, where the next export removes it with the stage.
+    (tempfile.tempdir is process-wide: exports in one process run one at a time.)"""
+    with staged_output(path) as stage:
+        scratch = stage / SCRATCH_NAME
+        scratch.mkdir()
+        previous = tempfile.tempdir
+        tempfile.tempdir = str(scratch)
+        try:
+            yield stage
+        finally:
+            tempfile.tempdir = previous
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def check_output_target(final: Path) -> None:
@@ -224,24 +234,43 @@ def _on_sigterm() -> Any:
 
 def _swap_in(stage: Path, final: Path) -> None:
     """Put `stage` at `final`: atomically exchanged with an earlier export where the OS can
-    (renameat2 RENAME_EXCHANGE on Linux), else moved aside first, then removed."""
+    (renameat2 RENAME_EXCHANGE on Linux), else moved aside first, then removed. Both folders carry
+    this process's lock while they trade places, so a kill at any instant leaves a folder the next
+    export removes (its owner is gone); the lock left in `final` is removed right after."""
     if final.is_dir() and not any(final.iterdir()):
         final.rmdir()
     if not final.exists():
         os.rename(stage, final)
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f"{OLD_PREFIX}{final.name}.", dir=final.parent))
-    (aside / LOCK_NAME).write_text(json.dumps(_owner()))
-    if _exchange(stage, final):
-        old = stage  # now holds the earlier export
     else:
-        (aside / LOCK_NAME).unlink()
-        os.rmdir(aside)
-        os.rename(final, aside)
-        os.rename(stage, final)
-        old = aside
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(aside, ignore_errors=True)
+        (final / LOCK_NAME).write_text(json.dumps(_owner()))  # the earlier export, about to be swapped out
+        old = stage  # after the exchange: the earlier export
+        if not _exchange(stage, final):
+            old = Path(tempfile.mkdtemp(prefix=f"{OLD_PREFIX}{final.name}.", dir=final.parent))
+            os.rmdir(old)
+            try:
+                os.rename(final, old)
+            except BaseException:
+                (final / LOCK_NAME).unlink(missing_ok=True)  # still the earlier export, in place
+                raise
+            try:
+                os.rename(stage, final)
+            except BaseException:
+                os.rename(old, final)  # the earlier export back in place
+                (final / LOCK_NAME).unlink(missing_ok=True)
+                raise
+        shutil.rmtree(old, ignore_errors=True)
+    (final / LOCK_NAME).unlink(missing_ok=True)
+
+
+def _remove_stale_lock(final: Path) -> None:
+    """A lock left inside an export by a kill during its swap (see _swap_in), once its owner is gone."""
+    lock = final / LOCK_NAME
+    try:
+        owner = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return
+    if not _alive(owner):
+        lock.unlink(missing_ok=True)
 
 
 def _exchange(a: Path, b: Path) -> bool:

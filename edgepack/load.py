@@ -440,7 +440,12 @@ def _from_onnx_proto(proto: Any, path: Path | None) -> SourceModel:
     src = SourceModel("onnx", path, onnx_model=proto, input_names=names, stored_shapes=shapes, partial_shapes=partial)
     bad = []
     for init in proto.graph.initializer:
-        arr = numpy_helper.to_array(init)
+        try:
+            arr = numpy_helper.to_array(init)
+        except Exception as exc:  # noqa: BLE001  (dims that do not match its data, a bad data type)
+            where = path.name if path is not None else "the ONNX model"
+            raise LoadError(f"{where} is not a valid ONNX model: weight {init.name!r} cannot be read "
+                            f"({first_line(exc)}); the file is damaged: export it again") from None
         if arr.dtype.kind == "f" and not _all_finite(arr):
             bad.append(init.name)
     _refuse_bad_weights(bad, [])

@@ -215,6 +215,17 @@ class Preprocessing:
         }
 
 
+def _data_file(flag: str, path: Path | None, folder_ok: bool = False) -> None:
+    """A data path that exists must be a regular file (or a folder where allowed): reading a FIFO or
+    a device would wait or read forever. (A missing one is reported where it is read.)"""
+    if path is None or not Path(path).exists():
+        return
+    if Path(path).is_file() or (folder_ok and Path(path).is_dir()):
+        return
+    kind = "a folder" if Path(path).is_dir() else "not a regular file (a pipe or a device)"
+    raise UsageError(f"{flag} {path} is {kind}; pass the data file itself" + (" or an image folder" if folder_ok else ""))
+
+
 @dataclass(frozen=True)
 class CalibrationOptions:
     calib: Path | None = field(default=None, metadata=opt(
@@ -230,6 +241,7 @@ class CalibrationOptions:
             raise UsageError(f"--calib-method {self.calib_method!r} is not one of {', '.join(CALIB_METHODS)}")
         if self.calib_samples is not None and self.calib_samples < 1:
             raise UsageError(f"--calib-samples {self.calib_samples} must be 1 or more")
+        _data_file("--calib", self.calib, folder_ok=True)
 
 
 @dataclass(frozen=True)
@@ -298,6 +310,7 @@ class VerifyOptions:
                 raise UsageError(f"{flag} {value} must be between 0 and 1 (e.g. 0.99)")
         if not 0 < self.holdout_fraction < 1:
             raise UsageError("holdout_fraction must be between 0 and 1")
+        _data_file("--eval", self.eval_data)
         if self.verify_samples < 1:
             raise UsageError("verify_samples must be >= 1")
 

@@ -132,7 +132,11 @@ def make_verification_set(
 
 def run_all(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]], vset: VerificationSet) -> list[np.ndarray]:
     """Run every batch; stack each output over batches -> list of (S, ...) arrays."""
-    per_batch = [run(feed) for feed in vset.feeds()]
+    return stack_outputs([run(feed) for feed in vset.feeds()])
+
+
+def stack_outputs(per_batch: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Each batch's outputs -> one (S, ...) array per output."""
     return [np.stack([outs[k] for outs in per_batch]) for k in range(len(per_batch[0]))]
 
 
@@ -291,9 +295,9 @@ def verify_artifact(ctx, entry: dict, precision: str) -> dict:
     runtime = get_runtime(FORMATS[fmt].runtime)
     vset = ctx.vset if precision == "fp32" else ctx.vset.in_range()
     try:
-        actual = run_all(ctx.runner(entry), vset)
+        actual = stack_outputs(ctx.outputs(entry, vset.feeds()))  # ncnn, LiteRT: in a child (a crash fails this artifact)
     except Exception as exc:  # the artifact itself is broken: it cannot be verified
-        why = ort_message(exc) if fmt == "onnx" else str(exc).splitlines()[0][:300]
+        why = ort_message(exc) if fmt == "onnx" else getattr(exc, "detail", None) or str(exc).splitlines()[0][:300]
         raise VerificationFailed(
             f"{runtime.name} cannot run {entry['path']}: {why}; the artifact is kept for inspection"
         ) from None

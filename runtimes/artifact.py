@@ -3,6 +3,10 @@ format: the one place that knows how an artifact's report entry describes its IO
 tensor's `perm` from ONNX layout to its stored layout, int8 IO's `scale`/`zero_point`, an ncnn
 blob name). Export verification, `pack` and `bench --verify` all run artifacts through it.
 
+`run_feeds_isolated` is what export uses: ncnn and LiteRT run in one child process per call
+(edgepack.runtimes.isolated), so a native crash on an artifact becomes an error for that artifact
+instead of the end of the export.
+
 Device side: numpy and the artifact's runtime only (no converters, no torch)."""
 from __future__ import annotations
 
@@ -40,6 +44,28 @@ def artifact_runner(path: Path, entry: dict, *, threads: int | None = None) -> R
     session = get_runtime(runtime).load(path, threads=threads)
     names = [d["name"] for d in entry["outputs"]]
     return lambda feed: [np.asarray(session.run(feed)[n]).astype(np.float32) for n in names]
+
+
+ISOLATED_RUNTIMES = ("litert", "ncnn")  # native runtimes that can crash the process on an artifact they dislike
+
+
+def run_feeds(path: str | Path, entry: dict, feeds: list[dict[str, np.ndarray]], threads: int | None = None
+              ) -> list[list[np.ndarray]]:
+    """The artifact's outputs (ONNX layout, float32) for each feed, in this process."""
+    run = artifact_runner(Path(path), entry, threads=threads)
+    return [run(feed) for feed in feeds]
+
+
+def run_feeds_isolated(path: str | Path, entry: dict, feeds: list[dict[str, np.ndarray]], threads: int | None = None
+                       ) -> list[list[np.ndarray]]:
+    """`run_feeds`, with ncnn and LiteRT in one child process for all feeds (ONNX Runtime runs
+    here). A crash raises edgepack.runtimes.isolated.ChildFailed naming the signal."""
+    runtime = runtime_for(Path(path))
+    if runtime not in ISOLATED_RUNTIMES:
+        return run_feeds(path, entry, feeds, threads)
+    from edgepack.runtimes import isolated
+
+    return isolated.call(run_feeds, str(path), entry, feeds, threads, artifact=path, what=runtime, timeout=None)
 
 
 def _tflite(path: Path, inputs: list[dict], outputs: list[dict], threads: int | None) -> Runner:

@@ -165,7 +165,8 @@ def child_measure(args: argparse.Namespace) -> dict:
     runtime, version = _load_runtime(args.runtime)
     t0 = time.perf_counter()
     try:
-        session = runtime.load(args.artifact, threads=args.threads, optimize=not args.no_optimize)
+        extra = {"allow_pickle": True} if args.allow_pickle else {}  # (the torch adapter's option)
+        session = runtime.load(args.artifact, threads=args.threads, optimize=not args.no_optimize, **extra)
     except Exception as exc:  # noqa: BLE001  (any runtime's own error type: reported as a load error)
         raise RunnerError("LoadError", f"{runtime.name} cannot load {Path(args.artifact).name}: {_first_line(exc)}") from None
     load_ms = (time.perf_counter() - t0) * 1e3
@@ -287,7 +288,8 @@ def _run_child(kind: str, argv: list[str], timeout: float) -> dict:
 def benchmark(artifact: str | Path, *, runtime: str, threads: int | None = None, runs: int | None = None,
               min_seconds: float | None = None, warmup: int = 3, input_shapes: Sequence[str] = (),
               optimize: bool = True, seed: int = 0, timeout: float = 600.0,
-              baseline_cache: dict | None = None, verify: tuple[str, str] | None = None) -> dict:
+              baseline_cache: dict | None = None, verify: tuple[str, str] | None = None,
+              allow_pickle: bool = False) -> dict:
     """Benchmark one artifact in fresh child processes and return the result dict (the `--json`
     keys). Raises RunnerError; `edgepack.commands.bench` turns it into the EdgepackError it names.
     `baseline_cache` (runtime -> MiB) lets a caller benchmarking several artifacts measure the
@@ -298,12 +300,14 @@ def benchmark(artifact: str | Path, *, runtime: str, threads: int | None = None,
     if missing:
         raise RunnerError("UsageError", f"artifact file(s) not found: {', '.join(missing)}")
     threads = threads or default_threads()
-    argv = [str(path), "--runtime", runtime, "--threads", str(threads), "--warmup", str(warmup), "--seed", str(seed)]
+    argv = [str(Path(path).absolute()), "--runtime", runtime, "--threads", str(threads), "--warmup", str(warmup), "--seed", str(seed)]
     argv += ["--runs", str(runs)] if runs else ["--min-seconds", str(min_seconds or DEFAULT_MIN_SECONDS)]
     for s in input_shapes:
         argv += ["--input-shape", s]
     if not optimize:
         argv.append("--no-optimize")
+    if allow_pickle:
+        argv.append("--allow-pickle")
     if verify is not None:
         argv += ["--verify", str(verify[0]), "--entry", str(verify[1])]
     cache = baseline_cache if baseline_cache is not None else {}
@@ -373,6 +377,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--input-shape", action="append", default=[])
     p.add_argument("--no-optimize", action="store_true")
+    p.add_argument("--allow-pickle", action="store_true", help="a .pt2: load pickled members that fail the weights-only check")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--child", choices=["baseline", "measure"], default=None)

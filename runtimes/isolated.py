@@ -31,37 +31,62 @@ MARKER = "EDGEPACK-ISOLATED-RESULT "
 DEFAULT_TIMEOUT = 300.0
 
 
-def call(fn: Callable[..., Any], *args: Any, artifact: str | Path, timeout: float = DEFAULT_TIMEOUT,
+class ChildFailed(LoadError):
+    """The child crashed (`signal` names it), hung, or raised an exception that is not an
+    EdgepackError. `detail` is the bare reason ("crashed (SIGSEGV)", "ValueError: ..."), for
+    callers that phrase their own message (export verification)."""
+
+    def __init__(self, message: str, detail: str, signal_name: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
+        self.signal = signal_name
+
+    def __reduce__(self):  # pickled back from a nested child unchanged
+        return (type(self), (str(self), self.detail, self.signal))
+
+
+def call(fn: Callable[..., Any], *args: Any, artifact: str | Path, timeout: float | None = DEFAULT_TIMEOUT,
          what: str | None = None, **kwargs: Any) -> Any:
     """`fn(*args, **kwargs)` in a child process. `artifact` names the file in errors; `what` names
-    the reader (e.g. "ncnn"), default the function's module."""
+    the reader (e.g. "ncnn"), default the function's module; `timeout` None waits as long as it
+    takes. The call is streamed to the child (numpy arrays without a second copy in memory)."""
     name = Path(artifact).name
     reader = what or fn.__module__.rsplit(".", 1)[-1]
-    request = pickle.dumps((fn.__module__, fn.__qualname__, args, kwargs))
+    proc = subprocess.Popen([sys.executable, "-m", MODULE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ))
     try:
-        proc = subprocess.run([sys.executable, "-m", MODULE], input=request, capture_output=True, timeout=timeout,
-                              check=False, env=dict(os.environ))
+        try:
+            pickle.dump((fn.__module__, fn.__qualname__, args, kwargs), proc.stdin, protocol=5)
+        except BrokenPipeError:  # the child died before reading its call: its exit status says why
+            pass
+        stdout, stderr = proc.communicate(timeout=timeout)  # (closes stdin: the child's end of its call)
     except subprocess.TimeoutExpired:
-        raise LoadError(f"{name}: {reader} did not finish reading it within {timeout:.0f} s; the file is damaged or "
-                        "far larger than it should be") from None
-    for line in reversed(proc.stdout.splitlines()):
+        proc.kill()
+        proc.communicate()
+        raise ChildFailed(f"{name}: {reader} did not finish reading it within {timeout:.0f} s; the file is damaged or "
+                          "far larger than it should be", f"did not finish within {timeout:.0f} s") from None
+    except BaseException:  # SIGINT, SIGTERM: the child goes with us
+        proc.kill()
+        proc.wait()
+        raise
+    for line in reversed(stdout.splitlines()):
         if line.startswith(MARKER.encode()):
             status, payload = pickle.loads(base64.b64decode(line[len(MARKER):]))
             if status == "ok":
                 return payload
             if isinstance(payload, EdgepackError):
                 raise payload
-            raise LoadError(f"{name}: {reader} cannot read it: {payload}")
-    last = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1][:200]
+            raise ChildFailed(f"{name}: {reader} cannot read it: {payload}", payload)
+    last = (stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1][:200]
     if proc.returncode < 0:
         try:
             sig = signal.Signals(-proc.returncode).name
         except ValueError:
             sig = f"signal {-proc.returncode}"
-        raise LoadError(f"{name}: {reader} crashed ({sig}) reading it ({last}); the file is damaged or uses what "
-                        f"{reader} does not support: export it again")
-    raise LoadError(f"{name}: {reader} exited with code {proc.returncode} reading it ({last}); the file is damaged or "
-                    f"uses what {reader} does not support: export it again")
+        raise ChildFailed(f"{name}: {reader} crashed ({sig}) reading it ({last}); the file is damaged or uses what "
+                          f"{reader} does not support: export it again", f"crashed ({sig})", sig)
+    raise ChildFailed(f"{name}: {reader} exited with code {proc.returncode} reading it ({last}); the file is damaged or "
+                      f"uses what {reader} does not support: export it again", f"exited with code {proc.returncode} ({last})")
 
 
 def run_artifact(runtime: str, artifact: str, feeds: dict, **load_kwargs: Any) -> dict:
@@ -73,7 +98,7 @@ def run_artifact(runtime: str, artifact: str, feeds: dict, **load_kwargs: Any) -
 
 
 def _child() -> int:
-    module, qualname, args, kwargs = pickle.loads(sys.stdin.buffer.read())
+    module, qualname, args, kwargs = pickle.load(sys.stdin.buffer)
     try:
         fn: Any = importlib.import_module(module)
         for part in qualname.split("."):

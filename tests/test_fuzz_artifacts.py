@@ -71,3 +71,28 @@ def test_mutants_with_the_runtime_as_oracle(tmp_path, kind):
             assert result[command] in ("rejected", "accepted"), (index, op, command, result[command + "_message"])
             if result["valid"] is False or op in INVALID_BY_CONSTRUCTION:
                 assert result[command] == "rejected", (index, op, command)
+
+
+def test_export_and_compare_reject_damaged_onnx_models(tmp_path):
+    """The mutant as export's model and as compare's B: a clean error, no output folder, no staging
+    folder (the leftover check of run_mutant), whatever the damage (bad_dims: a weight whose dims do
+    not match its data)."""
+    for index in (0, 1, 5, 7, 8):  # empty, half, random bytes, damaged header, bad dims
+        op, folder, name = _write(tmp_path, "onnx", index, seed=1)
+        result = run_mutant(str(folder), name, ("export", "compare"), with_oracle=False)
+        for command in ("export", "compare"):
+            assert result[command] == "rejected", (index, op, command, result[command + "_message"])
+
+
+@pytest.mark.heavy  # an export per well-formed mutant: ~5 s each
+def test_export_of_onnx_mutants_with_the_runtime_as_oracle(tmp_path):
+    outcomes = []
+    for index in range(18):
+        op, folder, name = _write(tmp_path, "onnx", index, seed=4)
+        result = run_mutant(str(folder), name, ("export", "compare"), with_oracle=True)
+        for command in ("export", "compare"):
+            outcomes.append(result[command])
+            assert result[command] in ("rejected", "accepted"), (index, op, command, result[command + "_message"])
+            if result["valid"] is False or op in INVALID_BY_CONSTRUCTION:
+                assert result[command] == "rejected", (index, op, command)
+    assert "accepted" in outcomes  # some mutants only changed weights: those export

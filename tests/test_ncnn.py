@@ -115,7 +115,7 @@ def exported(request, tmp_path_factory):
     torch.manual_seed(0)
     model = MODELS[request.param]()  # BatchNorm statistics randomized before pruning zeroes some
     out = tmp_path_factory.mktemp(request.param)
-    calib = out / "calib.npy"
+    calib = tmp_path_factory.mktemp("calib") / "calib.npy"  # -o is refused when it holds what is not an export
     np.save(calib, np.random.default_rng(0).standard_normal((80, 3, 32, 32)).astype(np.float32))
     report = edgepack.export(model, output_dir=out, input_shape="1x3x32x32", formats=("ncnn",), fp16=True, ncnn_fp32=True,
                              int8=True, calib=calib)

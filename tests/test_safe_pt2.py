@@ -107,6 +107,8 @@ def test_cli_bench_refuses_it_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "would run code from the file" in err[0], err
     assert not marker.exists()
+    main(["bench", str(evil), "--runs", "1", "--warmup", "0", "--allow-pickle"])  # the flag reaches bench's runner
+    assert marker.exists()  # (the payload ran: what --allow-pickle means, as in export)
 
 
 def test_shape_expression_evaluated_by_sympify_is_refused(tmp_path):

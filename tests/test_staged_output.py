@@ -92,13 +92,13 @@ _CHILD = """
 import os, sys, time
 from pathlib import Path
 from edgepack.fsutil import staged_output
-from edgepack.errors import EdgepackError
+from edgepack.fsutil import Terminated
 try:
     with staged_output(Path(sys.argv[1])) as stage:
         (stage / "report.json").write_text("new")
         print("staged", flush=True)
         time.sleep(60)
-except EdgepackError as exc:
+except Terminated as exc:
     print(f"edgepack: error: {exc}", file=sys.stderr)
     sys.exit(exc.exit_code)
 """
@@ -123,3 +123,24 @@ def test_killed_export_leaves_the_previous_one(tmp_path, sig):
         _export(out, {"report.json": "next"})
         assert _listing(out)["report.json"] == "next"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_the_swap_without_renameat2_and_a_lock_left_by_a_kill(tmp_path, monkeypatch):
+    import edgepack.fsutil as fsutil
+
+    out = tmp_path / "out"
+    _export(out, {"report.json": "1", "a.onnx": "A"})
+    monkeypatch.setattr(fsutil, "_exchange", lambda a, b: False)  # macOS, or a filesystem without RENAME_EXCHANGE
+    _export(out, {"report.json": "2"})
+    assert _listing(out) == {"report.json": "2", MARKER_NAME: '{"edgepack_export": 1}\n'}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # a kill during a swap leaves this export's lock inside it: the next export drops it once its owner is gone
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    import socket
+
+    (out / LOCK_NAME).write_text(json.dumps({"pid": int(dead), "host": socket.gethostname()}))
+    fsutil._remove_stale_lock(out)
+    assert LOCK_NAME not in _listing(out)
+    (out / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    fsutil._remove_stale_lock(out)  # a live owner's lock stays
+    assert LOCK_NAME in _listing(out)

@@ -29,13 +29,19 @@ class EvalSet:
     reference_top1: float | None = None
 
     def accuracy(self, run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]) -> float:
+        return self.top1([run(feed) for feed in self.feeds()])
+
+    def feeds(self) -> list[dict[str, np.ndarray]]:
         batch = self.input_shape[0]
         n = (len(self.x) // batch) * batch
-        correct = 0
-        for i in range(0, n, batch):
-            logits = run({self.input_name: self.x[i : i + batch].reshape(self.input_shape)})[0]
-            correct += int((logits.reshape(batch, -1).argmax(-1) == self.y[i : i + batch]).sum())
-        return correct / n
+        return [{self.input_name: self.x[i : i + batch].reshape(self.input_shape)} for i in range(0, n, batch)]
+
+    def top1(self, outputs: list[list[np.ndarray]]) -> float:
+        """Top-1 accuracy from each feed's outputs (the first output holds the logits)."""
+        batch = self.input_shape[0]
+        correct = sum(int((outs[0].reshape(batch, -1).argmax(-1) == self.y[i * batch : (i + 1) * batch]).sum())
+                      for i, outs in enumerate(outputs))
+        return correct / (len(outputs) * batch)
 
 
 @dataclass
@@ -83,6 +89,14 @@ class ExportContext:
         from edgepack.runtimes.artifact import artifact_runner
 
         return artifact_runner(self.out_dir / entry["path"], entry, threads=work_threads())
+
+    def outputs(self, entry: dict, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+        """A built artifact's outputs for each feed (ONNX layout); ncnn and LiteRT run in one child
+        process for all of them, so a native crash fails this artifact, not the export."""
+        from edgepack.runtimes import work_threads
+        from edgepack.runtimes.artifact import run_feeds_isolated
+
+        return run_feeds_isolated(self.out_dir / entry["path"], entry, feeds, threads=work_threads())
 
 
 def io_rows(values: Any) -> list[dict]:

@@ -52,6 +52,7 @@ def build_int8(ctx: ExportContext, path: Path) -> Built:
     fp32. The guard keeps the int8 layer that loses most SQNR in fp32 and writes the model again."""
     from edgepack.converters.export_ncnn import NcnnParam, export_ncnn
     from edgepack.converters.quantize_ncnn_int8 import layer_divergence, quantize_ncnn_int8
+    from edgepack.runtimes import isolated  # ncnn runs in a child: a crash there fails this artifact, not the export
 
     _refuse_quantized(ctx)
     cal = ctx.calibration
@@ -82,7 +83,8 @@ def build_int8(ctx: ExportContext, path: Path) -> Built:
 
     def rank(keep_float: list[str]) -> list[dict]:
         feeds = [{blob[k]: v[0] for k, v in feed.items()} for feed in ctx.vset.feeds()[:GUARD_SAMPLES]]
-        rows = [r for r in layer_divergence(base.files[0], path, feeds) if r["int8"] and r["layer"] not in keep_float]
+        ranked = isolated.call(layer_divergence, base.files[0], path, feeds, artifact=path, what="ncnn", timeout=None)
+        rows = [r for r in ranked if r["int8"] and r["layer"] not in keep_float]
         if not rows:
             return []
         worst = max(rows, key=lambda r: r["sqnr_drop_db"])

@@ -103,11 +103,14 @@ def build_int8(ctx: ExportContext, path: Path) -> Built:
 def _measured_ranges(ctx: ExportContext) -> dict[str, tuple[float, float]]:
     """The float TFLite graph's ranges over the calibration samples, once per export (the guard
     rebuilds the int8 graph, not the float one)."""
+    from edgepack.runtimes import isolated
+
     if "tflite_measured" not in ctx.cache:
         float_path = ctx.work_dir / "measure.fp32.tflite"
         graph = _export(ctx, float_path, "fp32")
-        ctx.cache["tflite_measured"] = measure_ranges(float_path, ctx.calibration.feeds,
-                                                      {d["name"]: d["perm"] for d in graph.inputs})
+        ctx.cache["tflite_measured"] = isolated.call(  # LiteRT in a child: a crash fails this artifact, not the export
+            measure_ranges, float_path, ctx.calibration.feeds, {d["name"]: d["perm"] for d in graph.inputs},
+            artifact=float_path, what="litert", timeout=None)
     return ctx.cache["tflite_measured"]
 
 

@@ -33,6 +33,9 @@ class BenchOptions:
     optimize: bool = field(default=True, metadata=opt(
         "ONNX Runtime graph optimizations off; LiteRT without XNNPACK.", off_flag="--no-optimize", is_flag=True))
     timeout_s: float = field(default=600.0, metadata=opt("Seconds per measuring process.", flag="--timeout", kind=float))
+    allow_pickle: bool = field(default=False, metadata=opt(
+        "A .pt2 (the torch runtime): also load pickled members that fail PyTorch's weights-only check (runs code "
+        "from the file: only for files you trust), as `edgepack export --allow-pickle`.", is_flag=True))
     verify: bool = field(default=False, metadata=opt(
         "Also run the export's verification inputs (verify.npz) through the artifact where it runs and hold the "
         "outputs to the artifact's floor (fp16 and int8 numerics of the board checked too).", is_flag=True))
@@ -42,8 +45,8 @@ class BenchOptions:
             raise UsageError("--runs and --min-seconds exclude each other; pass one of them")
         if self.runs is not None and self.runs < 1:
             raise UsageError(f"--runs {self.runs}: must be at least 1")
-        if self.min_seconds is not None and not self.min_seconds > 0:
-            raise UsageError(f"--min-seconds {self.min_seconds}: must be more than 0")
+        if self.min_seconds is not None and not 0 < self.min_seconds < float("inf"):
+            raise UsageError(f"--min-seconds {self.min_seconds}: must be a finite number of seconds more than 0")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads {self.threads}: must be at least 1")
         if self.warmup < 0:
@@ -67,6 +70,8 @@ class BenchOptions:
             args += ["--input-shape", s]
         if not self.optimize:
             args.append("--no-optimize")
+        if self.allow_pickle:
+            args.append("--allow-pickle")
         return args
 
 
@@ -116,7 +121,8 @@ def bench_artifact(path: Path, options: BenchOptions, *, remote: Any = None, bas
         try:
             return benchmark(path, runtime=runtime, threads=options.threads, runs=options.runs, min_seconds=options.min_seconds,
                              warmup=options.warmup, input_shapes=options.input_shapes, optimize=options.optimize,
-                             timeout=options.timeout_s, baseline_cache=baseline_cache, verify=verify)
+                             timeout=options.timeout_s, baseline_cache=baseline_cache, verify=verify,
+                             allow_pickle=options.allow_pickle)
         except RunnerError as exc:
             raise_runner_error(exc.error_type, str(exc))
             raise  # unreachable: raise_runner_error always raises
