@@ -224,6 +224,13 @@ class CalibrationOptions:
         "How activation ranges are calibrated.", choices=CALIB_METHODS))
     calib_samples: int | None = field(default=None, metadata=opt(
         "Use at most N calibration samples (seeded shuffle).", kind=int))
+    equalize: bool = field(default=True, metadata=opt(
+        "int8: no cross-layer equalization (conv -> [relu] -> conv weight ranges balanced in the float graph the "
+        "int8 exporters quantize; kept only where it raises the int8 cosine on the calibration samples).",
+        off_flag="--no-equalize", is_flag=True))
+    correct_bias: bool = field(default=True, metadata=opt(
+        "int8: no bias correction (each layer's mean int8 error on the calibration samples subtracted from its "
+        "bias; kept only where it raises the int8 cosine).", off_flag="--no-correct-bias", is_flag=True))
 
     def __post_init__(self) -> None:
         if self.calib_method not in CALIB_METHODS:
