@@ -34,6 +34,9 @@ sys.path.insert(0, str(ROOT))
 NNCF_PYTHON = Path("/work/nncf-venv/bin/python")
 ATTENTION = {"efficientformerv2_s0", "mobilevit_xxs", "fastvit_t8"}
 ORT_METHODS = ("MinMax", "Percentile", "Entropy")
+FORMATS = ("onnx", "tflite", "ncnn")
+# what a user gets from `edgepack export --int8` (default), and with the PTQ passes switched off
+CONFIGS = {"default": {}, "minmax": {"equalize": False, "correct_bias": False, "calib_method": "minmax"}}
 
 
 def _evaluate(qpath: Path, ref: list, feeds: list) -> dict[str, float]:
@@ -45,21 +48,30 @@ def _evaluate(qpath: Path, ref: list, feeds: list) -> dict[str, float]:
     return {"cosine": cosine(ref, run(q, feeds, optimize=False)), "cosine_x86": cosine(ref, run(q, feeds))}
 
 
-def _edgepack(model, calib: list, tmp: Path, improve: bool) -> tuple[Path, float, dict]:
-    from edgepack.converters.improve_int8 import PtqOptions, improve_int8
-    from edgepack.converters.quantize_int8 import quantize_int8, save_ranges
+def _edgepack(path: Path, calib_images: np.ndarray, ref: list, feeds: list, tmp: Path, config: str) -> dict:
+    """`edgepack export --int8` (Python API) in every format with the options of `config`; each int8
+    artifact run in its own runtime on the evaluation crops."""
+    import edgepack
+    from edgepack.converters.collect_activations import cosine
+    from edgepack.runtimes.artifact import artifact_runner
 
-    out, cache = tmp / f"edgepack_{improve}.onnx", tmp / f"calibration_{improve}.json"
-    start = time.perf_counter()
-    summary = {}
-    if improve:
-        model, ranges, result = improve_int8(model, calib, PtqOptions())
-        save_ranges(ranges, cache)
-        summary = result.to_json()
-        quantize_int8(model, out, cache_path=cache, method="minmax", calib_feeds=None)
-    else:
-        quantize_int8(model, out, cache_path=cache, method="minmax", calib_feeds=calib)
-    return out, time.perf_counter() - start, summary
+    calib, out = tmp / "calib.npy", tmp / f"export-{config}"
+    np.save(calib, calib_images)
+    report = edgepack.export(path, output_dir=out, formats=FORMATS, int8=True, calib=calib, **CONFIGS[config])
+    row: dict = {"calibration_s": report["timings_s"]["calibrate"], "ptq": report["calibration"].get("ptq")}
+    for art in report["artifacts"]:
+        if art["precision"] != "int8":
+            continue
+        entry: dict = {"ok": art["ok"], "float_nodes": len(art.get("float_nodes") or [])}
+        if (out / art["path"]).is_file() and art.get("inputs"):
+            runner = artifact_runner(out / art["path"], art)
+            entry["cosine"] = cosine(ref, [runner(feed) for feed in feeds])
+            if art["format"] == "onnx":  # the same file with graph optimizations off (the QDQ reference semantics)
+                entry["cosine_reference"] = _evaluate(out / art["path"], ref, feeds)["cosine"]
+        else:
+            entry["error"] = (art.get("error") or "not written")[:200]
+        row[art["format"]] = entry
+    return row
 
 
 def _ort(path: Path, calib: list, tmp: Path, method: str) -> tuple[Path, float]:
@@ -87,7 +99,7 @@ def _nncf(path: Path, images: np.ndarray, tmp: Path, transformer: bool) -> tuple
     return out, json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
 
 
-def compare(name: str, skip: set[str]) -> dict:
+def compare(name: str, skip: set[str], configs: list[str]) -> dict:
     import onnx
 
     from benchmarks.ptq_zoo import images, prepare
@@ -103,10 +115,8 @@ def compare(name: str, skip: set[str]) -> dict:
     row: dict = {"model": name}
     with tempfile.TemporaryDirectory(prefix="ptq-compare-") as tmp:
         tmp = Path(tmp)
-        for improve in (False, True):
-            out, seconds, summary = _edgepack(model, calib, tmp, improve)
-            row["edgepack_ptq" if improve else "edgepack_minmax"] = {**_evaluate(out, ref, feeds), "seconds": seconds,
-                                                                     **({"summary": summary} if summary else {})}
+        for config in configs:
+            row[f"edgepack_{config}"] = _edgepack(path, calib_images, ref, feeds, tmp, config)
         if "ort" not in skip:
             tried = {}
             for method in ORT_METHODS:
@@ -132,24 +142,40 @@ def compare(name: str, skip: set[str]) -> dict:
 def _cell(entry: dict | None, key: str = "cosine") -> str:
     if not entry:
         return "-"
-    return f"{entry[key]:.4f}" if key in entry else "error"
+    if key not in entry:
+        return "error"
+    return f"{entry[key]:.4f}" + (f" ({entry['float_nodes']}f)" if entry.get("float_nodes") else "")
+
+
+def _secs(entry: dict | None, key: str) -> str:
+    return f"{entry[key]:.0f}" if entry and key in entry else "-"
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | edgepack min/max | edgepack PTQ | ORT best (method) | NNCF | x86: edgepack PTQ / ORT / NNCF "
-            "| calibration s: edgepack min/max / PTQ / ORT / NNCF |")
-    lines = [head, "|" + "---|" * 7]
+    """One line per model: edgepack's int8 artifacts (ONNX run as exported on this host, TFLite in
+    LiteRT, ncnn), min/max and default, then ONNX Runtime's and NNCF's QDQ ONNX (reference
+    semantics); "(nf)": n nodes the accuracy guard kept in float."""
+    configs = [c for c in CONFIGS if any(f"edgepack_{c}" in r for r in rows)]
+    head = ["model"] + [f"edgepack {c}: {f}" for c in configs for f in FORMATS] + [
+        "edgepack default ONNX (QDQ ref)", "ORT best (method)", "NNCF", "calibration s: " + " / ".join(
+            [f"edgepack {c}" for c in configs] + ["ORT", "NNCF"])]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        secs = " / ".join(f"{r[k]['seconds']:.0f}" if r.get(k) and "seconds" in r[k] else "-"
-                          for k in ("edgepack_minmax", "edgepack_ptq", "ort", "nncf"))
-        ort = f"{_cell(r.get('ort'))} ({r['ort']['method']})" if r.get("ort") else "-"
-        x86 = " / ".join(_cell(r.get(k), "cosine_x86") for k in ("edgepack_ptq", "ort", "nncf"))
-        lines.append(f"| {r['model']} | {_cell(r['edgepack_minmax'])} | {_cell(r['edgepack_ptq'])} | {ort} | "
-                     f"{_cell(r.get('nncf'))} | {x86} | {secs} |")
-    ptq = [r["edgepack_ptq"]["cosine"] for r in rows]
-    beats = sum(1 for r in rows if "cosine" in (r.get("nncf") or {}) and r["edgepack_ptq"]["cosine"] >= r["nncf"]["cosine"])
-    lines.append(f"\nedgepack PTQ >= 0.99 on {sum(c >= 0.99 for c in ptq)} of {len(ptq)}; >= NNCF on {beats} of "
-                 f"{sum(1 for r in rows if 'cosine' in (r.get('nncf') or {}))}")
+        cells = [r["model"]] + [_cell(r.get(f"edgepack_{c}", {}).get(f)) for c in configs for f in FORMATS]
+        cells.append(_cell(r.get("edgepack_default", {}).get("onnx"), "cosine_reference"))
+        cells.append(f"{_cell(r.get('ort'))} ({r['ort']['method']})" if r.get("ort") else "-")
+        cells.append(_cell(r.get("nncf")))
+        cells.append(" / ".join([_secs(r.get(f"edgepack_{c}"), "calibration_s") for c in configs] +
+                                [_secs(r.get("ort"), "seconds"), _secs(r.get("nncf"), "seconds")]))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for fmt in FORMATS:
+        got = [(r["edgepack_default"][fmt], r.get("nncf") or {}) for r in rows if "cosine" in r.get("edgepack_default", {}).get(fmt, {})]
+        clean = [e for e, _ in got if not e.get("float_nodes")]
+        beats = sum(1 for e, n in got if "cosine" in n and e["cosine"] >= n["cosine"])
+        lines.append(f"{fmt}: edgepack default >= 0.99 on {sum(e['cosine'] >= 0.99 for e, _ in got)} of {len(got)} "
+                     f"({sum(e['cosine'] >= 0.99 for e in clean)} without float nodes); >= NNCF on {beats} of "
+                     f"{sum(1 for _, n in got if 'cosine' in n)}")
     return "\n".join(lines)
 
 
@@ -159,18 +185,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--skip", default="", help="comma list of ort,nncf")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="edgepack option sets: " + ", ".join(CONFIGS))
     parser.add_argument("--fresh", action="store_true", help="recompute models already in the cache")
+    parser.add_argument("--table-only", action="store_true", help="print the table of the cached models")
     args = parser.parse_args()
     cache_file = CACHE / "compare.json"
     cached = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     rows = []
     for name in args.models.split(","):
+        if args.table_only:
+            if name in cached:
+                rows.append(cached[name])
+            continue
         if args.fresh or name not in cached:
-            cached[name] = compare(name, set(filter(None, args.skip.split(","))))
+            cached = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+            cached[name] = compare(name, set(filter(None, args.skip.split(","))), args.configs.split(","))
             CACHE.mkdir(parents=True, exist_ok=True)
             cache_file.write_text(json.dumps(cached, indent=1))
         rows.append(cached[name])
-        print(json.dumps({k: v for k, v in cached[name].items() if k != "summary"}), flush=True)
+        print(json.dumps({k: v for k, v in cached[name].items()}), flush=True)
     print(table(rows))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ class PtqOptions:
 @dataclass
 class PtqSummary:
     steps: list[dict[str, Any]] = field(default_factory=list)  # one per pass: name, kept, cosine, seconds
-    cosine_minmax: float = float("nan")  # int8 cosine with plain min/max ranges on the unchanged model
+    cosine_minmax: float = float("nan")  # int8 cosine with the base ranges (min/max) on the unchanged model
     cosine_final: float = float("nan")
     range_method: str = "minmax"
 
@@ -72,9 +72,12 @@ def _function_error(before, after, feeds) -> float:
     return max(float(np.abs(y - x).max() / max(np.abs(x).max(), 1e-12)) for xs, ys in zip(a, b) for x, y in zip(xs, ys))
 
 
-def improve_int8(model, calib_feeds: Sequence[dict[str, np.ndarray]], options: PtqOptions = PtqOptions()
+def improve_int8(model, calib_feeds: Sequence[dict[str, np.ndarray]], options: PtqOptions = PtqOptions(), *,
+                 base_ranges: Callable[[object], dict[str, tuple[float, float]]] | None = None
                  ) -> tuple[object, dict[str, tuple[float, float]], PtqSummary]:
-    """(float ModelProto to quantize, {tensor: (min, max)} ranges, summary). `model` is not changed."""
+    """(float ModelProto to quantize, {tensor: (min, max)} ranges, summary). `model` is not changed.
+    `base_ranges(model)`: the ranges the passes start from (default: min/max over the feeds; the
+    calibration step passes ONNX Runtime's percentile or entropy calibrator here)."""
     from edgepack.converters.correct_bias import correct_bias
     from edgepack.converters.equalize_cross_layer import equalize_cross_layer
     from edgepack.converters.search_ranges import minmax_ranges, search_ranges
@@ -84,44 +87,49 @@ def improve_int8(model, calib_feeds: Sequence[dict[str, np.ndarray]], options: P
     summary = PtqSummary()
     ref = run(model, judge)
 
-    def step(name: str, start: float, cos: float | None, kept: bool, **extra) -> None:
-        summary.steps.append({"name": name, "kept": kept, **({"cosine": round(cos, 6)} if cos is not None else {}),
+    def measure(m) -> dict[str, tuple[float, float]]:
+        return base_ranges(m) if base_ranges is not None else minmax_ranges(m, feeds)
+
+    def step(name: str, start: float, before: float, cos: float | None, kept: bool, **extra) -> None:
+        summary.steps.append({"name": name, "kept": kept, "cosine_before": round(before, 6),
+                              **({"cosine": round(cos, 6)} if cos is not None else {}),
                               **extra, "seconds": round(time.perf_counter() - start, 2)})
 
     start = time.perf_counter()
-    current, ranges = model, minmax_ranges(model, feeds)
+    current, ranges = model, measure(model)
     best = summary.cosine_minmax = int8_cosine(model, ranges, judge, ref)
-    step("minmax", start, best, True)
+    summary.steps.append({"name": "ranges", "kept": True, "cosine": round(best, 6),
+                          "seconds": round(time.perf_counter() - start, 2)})
 
     if options.equalize:
-        start = time.perf_counter()
+        start, before = time.perf_counter(), best
         equalized, result = equalize_cross_layer(current)
         err = _function_error(current, equalized, judge) if result.modified else 0.0
         cos, kept = None, False
         if result.modified and err <= FUNCTION_TOLERANCE:
-            eq_ranges = minmax_ranges(equalized, feeds)
+            eq_ranges = measure(equalized)
             cos = int8_cosine(equalized, eq_ranges, judge, ref)
             if cos >= best or not options.keep_only_gains:
                 current, ranges, best, kept = equalized, eq_ranges, cos, True
-        step("equalize_cross_layer", start, cos, kept, pairs=result.counts["pairs"], function_error=err)
+        step("equalize_cross_layer", start, before, cos, kept, pairs=result.counts["pairs"], function_error=float(f"{err:.3g}"))
 
     if options.search_ranges:
-        start = time.perf_counter()
+        start, before = time.perf_counter(), best
         searched = search_ranges(current, feeds, minmax=ranges)
         cos = int8_cosine(current, searched.ranges, judge, ref)
         kept = cos >= best or not options.keep_only_gains
         if kept:
             ranges, best, summary.range_method = searched.ranges, cos, "mse"
-        step("search_ranges", start, cos, kept, clipped_tensors=searched.clipped)
+        step("search_ranges", start, before, cos, kept, clipped_tensors=searched.clipped)
 
     if options.correct_bias:
-        start = time.perf_counter()
+        start, before = time.perf_counter(), best
         corrected, result = correct_bias(current, feeds, ranges)
         cos = int8_cosine(corrected, ranges, judge, ref)
         kept = cos >= best or not options.keep_only_gains
         if kept:
             current, best = corrected, cos
-        step("correct_bias", start, cos, kept, corrected=result.counts["corrected"])
+        step("correct_bias", start, before, cos, kept, corrected=result.counts["corrected"])
 
     summary.cosine_final = best
     return current, ranges, summary

@@ -231,10 +231,18 @@ class CalibrationOptions:
     calib: Path | None = field(default=None, metadata=opt(
         ".npy (N, ...), .npz (one array per input) or a folder of images; a seeded 20% of it verifies the "
         "artifacts, the rest calibrates int8.", kind=Path, parse=_path))
-    calib_method: str = field(default="minmax", metadata=opt(
-        "How activation ranges are calibrated.", choices=CALIB_METHODS))
+    calib_method: str = field(default="mse", metadata=opt(
+        "How activation ranges are calibrated: mse = min/max, then per tensor the clipping range of least int8 "
+        "error, kept where it raises the int8 cosine on the calibration samples.", choices=CALIB_METHODS))
     calib_samples: int | None = field(default=None, metadata=opt(
         "Use at most N calibration samples (seeded shuffle).", kind=int))
+    equalize: bool = field(default=True, metadata=opt(
+        "int8: no cross-layer equalization (conv -> [relu] -> conv weight ranges balanced in the float graph the "
+        "int8 exporters quantize; kept only where it raises the int8 cosine on the calibration samples).",
+        off_flag="--no-equalize", is_flag=True))
+    correct_bias: bool = field(default=True, metadata=opt(
+        "int8: no bias correction (each layer's mean int8 error on the calibration samples subtracted from its "
+        "bias; kept only where it raises the int8 cosine).", off_flag="--no-correct-bias", is_flag=True))
 
     def __post_init__(self) -> None:
         if self.calib_method not in CALIB_METHODS:

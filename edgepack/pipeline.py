@@ -181,7 +181,9 @@ def _export_into(out_dir: Path, model_or_path: Any, options: ExportOptions, prof
     if "int8" in precisions and not already_quantized:
         with steps("calibrate", f"calibrate int8 ranges ({options.calibration.calib_method})"):
             feeds = _calibration_feeds(calib, vset, shapes, options, warnings)
-            ctx.calibration = calibrate(ctx.fp32_proto, feeds, options.calibration.calib_method, out_dir / CALIBRATION_NAME)
+            c = options.calibration
+            ctx.calibration = calibrate(ctx.fp32_proto, feeds, c.calib_method, out_dir / CALIBRATION_NAME,
+                                        equalize=c.equalize, correct_bias=c.correct_bias)
     artifacts = []
     with tempfile.TemporaryDirectory(prefix="edgepack-work-") as work:
         ctx.work_dir = Path(work)

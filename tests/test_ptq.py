@@ -188,7 +188,7 @@ def test_improve_int8_raises_cosine_on_badly_scaled_depthwise_net(tmp_path):
     # each pass switchable: all off gives back the model and plain min/max ranges
     same, same_ranges, off = improve_int8(model, calib, PtqOptions(equalize=False, search_ranges=False,
                                                                    correct_bias=False))
-    assert same is model and [s["name"] for s in off.steps] == ["minmax"]
+    assert same is model and [s["name"] for s in off.steps] == ["ranges"]
     assert same_ranges == minmax_ranges(model, calib)
 
 
@@ -202,6 +202,7 @@ def test_cle_through_leaky_relu(act):
         assert np.abs(y - x).max() / np.abs(x).max() < 1e-5
 
 
+@pytest.mark.heavy  # a full export of the digits example in two formats (~10 s of CPU)
 def test_calib_method_mse_runs_the_range_search_in_the_export(tmp_path):
     """--calib-method mse: min/max then the per-tensor MSE range search, one calibration file that every
     int8 exporter reads; what the search did is in the report."""
@@ -216,3 +217,54 @@ def test_calib_method_mse_runs_the_range_search_in_the_export(tmp_path):
     assert cal["method"] == "mse" and cal["ptq"]["cosine_final"] >= cal["ptq"]["cosine_minmax"] - 1e-9
     int8 = [a for a in report["artifacts"] if a["precision"] == "int8"]
     assert len(int8) == 2 and all(a["ok"] and a["fidelity"]["cosine"] >= 0.99 for a in int8)
+
+
+def _held_out_int8_cosine(float_model, ranges, reference_model, feeds, tmp_path):
+    cache = tmp_path / "held.json"
+    cache.unlink(missing_ok=True)
+    save_ranges(ranges, cache)
+    quantize_int8(float_model, tmp_path / "held.onnx", cache_path=cache, method="minmax", calib_feeds=None)
+    return cosine(run(reference_model, feeds), run(onnx.load(str(tmp_path / "held.onnx")), feeds, optimize=False))
+
+
+def test_calibration_step_equalizes_the_graph_the_int8_exporters_read(tmp_path):
+    """The calibration step (what `edgepack export --int8` runs) returns the equalized float graph
+    as Calibration.model: same float function (1e-5), depthwise weight ranges 10x closer, ranges
+    measured on it, a higher held-out int8 cosine; with the passes off the graph is unchanged."""
+    from edgepack.artifacts.context import ExportContext
+    from edgepack.calibrate import calibrate
+
+    model = depthwise_net(seed=7, spread=1.5, channels=16)
+    calib, held_out = _feeds(16, 8), _feeds(8, 9)
+    cal = calibrate(model, calib, "minmax", tmp_path / "calibration.json", equalize=True, correct_bias=False)
+    steps = {s["name"]: s for s in cal.ptq["steps"]}
+    assert steps["equalize_cross_layer"]["kept"] and steps["equalize_cross_layer"]["pairs"] == 2
+    assert steps["equalize_cross_layer"]["cosine"] > steps["equalize_cross_layer"]["cosine_before"]
+    for (x,), (y,) in zip(run(model, held_out, optimize=False), run(cal.model, held_out, optimize=False)):
+        assert np.abs(y - x).max() / np.abs(x).max() < 1e-5
+    spread = lambda m: (lambda r: r.max() / r.min())(np.abs(numpy_helper.to_array(  # noqa: E731
+        next(i for i in m.graph.initializer if i.name == "c2.w"))).reshape(16, -1).max(1))
+    assert spread(cal.model) < 0.1 * spread(model)
+    assert load_ranges(tmp_path / "calibration.json") == cal.ranges == minmax_ranges(cal.model, calib)
+    plain = _held_out_int8_cosine(model, minmax_ranges(model, calib), model, held_out, tmp_path)
+    assert plain < 0.99 and _held_out_int8_cosine(cal.model, cal.ranges, model, held_out, tmp_path) > plain + 0.5 * (1 - plain)
+    ctx = ExportContext(None, "m", tmp_path, None, [], [], None, cal)  # what every int8 builder quantizes
+    assert ctx.int8_proto is cal.model and [n.name for n in ctx.int8_model.graph] == [n.name for n in model.graph.node]
+    off = calibrate(model, calib, "minmax", tmp_path / "off.json", equalize=False, correct_bias=False)
+    assert off.model is None and off.ptq is None and off.method == "minmax"
+
+
+def test_calibration_step_corrects_bias(tmp_path):
+    """Bias correction in the calibration step: the int8 layer's per-channel mean error against the
+    original float model drops 5x (the corrected float graph is what every int8 exporter reads)."""
+    from edgepack.calibrate import calibrate
+
+    model = _rounding_net()
+    rng = np.random.default_rng(4)
+    feeds = [{"x": (rng.standard_normal((1, 4, 8, 8)) + 1.0).astype(np.float32)} for _ in range(16)]
+    cal = calibrate(model, feeds, "minmax", tmp_path / "calibration.json", equalize=False, correct_bias=True)
+    assert [s["name"] for s in cal.ptq["steps"]] == ["ranges", "correct_bias"] and cal.ptq["steps"][1]["kept"]
+    before = np.abs(_int8_layer_error(model, model, cal.ranges, feeds, tmp_path, "dw"))
+    after = np.abs(_int8_layer_error(cal.model, model, cal.ranges, feeds, tmp_path, "dw"))
+    assert before.min() > 1e-3 and (after < 0.2 * before).all(), (before, after)
+    assert cal.ptq["cosine_final"] > cal.ptq["cosine_minmax"]

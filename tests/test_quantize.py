@@ -61,7 +61,7 @@ def test_int8_is_full_integer_qdq_with_per_channel_int8_weights(digits):
         assert not zero_point.any()  # symmetric
         assert producers[conv.input[0]].op_type == "DequantizeLinear"  # int8 activations in
     assert art["nodes"] == {"quantized": len(convs) + ops["Relu"] + ops["MaxPool"] + ops["ReduceMean"], "float": 0}
-    assert art["float_nodes"] == [] and art["calibration"]["method"] == "minmax"
+    assert art["float_nodes"] == [] and art["calibration"]["method"] == "mse"  # the default
     assert art["dtypes"]["activations"] == "int8"
     assert art["size_bytes"] / _art(report, "fp32")["size_bytes"] < 0.6
 
@@ -196,11 +196,19 @@ class _Fragile(__import__("torch").nn.Module):
 
 
 def test_accuracy_guard_keeps_the_breaking_layer_in_float(tmp_path):
-    """The guard runs by default (int8 floor: cosine 0.99): it keeps the layer we broke in float first,
+    """The guard runs after the PTQ passes (int8 floor: cosine 0.99): it keeps the layer we broke in float first,
     then the outlier's whole path. Here that path is most of this tiny model's MACs, so the artifact
     fails rather than becoming a float model called int8 (at most 10% of MACs may stay float)."""
     model = _Fragile().eval()
-    report = edgepack.export(model, output_dir=tmp_path / "plain", input_shape="1x1x8x8", calib=CALIB, int8=True)
+    # by default, cross-layer equalization moves the 1e5 channel's range into conv2's weights: int8 as it is
+    fixed = edgepack.export(model, output_dir=tmp_path / "cle", input_shape="1x1x8x8", calib=CALIB, int8=True)
+    steps = {s["name"]: s for s in fixed["calibration"]["ptq"]["steps"]}
+    assert steps["equalize_cross_layer"]["kept"] and steps["equalize_cross_layer"]["cosine_before"] < 0.9
+    art = _art(fixed, "int8")
+    assert art["ok"] and art["float_nodes"] == [] and art["fidelity"]["cosine"] >= 0.99
+    # without the PTQ passes the guard has to act
+    report = edgepack.export(model, output_dir=tmp_path / "plain", input_shape="1x1x8x8", calib=CALIB, int8=True,
+                             calib_method="minmax", equalize=False, correct_bias=False)
     art = _art(report, "int8")
     fp32 = onnx.load(str(tmp_path / "plain" / _art(report, "fp32")["path"]))
     conv2 = [n for n in fp32.graph.node if n.op_type == "Conv"][1]

@@ -83,6 +83,23 @@ class ExportContext:
             self._proto = strip_private_metadata(to_proto(self.model))
         return self._proto
 
+    @property
+    def int8_proto(self) -> Any:
+        """The float ModelProto the int8 exporters quantize: the calibration step's (cross-layer
+        equalized, bias corrected) when it changed the graph, else the fp32 graph."""
+        cal = self.calibration
+        return cal.model if cal is not None and cal.model is not None else self.fp32_proto
+
+    @property
+    def int8_model(self) -> ir.Model:
+        """`int8_proto` as the ir.Model the TFLite and ncnn writers read."""
+        cal = self.calibration
+        if cal is None or cal.model is None:
+            return self.model
+        if "int8_model" not in self.cache:
+            self.cache["int8_model"] = ir.from_proto(cal.model)
+        return self.cache["int8_model"]
+
     def runner(self, entry: dict) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
         """Run a built artifact on ONNX-layout feeds; outputs in ONNX layout (edgepack.runtimes.artifact)."""
         from edgepack.runtimes import work_threads
