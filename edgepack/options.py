@@ -224,6 +224,10 @@ class CalibrationOptions:
         "How activation ranges are calibrated.", choices=CALIB_METHODS))
     calib_samples: int | None = field(default=None, metadata=opt(
         "Use at most N calibration samples (seeded shuffle).", kind=int))
+    fold_affine: bool = field(default=True, metadata=opt(
+        "Keep constant Mul/Add after convs and written-out hard-swish as they are (by default they are folded into "
+        "the convs and fused, exactly in float, so int8 rounds once per layer instead of at every node).",
+        off_flag="--no-fold-affine", is_flag=True))
 
     def __post_init__(self) -> None:
         if self.calib_method not in CALIB_METHODS:

@@ -31,6 +31,7 @@ from edgepack.artifacts import EvalSet, ExportContext, build_artifact
 from edgepack.calibrate import CALIBRATION_NAME, calibrate
 from edgepack.converters.quantize_int8 import QUANTIZED_OPS
 from edgepack.converters.fold_batchnorm import fold_batchnorm
+from edgepack.converters.fold_constant_affine import fold_constant_affine
 from edgepack.converters.fold_shape_subgraphs import fold_shape_subgraphs
 from edgepack.converters.remove_pruned_channels import remove_pruned_channels
 from edgepack.devices import DeviceProfile, load_profile
@@ -58,10 +59,13 @@ def graph_passes(options: ExportOptions) -> list[tuple[str, Callable[[ir.Model],
     )
     if not options.prune.prune:
         prune = _disabled("remove_pruned_channels", "--no-prune")
+    fold_affine = fold_constant_affine if options.calibration.fold_affine else _disabled("fold_constant_affine", "--no-fold-affine")
     return [
         ("fold_shape_subgraphs", fold_shape_subgraphs),
         ("cleanup_graph", cleanup_graph),
         ("fold_batchnorm", fold_batchnorm),
+        ("cleanup_graph", cleanup_graph),
+        ("fold_constant_affine", fold_affine),
         ("cleanup_graph", cleanup_graph),
         ("remove_pruned_channels", prune),
         ("cleanup_graph", cleanup_graph),
