@@ -48,7 +48,8 @@ from edgepack.options import ExportOptions, InputSpec
 from edgepack.runtimes import get_runtime, work_threads
 from edgepack.runtimes.ort import ort_message
 from edgepack.verify import (
-    VERIFY_NAME, VerificationSet, compare, make_verification_set, run_all, save_verification,
+    AGREEMENT_FLOOR, VERIFY_NAME, VerificationSet, check_agreement, compare, make_verification_set, run_all,
+    save_verification,
 )
 
 
@@ -499,15 +500,30 @@ def _calibration_feeds(calib: dict[str, np.ndarray] | None, vset: VerificationSe
 
 
 def _int8_agreement(ctx: ExportContext, artifacts: list[dict]) -> None:
-    """How closely each non-ONNX int8 artifact agrees with the int8 ONNX from the same calibration."""
+    """Each non-ONNX int8 artifact's agreement with the int8 ONNX from the same calibration; a TFLite
+    int8 with the same float nodes as that ONNX (when it met its floor) must agree to
+    verify.AGREEMENT_FLOOR, else it fails, even if it met its own floor against the reference."""
     base = next((a for a in artifacts if a["format"] == "onnx" and a["precision"] == "int8" and a["ok"]), None)
     if base is None:
         return
-    reference = run_all(ctx.runner(base), ctx.vset)
+    vset = ctx.vset.in_range()
+    reference = run_all(ctx.runner(base), vset)
     for art in artifacts:
         if art["precision"] == "int8" and art["format"] != "onnx" and art["ok"]:
-            metrics = compare(reference, run_all(ctx.runner(art), ctx.vset), ctx.output_names)
-            art["agreement_with_onnx_int8"] = {k: metrics.get(k) for k in ("max_abs_error", "cosine", "top1_agreement")}
+            metrics = compare(reference, run_all(ctx.runner(art), vset), ctx.output_names)
+            art["agreement_with_onnx_int8"] = {**{k: metrics.get(k) for k in ("max_abs_error", "cosine", "top1_agreement",
+                                                                              "worst_slice")},
+                                               "min_cosine": AGREEMENT_FLOOR}
+            # Judged for TFLite with the ONNX int8's float nodes: the same quantized model. ncnn's int8
+            # rounds only conv and inner-product inputs (its other layers run fp32): reported only.
+            same_model = art["format"] == "tflite" and sorted(art.get("float_nodes") or []) == sorted(base.get("float_nodes") or [])
+            art["agreement_with_onnx_int8"]["judged"] = same_model
+            if not same_model:
+                continue
+            try:
+                check_agreement(metrics)
+            except VerificationFailed as exc:
+                art["ok"], art["error"], art["exit_code"] = False, str(exc), exc.exit_code
 
 
 def _load_eval(options: ExportOptions, specs: list[InputSpec], source: SourceModel) -> EvalSet:
