@@ -243,6 +243,10 @@ class CalibrationOptions:
     correct_bias: bool = field(default=True, metadata=opt(
         "int8: no bias correction (each layer's mean int8 error on the calibration samples subtracted from its "
         "bias; kept only where it raises the int8 cosine).", off_flag="--no-correct-bias", is_flag=True))
+    fold_affine: bool = field(default=True, metadata=opt(
+        "Keep constant Mul/Add after convs and written-out hard-swish as they are (by default they are folded into "
+        "the convs and fused, exactly in float, so int8 rounds once per layer instead of at every node).",
+        off_flag="--no-fold-affine", is_flag=True))
 
     def __post_init__(self) -> None:
         if self.calib_method not in CALIB_METHODS:

@@ -31,6 +31,7 @@ from edgepack.artifacts import EvalSet, ExportContext, build_artifact
 from edgepack.calibrate import CALIBRATION_NAME, calibrate
 from edgepack.converters.quantize_int8 import QUANTIZED_OPS
 from edgepack.converters.fold_batchnorm import fold_batchnorm
+from edgepack.converters.fold_constant_affine import fold_constant_affine
 from edgepack.converters.fold_shape_subgraphs import fold_shape_subgraphs
 from edgepack.converters.remove_pruned_channels import remove_pruned_channels
 from edgepack.devices import DeviceProfile, load_profile
@@ -47,7 +48,8 @@ from edgepack.options import ExportOptions, InputSpec
 from edgepack.runtimes import get_runtime, work_threads
 from edgepack.runtimes.ort import ort_message
 from edgepack.verify import (
-    VERIFY_NAME, VerificationSet, compare, make_verification_set, run_all, save_verification, stack_outputs,
+    AGREEMENT_FLOOR, VERIFY_NAME, VerificationSet, check_agreement, compare, make_verification_set, run_all,
+    save_verification, stack_outputs,
 )
 
 
@@ -58,10 +60,13 @@ def graph_passes(options: ExportOptions) -> list[tuple[str, Callable[[ir.Model],
     )
     if not options.prune.prune:
         prune = _disabled("remove_pruned_channels", "--no-prune")
+    fold_affine = fold_constant_affine if options.calibration.fold_affine else _disabled("fold_constant_affine", "--no-fold-affine")
     return [
         ("fold_shape_subgraphs", fold_shape_subgraphs),
         ("cleanup_graph", cleanup_graph),
         ("fold_batchnorm", fold_batchnorm),
+        ("cleanup_graph", cleanup_graph),
+        ("fold_constant_affine", fold_affine),
         ("cleanup_graph", cleanup_graph),
         ("remove_pruned_channels", prune),
         ("cleanup_graph", cleanup_graph),
@@ -505,19 +510,34 @@ def _calibration_feeds(calib: dict[str, np.ndarray] | None, vset: VerificationSe
 
 
 def _int8_agreement(ctx: ExportContext, artifacts: list[dict]) -> None:
-    """How closely each non-ONNX int8 artifact agrees with the int8 ONNX from the same calibration."""
+    """Each non-ONNX int8 artifact's agreement with the int8 ONNX from the same calibration; a TFLite
+    int8 with the same float nodes as that ONNX (when it met its floor) must agree to
+    verify.AGREEMENT_FLOOR, else it fails, even if it met its own floor against the reference."""
     base = next((a for a in artifacts if a["format"] == "onnx" and a["precision"] == "int8" and a["ok"]), None)
     if base is None:
         return
-    reference = run_all(ctx.runner(base), ctx.vset)
+    vset = ctx.vset.in_range()
+    reference = run_all(ctx.runner(base), vset)
     for art in artifacts:
         if art["precision"] == "int8" and art["format"] != "onnx" and art["ok"]:
             try:
-                metrics = compare(reference, stack_outputs(ctx.outputs(art, ctx.vset.feeds())), ctx.output_names)
+                metrics = compare(reference, stack_outputs(ctx.outputs(art, vset.feeds())), ctx.output_names)
             except EdgepackError as exc:  # a runtime crash in its child: the artifact was verified, this is extra
                 art["agreement_with_onnx_int8"] = {"error": first_line(exc)}
                 continue
-            art["agreement_with_onnx_int8"] = {k: metrics.get(k) for k in ("max_abs_error", "cosine", "top1_agreement")}
+            art["agreement_with_onnx_int8"] = {**{k: metrics.get(k) for k in ("max_abs_error", "cosine", "top1_agreement",
+                                                                              "worst_slice")},
+                                               "min_cosine": AGREEMENT_FLOOR}
+            # Judged for TFLite with the ONNX int8's float nodes: the same quantized model. ncnn's int8
+            # rounds only conv and inner-product inputs (its other layers run fp32): reported only.
+            same_model = art["format"] == "tflite" and sorted(art.get("float_nodes") or []) == sorted(base.get("float_nodes") or [])
+            art["agreement_with_onnx_int8"]["judged"] = same_model
+            if not same_model:
+                continue
+            try:
+                check_agreement(metrics)
+            except VerificationFailed as exc:
+                art["ok"], art["error"], art["exit_code"] = False, str(exc), exc.exit_code
 
 
 def _load_eval(options: ExportOptions, specs: list[InputSpec], source: SourceModel) -> EvalSet:

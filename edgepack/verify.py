@@ -373,6 +373,24 @@ def check_fidelity(entry: dict, precision: str) -> None:
             "the artifact is kept for inspection; try --calib-method entropy or percentile, or more --calib data")
 
 
+# A non-ONNX int8 artifact must agree with the int8 ONNX built from the same calibration (when that
+# one met its own floor) to this cosine, whole and in its worst slice. Both round activations on
+# the same grid (the same ranges), so they differ only by integer-kernel rounding: where the TFLite
+# writer was right, agreement measured >= 0.9999 (YOLO11n 0.99998); its bugs gave 0.36 (YOLO11n's
+# concat of boxes and scores) and 0.90 (LR-ASPP's gate). 0.99 sits far from both.
+AGREEMENT_FLOOR = 0.99
+
+
+def check_agreement(agreement: dict, floor: float = AGREEMENT_FLOOR) -> None:
+    """Raise VerificationFailed when an int8 artifact disagrees with the int8 ONNX of the same calibration."""
+    problems = judge(agreement, {"min_cosine": floor})
+    if problems:
+        raise VerificationFailed(
+            f"int8 disagrees with the int8 ONNX from the same calibration ({'; '.join(problems)}; floor: cosine {floor}): "
+            "its int8 writer computes something else; the artifact is kept for inspection; "
+            "`python -m edgepack.divergence_tflite` shows the first tensor where they part")
+
+
 MAX_FLOAT_MAC_SHARE = 0.10  # the accuracy guard may keep at most this share of an int8 model's MACs in float
 
 
