@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgepack.converters.export_tflite.graph import TfliteGraph
-from edgepack.converters.export_tflite.xnnpack_forms import rewrite_for_xnnpack
+from edgepack.converters.export_tflite.xnnpack_forms import XNNPACK_FLOAT_ONLY, rewrite_for_xnnpack
 from edgepack.errors import ConversionError
 from edgepack.tflite_schema import builtin_names
 
@@ -88,6 +88,13 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
         report.float_ops.append({"op": names[code_of[op.opcodeIndex]], "from": sorted(graph.origin.get(id(op), ())),
                                  "why": "LiteRT has no int8 kernel for it: kept float between DEQUANTIZE and QUANTIZE"})
     report.float_ops += _lowered_float(graph, names, code_of)
+    xnn_float = [op for op in graph.operators
+                 if names[code_of[op.opcodeIndex]] in XNNPACK_FLOAT_ONLY and id(op) not in keep and op not in no_kernel]
+    for op in xnn_float:
+        name = names[code_of[op.opcodeIndex]]
+        report.float_ops.append({"op": name, "from": sorted(graph.origin.get(id(op), ())),
+                                 "why": XNNPACK_FLOAT_ONLY[name]})
+    no_kernel += xnn_float
     no_kernel += [op for op in graph.operators if id(op) in graph.no_int8]
     narrow = _narrow_fixed_outputs(graph, names, code_of, onnx_ranges, measured)
     for op, name, hi in narrow:

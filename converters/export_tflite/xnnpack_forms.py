@@ -30,6 +30,15 @@ import numpy as np
 from edgepack.converters.export_tflite.graph import TfliteGraph
 from edgepack.tflite_schema import builtin_names
 
+# Builtins XNNPACK's delegate takes in float but not in int8, with no cheap int8 form: an int8 graph
+# keeps them float between DEQUANTIZE and QUANTIZE (both delegated), so the partition holds.
+# Measured one op at a time with LiteRT 2.3 (int8: 2 partitions, the op outside; float between
+# DEQUANTIZE and QUANTIZE: 1 partition). SOFTMAX, BATCH_MATMUL, MEAN, SUM, REDUCE_MAX, SUB, TANH,
+# LOGISTIC, LEAKY_RELU and ELU are delegated in int8 (SOFTMAX too, unlike older delegates).
+_FLOAT = "XNNPACK takes {} in float only: kept float between DEQUANTIZE and QUANTIZE, inside the delegate"
+XNNPACK_FLOAT_ONLY = {op: _FLOAT.format(op) for op in ("SQRT", "RSQRT", "DIV", "SQUARED_DIFFERENCE", "EXP", "LOG", "ABS",
+                                                        "NEG", "MAXIMUM", "MINIMUM")}
+
 GELU_A = 2.0 * math.sqrt(2.0 / math.pi)
 GELU_B = 0.044715 * GELU_A
 
