@@ -28,6 +28,8 @@ def check_speed(artifacts: list[dict], out_dir: Path, target: str, target_cpu: s
     fp32 = {a["format"]: a for a in artifacts if a.get("precision") == "fp32" and a.get("ok")}
     timed: set[str] = set()
     for art in artifacts:
+        if art.get("format") == "ncnn" and art.get("precision") == "int8":
+            art["int8_kernels"] = ncnn_int8_kernels(target, target_cpu)
         if art.get("precision") not in QUANTIZED or not art.get("ok") or art["format"] not in fp32:
             continue
         ref = fp32[art["format"]]
@@ -49,8 +51,6 @@ def check_speed(artifacts: list[dict], out_dir: Path, target: str, target_cpu: s
         if slower:
             art["slower_than_fp32"] = slower
             warnings.append(_warning(art, ref, slower))
-        if art["format"] == "ncnn" and art["precision"] == "int8":
-            art["int8_kernels"] = ncnn_int8_kernels(target, target_cpu)
     for art in artifacts:  # a TFLite artifact without a quantized sibling: its delegation alone
         if art.get("format") == "tflite" and art.get("ok") and art["path"] not in timed:
             art["xnnpack"] = _delegation(out_dir / art["path"])
