@@ -1,6 +1,7 @@
 """int8 TFLite that stays inside XNNPACK: a small ONNX model with hard-swish, GELU (exact), a
 hard-sigmoid SE gate and x ** 3 exports to int8 TFLite whose every operator LiteRT's XNNPACK
-delegate takes (one partition), within the int8 floor; the partition count edgepack reports is
+delegate takes (one partition; HARD_SWISH and GELU float between DEQUANTIZE and QUANTIZE), within
+the int8 floor; the partition count edgepack reports is
 LiteRT's own; the speed check after export; pack skips an int8 artifact flagged slower."""
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ def _art(report: dict, precision: str) -> dict:
 
 
 def _litert_partitions(path: Path) -> tuple[int, list[str]]:
-    """DELEGATE nodes LiteRT put in its plan, and the op names of the model's nodes whose outputs no
-    DELEGATE node produces and that feed nothing but other such nodes (a plain count, no walk)."""
+    """The DELEGATE nodes LiteRT put in its plan (one per partition), and the op names of all its
+    nodes (the model's and the DELEGATE ones): LiteRT's own account, read without edgepack."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(path), num_threads=1)
@@ -82,12 +83,15 @@ def test_hardswish_gelu_int8_one_partition_within_floor(tmp_path):
     assert int8["xnnpack"]["partitions"] == 1 and int8["xnnpack"]["outside"] == [], int8["xnnpack"]
     assert fp32["xnnpack"]["partitions"] == 1 and fp32["xnnpack"]["outside"] == [], fp32["xnnpack"]
     census = int8["op_census"]
-    assert not {"HARD_SWISH", "GELU", "POW", "RELU_0_TO_1"} & set(census), census
-    assert census.get("LOGISTIC") == 1  # GELU's gate; HardSigmoid is ADD(RELU6) + MUL
-    assert {r["op"]: r["count"] for r in int8["xnnpack_rewrites"]} == {"HARD_SWISH": 1, "GELU": 1}
+    assert not {"POW", "RELU_0_TO_1"} & set(census), census  # x ** 3 is two MULs; HardSigmoid is ADD(RELU6) + MUL
+    # HARD_SWISH and GELU (XNNPACK takes them in float only) stay float, each between one DEQUANTIZE and one QUANTIZE
+    assert census.get("HARD_SWISH") == 1 and census.get("GELU") == 1
+    assert sorted(r["op"] for r in int8["float_ops"]) == ["GELU", "HARD_SWISH"]
+    assert all("float only" in r["why"] for r in int8["float_ops"])
+    assert census.get("QUANTIZE") == census.get("DEQUANTIZE") == 3  # 2 borders + the model's input / output
     # within the int8 floor (the verification's cosine against the float model)
     assert int8["fidelity"]["cosine"] >= 0.99, int8["fidelity"]
-    assert int8["float_ops"] == [] and int8["float_nodes"] == []
+    assert int8["float_nodes"] == []
     # what edgepack reports is LiteRT's own plan: one DELEGATE node, next to the model's nodes
     delegates, names = _litert_partitions(tmp_path / "out" / int8["path"])
     assert delegates == 1
@@ -104,24 +108,24 @@ def test_hardswish_gelu_int8_one_partition_within_floor(tmp_path):
     assert ("slower_than_fp32" in int8) == (measured["ratio"] > 1.0 or int8["speed_vs_fp32"]["estimated"]["ratio"] > 1.0)
 
 
-def test_without_rewrite_partitions_split_at_each_float_only_op(tmp_path, monkeypatch):
-    """The int8 graph written without xnnpack_forms keeps an int8 HARD_SWISH and GELU: XNNPACK
-    leaves both to the reference kernels, so the chain conv1 | HARD_SWISH | dw | GELU | rest
-    makes 3 partitions; the report names both ops, with the reason, and LiteRT agrees."""
+def test_int8_hardswish_gelu_split_partitions(tmp_path, monkeypatch):
+    """With int8 HARD_SWISH and GELU (the writer told to keep nothing float for XNNPACK), XNNPACK
+    leaves both to the reference kernels, so the chain conv1 | HARD_SWISH | dw | GELU | rest makes
+    3 partitions; the report names both ops with the reason, and LiteRT's plan agrees."""
     from edgepack.converters.export_tflite import quantize
 
-    monkeypatch.setattr(quantize, "rewrite_for_xnnpack", lambda graph, range_of, keep: ([], {}))
+    monkeypatch.setattr(quantize, "XNNPACK_FLOAT_ONLY", {})
     report = _export(tmp_path)
     int8 = _art(report, "int8")
     assert int8["ok"], int8["error"]
     info = int8["xnnpack"]
     assert info["partitions"] == 3, info
     assert sorted(r["op"] for r in info["outside"]) == ["GELU", "HARD_SWISH"]
-    assert all("float only" in r["why"] for r in info["outside"])
+    assert all("XNNPACK takes" in r["why"] and "float only" in r["why"] for r in info["outside"])
     delegates, names = _litert_partitions(tmp_path / "out" / int8["path"])
     assert delegates == info["partitions"]
     assert info["delegated"] == len(names) - delegates - 2
-    assert any("XNNPACK partitions" in w and int8["path"] in w for w in report["warnings"])
+    assert any("3 XNNPACK partitions" in w and int8["path"] in w for w in report["warnings"])
 
 
 def test_pack_skips_int8_flagged_slower(tmp_path):

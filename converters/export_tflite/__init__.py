@@ -51,7 +51,6 @@ class TfliteExport:
     constrained: list[dict] = field(default_factory=list)  # int8: ranges a kernel constraint changed
     weights_only: dict = field(default_factory=dict)  # int8-weights: ops quantized / kept float and why
     float_ops: list[dict] = field(default_factory=list)  # int8: ops without an int8 kernel, kept float
-    rewritten: list[dict] = field(default_factory=list)  # int8: ops written in a form XNNPACK delegates (xnnpack_forms)
 
 
 def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool = False,
@@ -90,7 +89,6 @@ def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool 
         outs.append(_describe(value.name, graph.shape_of(tv.index), tv.perm))
     constrained: list[dict] = []
     float_ops: list[dict] = []
-    rewritten: list[dict] = []
     weights_only: dict = {}
     if precision == "int8-weights":
         from edgepack.converters.export_tflite.quantize import quantize_weights_only
@@ -101,7 +99,7 @@ def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool 
 
         graph.drop_unused()  # tensors a fused pattern left behind have no calibrated range
         qreport = quantize_graph(graph, int8.onnx, int8.measured, int8_io=int8.int8_io, float_nodes=set(int8.float_nodes))
-        constrained, float_ops, rewritten = qreport.constrained, qreport.float_ops, qreport.rewritten
+        constrained, float_ops = qreport.constrained, qreport.float_ops
         for row in ins + outs:
             if not int8.int8_io:
                 continue
@@ -115,7 +113,7 @@ def export_tflite(model: ir.Model, path: Path, precision: str, *, nchw_io: bool 
         tmp.write_bytes(data)
     census = Counter(_op_name(graph, op) for op in graph.operators)
     return TfliteExport([path], ins, outs, dict(sorted(census.items())), graph.transposes, constrained, weights_only,
-                        float_ops, rewritten)
+                        float_ops)
 
 
 def _check_runnable(data: bytes) -> None:

@@ -15,8 +15,9 @@ The float TFLite graph is built first (same lowerings as fp32), then rewritten i
 - weights of CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and TRANSPOSE_CONV are int8 per output
   channel (symmetric, zero point 0), biases int32 with scale = input scale x weight scale; other
   float constants are int8 per tensor;
-- HARD_SWISH and GELU, which XNNPACK's delegate takes in float only, are first rewritten as int8
-  ADD / MUL / LOGISTIC (`xnnpack_forms`), so that every int8 operator stays inside XNNPACK;
+- builtins XNNPACK's delegate takes in float only (HARD_SWISH, GELU, SQRT, DIV, ...:
+  `xnnpack_forms.XNNPACK_FLOAT_ONLY`) stay float between DEQUANTIZE and QUANTIZE, so that every
+  operator stays inside the one XNNPACK partition;
 - one QUANTIZE at each float input and one DEQUANTIZE at each float output (`int8_io` makes the
   model's inputs and outputs int8 instead);
 - the operators lowered from the accuracy guard's `float_nodes`, and those a lowering registered in
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgepack.converters.export_tflite.graph import TfliteGraph
-from edgepack.converters.export_tflite.xnnpack_forms import XNNPACK_FLOAT_ONLY, rewrite_for_xnnpack
+from edgepack.converters.export_tflite.xnnpack_forms import XNNPACK_FLOAT_ONLY
 from edgepack.errors import ConversionError
 from edgepack.tflite_schema import builtin_names
 
@@ -60,7 +61,6 @@ class QuantReport:
     constrained: list[dict] = field(default_factory=list)  # ranges a kernel constraint changed
     float_ops: list[dict] = field(default_factory=list)  # ops kept float because LiteRT has no int8 kernel
     requantized: list[dict] = field(default_factory=list)  # concat inputs given a QUANTIZE to the output's scale
-    rewritten: list[dict] = field(default_factory=list)  # ops written in a form XNNPACK delegates in int8 (xnnpack_forms)
 
 
 def _qparams(lo: float, hi: float) -> tuple[float, int]:
@@ -78,8 +78,6 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
     s = graph.s
     report = QuantReport()
     keep = {id(op) for op in graph.operators if graph.origin.get(id(op), set()) & set(float_nodes) or id(op) in graph.no_int8}
-    report.rewritten, new_ranges = rewrite_for_xnnpack(graph, lambda n: onnx_ranges.get(n) or measured.get(n), keep)
-    measured = {**measured, **new_ranges}
     consts = {i for i, t in enumerate(graph.tensors) if t.buffer != 0}
     names = builtin_names()
     code_of = {i: c for c, i in graph.opcodes.items()}

@@ -91,7 +91,6 @@ def build_int8(ctx: ExportContext, path: Path) -> Built:
             "transposes": result.transposes,
             "constrained_ranges": result.constrained,
             "float_ops": result.float_ops,
-            "xnnpack_rewrites": result.rewritten,
             "calibration": cal.summary(),
             "float_nodes": list(float_nodes),
         }
