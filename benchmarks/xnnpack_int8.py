@@ -18,6 +18,7 @@ Measured on this 2-core x86 host (shared, noisy), LiteRT 2.3, see the final repo
 """
 from __future__ import annotations
 
+import math
 import shutil
 import statistics
 import sys
@@ -81,6 +82,106 @@ def measure(paths: dict[str, Path], runs: int = RUNS) -> dict:
                          what="litert", timeout=1800)
 
 
+def probe_ops(ops: list[str], shape: tuple[int, ...] = (1, 56, 56, 64)) -> None:
+    """One op at a time, between two int8 ADDs (x + x before, y + y after, so every variant has the
+    same int8 neighbours and graph QUANTIZE / DEQUANTIZE): (a) the op in int8, (b) the op kept
+    float between DEQUANTIZE and QUANTIZE, and for HARD_SWISH and GELU (c) an int8 form made of
+    delegated ops (x * relu6(x + 3) / 6: ADD with a fused RELU6, MUL, MUL; x * sigmoid(x (a + b x^2)):
+    MUL, MUL, ADD, MUL, LOGISTIC, MUL). XNNPACK partitions and ops outside, and latencies
+    interleaved. How xnnpack_forms.XNNPACK_FLOAT_ONLY was chosen."""
+    import numpy as np
+
+    from edgepack.converters.export_tflite import quantize
+    from edgepack.converters.export_tflite.graph import TfliteGraph
+    from edgepack.runtimes import isolated
+    from edgepack.runtimes.litert_speed import compare_speed
+
+    binary = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV": "DivOptions",
+              "SQUARED_DIFFERENCE": "SquaredDifferenceOptions", "MAXIMUM": "MaximumMinimumOptions",
+              "MINIMUM": "MaximumMinimumOptions"}
+    positive = {"SQRT": (0.1, 2.5), "RSQRT": (0.4, 8.0), "LOG": (-4.0, 1.8)}
+    fixed_out = {"LOGISTIC": (0.0, 1.0), "TANH": (-1.0, 1.0), "SOFTMAX": (0.0, 1.0), "EXP": (0.05, 20.0)}
+
+    def build(op: str, variant: str) -> bytes:
+        g = TfliteGraph()
+        lo = 0.01 if op in positive else -3.0
+        ranges = {}
+
+        def t(name: str, r: tuple) -> int:
+            ranges[name] = r
+            return g.tensor(name, list(shape))
+
+        def add(a: int, b: int, name: str, r: tuple, act: str = "NONE") -> int:
+            out = t(name, r)
+            g.op("ADD", [a, b], [out], g.options("AddOptions", fusedActivationFunction=getattr(g.s.ActivationFunctionType, act)))
+            return out
+
+        def mul(a: int, b: int, name: str, r: tuple) -> int:
+            out = t(name, r)
+            g.op("MUL", [a, b], [out], g.options("MulOptions"))
+            return out
+
+        def c(v: float) -> int:
+            return g.const(np.asarray([v], np.float32), f"c{len(g.tensors)}")
+
+        x = t("x", (lo, 3.0))
+        g.inputs.append(x)
+        a = add(x, x, "a", (2 * lo, 6.0))
+        args = [a]
+        if op in binary:
+            x2 = t("x2", (0.5, 3.0) if op == "DIV" else (lo, 3.0))
+            g.inputs.append(x2)
+            args.append(add(x2, x2, "b", (1.0, 6.0) if op == "DIV" else (2 * lo, 6.0)))
+        y_range = positive.get(op) or fixed_out.get(op) or (-6.0, 6.0)
+        first = len(g.operators)
+        if variant == "form" and op == "HARD_SWISH":
+            y = mul(mul(a, add(a, c(3.0), "relu6", (0.0, 6.0), "RELU6"), "times6", (-2.25, 36.0)), c(1 / 6), "y", (-0.375, 6.0))
+        elif variant == "form" and op == "GELU":
+            ka, kb = 2 * math.sqrt(2 / math.pi), 0.044715 * 2 * math.sqrt(2 / math.pi)
+            sq = mul(a, a, "sq", (0.0, 36.0))
+            slope = add(mul(sq, c(kb), "cubic", (0.0, 36 * kb)), c(ka), "slope", (ka, ka + 36 * kb))
+            z = mul(a, slope, "gelu_z", (-6 * (ka + 36 * kb), 6 * (ka + 36 * kb)))
+            gate = t("gate", (0.0, 1.0))
+            g.op("LOGISTIC", [z], [gate])
+            y = mul(a, gate, "y", (-0.2, 6.0))
+        else:
+            y = t("y", y_range)
+            options = g.options(binary[op]) if op in binary else (
+                g.options("SoftmaxOptions", beta=1.0) if op == "SOFTMAX" else None)
+            g.op(op, args, [y], options)
+        g.origin = {id(o): {"n"} for o in g.operators[first:]}
+        g.outputs.append(add(y, y, "z", tuple(2 * v for v in ranges["y"])))
+        saved = quantize.XNNPACK_FLOAT_ONLY
+        quantize.XNNPACK_FLOAT_ONLY = {}  # each variant as built
+        try:
+            quantize.quantize_graph(g, ranges, {}, float_nodes={"n"} if variant == "float" else set())
+        finally:
+            quantize.XNNPACK_FLOAT_ONLY = saved
+        g.drop_unused()
+        return g.serialize("probe")
+
+    def line(m: dict) -> str:
+        d = m["delegation"]
+        return f"{d['partitions']} partition(s), outside {[r['op'] for r in d['outside']] or 'none'}"
+
+    with tempfile.TemporaryDirectory(prefix="xnnpack-ops-") as tmp:
+        for op in ops:
+            variants = ("int8", "float") + (("form",) if op in ("HARD_SWISH", "GELU") else ())
+            paths = {}
+            for v in variants:
+                paths[v] = Path(tmp) / f"{op}.{v}.tflite"
+                paths[v].write_bytes(build(op, v))
+            m = isolated.call(compare_speed, str(paths["int8"]), str(paths["float"]), 30, artifact=paths["int8"],
+                              what="litert")
+            text = (f"{op:18s} (a) int8: {line(m)}; {m['ms']:.3f} ms | (b) float in DQ/Q: "
+                    f"{m['reference_delegation']['partitions']} partition(s); {m['reference_ms']:.3f} ms | a/b {m['ratio']:.2f}")
+            if "form" in paths:
+                f = isolated.call(compare_speed, str(paths["form"]), str(paths["float"]), 30, artifact=paths["form"],
+                                  what="litert")
+                text += f" | (c) int8 form: {line(f)}; {f['ms']:.3f} ms vs (b) {f['reference_ms']:.3f} ms, c/b {f['ratio']:.2f}"
+            print(text, flush=True)
+
+
 def main(names: list[str]) -> None:
     from edgepack.runtimes.litert_delegation import summary
 
@@ -106,4 +207,9 @@ def main(names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(MODELS))
+    if sys.argv[1:2] == ["--ops"]:
+        probe_ops(sys.argv[2:] or ["HARD_SWISH", "GELU", "LOGISTIC", "TANH", "SOFTMAX", "SQRT", "RSQRT",
+                                   "SQUARED_DIFFERENCE", "EXP", "LOG", "ABS", "NEG", "MAXIMUM", "MINIMUM", "LEAKY_RELU",
+                                   "ELU", "ADD", "SUB", "MUL"])
+    else:
+        main(sys.argv[1:] or list(MODELS))

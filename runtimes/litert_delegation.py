@@ -26,7 +26,7 @@ DELEGATE_OP = "DELEGATE"
 # Builtins XNNPACK's delegate (LiteRT 2.3) takes only in float: an int8 one runs in LiteRT's
 # reference kernels. Measured one op at a time (benchmarks/xnnpack_int8.py's docstring), and in
 # the delegate's source (CheckTensorFloatType in VisitHardSwishNode, VisitGeluNode, ...).
-FLOAT_ONLY = {"HARD_SWISH", "GELU", "SQRT", "RSQRT", "DIV", "SQUARED_DIFFERENCE", "EXP", "LOG", "ABS", "NEG", "MAXIMUM",
+FLOAT_ONLY = {"HARD_SWISH", "GELU", "SOFTMAX", "SQRT", "RSQRT", "DIV", "SQUARED_DIFFERENCE", "EXP", "LOG", "ABS", "NEG", "MAXIMUM",
               "MINIMUM"}
 # Builtins it does not take in any precision (measured).
 NOT_TAKEN = {"POW", "RELU_0_TO_1"}
