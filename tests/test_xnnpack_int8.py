@@ -140,3 +140,77 @@ def test_pack_skips_int8_flagged_slower(tmp_path):
     assert choose_artifact(report, "int8")[0]["precision"] == "int8"  # --precision still takes it
     del report["artifacts"][1]["slower_than_fp32"]
     assert choose_artifact(report, None)[0]["precision"] == "int8"  # rpi4 prefers int8
+
+
+def _quantized(build, ranges: dict, tmp_path: Path, name: str) -> tuple[Path, dict]:
+    """A float TFLite graph made by `build(g)` and quantized by edgepack's int8 writer."""
+    from edgepack.converters.export_tflite.graph import TfliteGraph
+    from edgepack.converters.export_tflite.quantize import quantize_graph
+
+    g = TfliteGraph()
+    build(g)
+    report = quantize_graph(g, ranges, {})
+    g.drop_unused()
+    path = tmp_path / f"{name}.tflite"
+    path.write_bytes(g.serialize("test"))
+    return path, report
+
+
+def _run(path: Path, feeds: list[np.ndarray]) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    for d, x in zip(it.get_input_details(), feeds):
+        it.set_tensor(d["index"], x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+def test_add_with_a_tiny_branch_stays_delegated(tmp_path):
+    """x + 1e-5 * x2 (a layer-scale branch) + 1e-6 (an epsilon): the tiny operands of the int8 ADDs get
+    1/1024 of the output's scale (XNNPACK refuses a smaller ratio), so one partition; the result is
+    x within one output step."""
+    from edgepack.runtimes.litert_delegation import delegation
+
+    shape = [1, 4, 4, 8]
+
+    def build(g):
+        x, x2 = g.tensor("x", shape), g.tensor("x2", shape)
+        m, y, z = g.tensor("m", shape), g.tensor("y", shape), g.tensor("z", shape)
+        g.inputs += [x, x2]
+        g.op("MUL", [x2, g.const(np.array([1e-5], np.float32), "gamma")], [m], g.options("MulOptions"))
+        g.op("ADD", [x, m], [y], g.options("AddOptions"))
+        g.op("ADD", [y, g.const(np.array([1e-6], np.float32), "eps")], [z], g.options("AddOptions"))
+        g.outputs.append(z)
+
+    path, report = _quantized(build, {"x": (-3, 3), "x2": (-3, 3), "m": (-3e-5, 3e-5), "y": (-3, 3), "z": (-3, 3)},
+                              tmp_path, "add")
+    info = delegation(path)
+    assert (info["partitions"], info["outside"]) == (1, [])
+    assert [r["tensor"] for r in report.constrained if "ADD" in r["why"]] == ["m"]
+    rng = np.random.default_rng(0)
+    x, x2 = (rng.uniform(-3, 3, shape).astype(np.float32) for _ in range(2))
+    assert np.abs(_run(path, [x, x2]) - x).max() <= 6 / 255 + 1e-6  # within one output step of x
+
+
+def test_batch_matmul_second_input_symmetric(tmp_path):
+    """XNNPACK takes an int8 BATCH_MATMUL only with a zero point of 0 on its second input: an
+    asymmetric range there becomes symmetric, and the op is delegated; the product stays within
+    3% of the float one."""
+    from edgepack.runtimes.litert_delegation import delegation
+
+    def build(g):
+        a, b, y = g.tensor("a", [1, 8, 16]), g.tensor("b", [1, 8, 16]), g.tensor("y", [1, 8, 8])
+        g.inputs += [a, b]
+        g.op("BATCH_MATMUL", [a, b], [y], g.options("BatchMatMulOptions", adjY=True))
+        g.outputs.append(y)
+
+    path, report = _quantized(build, {"a": (-3, 3), "b": (-1, 3), "y": (-40, 40)}, tmp_path, "bmm")
+    info = delegation(path)
+    assert (info["partitions"], info["outside"]) == (1, [])
+    assert [r["tensor"] for r in report.constrained if "BATCH_MATMUL" in r["why"]] == ["b"]
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(-3, 3, [1, 8, 16]).astype(np.float32), rng.uniform(-1, 3, [1, 8, 16]).astype(np.float32)
+    want = a @ b.transpose(0, 2, 1)
+    assert np.abs(_run(path, [a, b]) - want).max() <= 0.03 * np.abs(want).max()
