@@ -8,7 +8,9 @@
 5. calibrate once (int8): the activation ranges every int8 exporter reads;
 6. every requested format x precision (the table in `edgepack.formats`): export, verify against
    the reference;
-7. estimate each artifact on the target; write verify.npz and report.json.
+7. estimate each artifact on the target;
+8. compare each quantized artifact with its fp32 sibling (measured here, estimated on the target;
+   XNNPACK delegation of TFLite artifacts): `speed_check`; write verify.npz and report.json.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from edgepack.converters.fold_shape_subgraphs import fold_shape_subgraphs
 from edgepack.converters.remove_pruned_channels import remove_pruned_channels
 from edgepack.devices import DeviceProfile, load_profile
 from edgepack.devices.estimate import describe_precision_gain, report_estimate
+from edgepack.speed_check import check_speed
 from edgepack.formats import artifact_precisions
 from edgepack.errors import (
     first_line,
@@ -208,6 +211,8 @@ def _export_into(out_dir: Path, model_or_path: Any, options: ExportOptions, prof
         if art.get("warning"):
             warnings.append(f"{art['path']}: {art['warning']}")
             steps.warn(warnings[-1])
+    with steps("speed", "compare quantized artifacts with fp32 (XNNPACK delegation, latency)"):
+        warnings += check_speed(artifacts, out_dir, profile.name, profile.cpu)
 
     report = {
         "schema_version": report_mod.SCHEMA_VERSION,

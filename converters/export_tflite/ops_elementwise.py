@@ -73,6 +73,8 @@ def binary_operands(ctx: Ctx, node: ir.Node) -> tuple[list[int], tuple[int, ...]
 def binary(ctx: Ctx, node: ir.Node) -> None:
     builtin, options = _BINARY[node.op_type]
     inputs, perm, feature_perm = binary_operands(ctx, node)
+    if builtin == "POW" and _small_integer_power(ctx, node, inputs, perm, feature_perm):
+        return
     if builtin == "POW":
         inputs = [_as_float(ctx, node, i) for i in inputs]
     act, produced = ctx.g.s.ActivationFunctionType.NONE, node.outputs[0]
@@ -84,6 +86,25 @@ def binary(ctx: Ctx, node: ir.Node) -> None:
     out = ctx.out(produced, perm, feature_perm=feature_perm)
     opts = ctx.g.options(options, fusedActivationFunction=act) if builtin in _FUSED_BINARY else ctx.g.options(options)
     ctx.g.op(builtin, inputs, [out.index], opts)
+
+
+def _small_integer_power(ctx: Ctx, node: ir.Node, inputs: list[int], perm, feature_perm) -> bool:
+    """x ** 2 and x ** 3 (GELU's tanh form writes x ** 3) as MULs: XNNPACK has no POW, so a POW
+    leaves the delegate (two partitions) in fp32 and stays float in int8. False: not that case."""
+    exponent = ctx.const(node.inputs[1])
+    if exponent is None or exponent.size != 1 or float(exponent.reshape(-1)[0]) not in (2.0, 3.0):
+        return False
+    x = inputs[0]
+    if list(ctx.g.shape_of(x)) != list(np.broadcast_shapes(*(tuple(ctx.g.shape_of(i)) for i in inputs))):
+        return False
+    out = ctx.out(node.outputs[0], perm, feature_perm=feature_perm)
+    if float(exponent.reshape(-1)[0]) == 2.0:
+        ctx.g.op("MUL", [x, x], [out.index], ctx.g.options("MulOptions"))
+        return True
+    square = ctx.g.tensor(node.name + "_square", ctx.g.shape_of(x))
+    ctx.g.op("MUL", [x, x], [square], ctx.g.options("MulOptions"))
+    ctx.g.op("MUL", [square, x], [out.index], ctx.g.options("MulOptions"))
+    return True
 
 
 def _as_float(ctx: Ctx, node: ir.Node, index: int) -> int:
@@ -229,18 +250,24 @@ def clip(ctx: Ctx, node: ir.Node) -> None:
 
 @lowering("HardSigmoid")
 def hard_sigmoid(ctx: Ctx, node: ir.Node) -> None:
-    """max(0, min(1, alpha * x + beta)) = RELU_0_TO_1(x * alpha + beta)."""
+    """max(0, min(1, alpha * x + beta)) = RELU6(6 alpha x + 6 beta) / 6: ADD with a fused RELU6 (after
+    a MUL unless 6 alpha is 1, PyTorch's hardsigmoid) and a MUL. XNNPACK's delegate takes neither
+    RELU_0_TO_1 nor an int8 HARD_SWISH: this form stays inside it in fp32 and int8."""
     x = ctx.val(node.inputs[0], node)
     alpha, beta = node.attributes.get_float("alpha", 0.2), node.attributes.get_float("beta", 0.5)
-    shape = ctx.g.shape_of(x.index)
-    scaled = ctx.g.tensor(node.name + "_scaled", shape)
-    ctx.g.op("MUL", [x.index, ctx.g.const(np.array(alpha, np.float32), node.name + "_alpha")], [scaled],
-             ctx.g.options("MulOptions"))
-    shifted = ctx.g.tensor(node.name + "_shifted", shape)
-    ctx.g.op("ADD", [scaled, ctx.g.const(np.array(beta, np.float32), node.name + "_beta")], [shifted],
-             ctx.g.options("AddOptions"))
+    g = ctx.g
+    shape = g.shape_of(x.index)
+    scaled = x.index
+    if abs(6.0 * alpha - 1.0) > 1e-7:
+        scaled = g.tensor(node.name + "_scaled", shape)
+        g.op("MUL", [x.index, g.const(np.array(6.0 * alpha, np.float32), node.name + "_alpha")], [scaled],
+             g.options("MulOptions"))
+    clipped = g.tensor(node.name + "_relu6", shape)
+    g.op("ADD", [scaled, g.const(np.array(6.0 * beta, np.float32), node.name + "_beta")], [clipped],
+         g.options("AddOptions", fusedActivationFunction=g.s.ActivationFunctionType.RELU6))
     out = ctx.out(node.outputs[0], x.perm, feature_perm=x.feature_perm)
-    ctx.g.op("RELU_0_TO_1", [shifted], [out.index])
+    g.op("MUL", [clipped, g.const(np.array(1.0 / 6.0, np.float32), node.name + "_sixth")], [out.index],
+         g.options("MulOptions"))
 
 
 @lowering("PRelu")

@@ -15,6 +15,9 @@ The float TFLite graph is built first (same lowerings as fp32), then rewritten i
 - weights of CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and TRANSPOSE_CONV are int8 per output
   channel (symmetric, zero point 0), biases int32 with scale = input scale x weight scale; other
   float constants are int8 per tensor;
+- builtins XNNPACK's delegate takes in float only (HARD_SWISH, GELU, SQRT, DIV, ...:
+  `xnnpack_forms.XNNPACK_FLOAT_ONLY`) stay float between DEQUANTIZE and QUANTIZE, so that every
+  operator stays inside the one XNNPACK partition;
 - one QUANTIZE at each float input and one DEQUANTIZE at each float output (`int8_io` makes the
   model's inputs and outputs int8 instead);
 - the operators lowered from the accuracy guard's `float_nodes`, and those a lowering registered in
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgepack.converters.export_tflite.graph import TfliteGraph
+from edgepack.converters.export_tflite.xnnpack_forms import XNNPACK_FLOAT_ONLY
 from edgepack.errors import ConversionError
 from edgepack.tflite_schema import builtin_names
 
@@ -73,6 +77,7 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
                    float_nodes: set[str] | frozenset[str] = frozenset()) -> QuantReport:
     s = graph.s
     report = QuantReport()
+    keep = {id(op) for op in graph.operators if graph.origin.get(id(op), set()) & set(float_nodes) or id(op) in graph.no_int8}
     consts = {i for i, t in enumerate(graph.tensors) if t.buffer != 0}
     names = builtin_names()
     code_of = {i: c for c, i in graph.opcodes.items()}
@@ -81,6 +86,15 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
         report.float_ops.append({"op": names[code_of[op.opcodeIndex]], "from": sorted(graph.origin.get(id(op), ())),
                                  "why": "LiteRT has no int8 kernel for it: kept float between DEQUANTIZE and QUANTIZE"})
     report.float_ops += _lowered_float(graph, names, code_of)
+    io = set(graph.inputs) | set(graph.outputs) if int8_io else set()  # int8 IO: an op at the IO stays int8
+    xnn_float = [op for op in graph.operators
+                 if names[code_of[op.opcodeIndex]] in XNNPACK_FLOAT_ONLY and id(op) not in keep and op not in no_kernel
+                 and not io & {*op.inputs, *op.outputs}]
+    for op in xnn_float:
+        name = names[code_of[op.opcodeIndex]]
+        report.float_ops.append({"op": name, "from": sorted(graph.origin.get(id(op), ())),
+                                 "why": XNNPACK_FLOAT_ONLY[name]})
+    no_kernel += xnn_float
     no_kernel += [op for op in graph.operators if id(op) in graph.no_int8]
     narrow = _narrow_fixed_outputs(graph, names, code_of, onnx_ranges, measured)
     for op, name, hi in narrow:
@@ -158,6 +172,8 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
     if missing:
         raise ConversionError(f"int8 TFLite: no calibrated range for tensors {missing[:5]} (neither in calibration.json nor "
                               "measured on the float TFLite graph); the other artifacts are unaffected: report the model")
+    report.constrained += _fit_add_scales(graph, ops, qp, {find(t) for t in fixed}, find)
+    report.constrained += _symmetric_matmul_rhs(graph, ops, qp, {find(t) for t in fixed}, find)
     # 3. weights and biases
     requant: dict[int, int] = {}  # const tensor -> already rewritten
     for name, op in ops:
@@ -183,11 +199,12 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
                 if i in consts and graph.tensors[i].type == s.TensorType.FLOAT32 and i not in requant:
                     _quantize_per_tensor(graph, i, scale, zp)
                     requant[i] = np.array([scale])
+    floor = _add_operand_floor(ops, qp)
     for i in sorted(consts):
         t = graph.tensors[i]
         if t.type == s.TensorType.FLOAT32 and i not in requant and t.quantization is None:
             arr = _buffer_array(graph, i)
-            _quantize_per_tensor(graph, i, *_qparams(float(arr.min()), float(arr.max())))
+            _quantize_per_tensor(graph, i, *_with_min_scale(_qparams(float(arr.min()), float(arr.max())), floor.get(i, 0.0)))
     # 4. activations
     for i, (scale, zp) in qp.items():
         graph.tensors[i].type = s.TensorType.INT8
@@ -197,6 +214,74 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
     if not int8_io:
         _float_io(graph)
     return report
+
+
+# XNNPACK's int8 ADD / SUB take an input whose scale is at least this fraction of the output's
+# (xnnpack_delegate.cc: input-to-output scale ratio in [2^-10, 2^8)); below it the whole input spans
+# under a quarter of an output step. Such an input (a layer-scale branch with gamma ~1e-5, a
+# LayerNorm epsilon) gets that scale: it still covers its range, at a resolution 1024x finer than
+# the output's, and the ADD stays inside the delegate.
+ADD_MIN_SCALE_RATIO = 2.0**-10
+
+
+def _add_operand_floor(ops: list, qp: dict[int, tuple[float, int]]) -> dict[int, float]:
+    """For each input of an int8 ADD / SUB: the smallest scale XNNPACK takes for it."""
+    floor: dict[int, float] = {}
+    for name, op in ops:
+        if name in ("ADD", "SUB") and op.outputs[0] in qp:
+            for t in op.inputs:
+                floor[t] = max(floor.get(t, 0.0), qp[op.outputs[0]][0] * ADD_MIN_SCALE_RATIO)
+    return floor
+
+
+def _with_min_scale(params: tuple[float, int], min_scale: float) -> tuple[float, int]:
+    """(scale, zero point) with the scale raised to `min_scale`, the real value at -128 kept."""
+    scale, zp = params
+    if scale >= min_scale:
+        return params
+    lo = (-128 - zp) * scale
+    return float(min_scale), int(np.clip(round(-128 - lo / min_scale), -128, 127))
+
+
+def _fit_add_scales(graph: TfliteGraph, ops: list, qp: dict[int, tuple[float, int]], pinned: set[int], find) -> list[dict]:
+    """Raise the scale of the activations that feed an int8 ADD / SUB below ADD_MIN_SCALE_RATIO of
+    its output's (with every tensor sharing their scale; never a fixed-scale group). Returns the
+    report rows."""
+    rows = []
+    for t, min_scale in _add_operand_floor(ops, qp).items():
+        if t not in qp or qp[t][0] >= min_scale or find(t) in pinned:
+            continue
+        root = find(t)
+        new = _with_min_scale(qp[t], min_scale)
+        for m in [m for m in qp if find(m) == root]:
+            qp[m] = new
+        rows.append({"tensor": graph.tensors[t].name, "used_scale": new[0], "used_zero_point": new[1],
+                     "why": "an int8 ADD / SUB input needs at least 1/1024 of the output's scale (XNNPACK); it spans "
+                            "under a quarter of an output step"})
+    return rows
+
+
+def _symmetric_matmul_rhs(graph: TfliteGraph, ops: list, qp: dict[int, tuple[float, int]], pinned: set[int],
+                          find) -> list[dict]:
+    """XNNPACK's int8 BATCH_MATMUL takes a second input with zero point 0 only (measured, LiteRT 2.3:
+    an asymmetric one leaves the op to the reference kernels): that input (and every tensor sharing
+    its scale) becomes symmetric over its range."""
+    rows = []
+    for name, op in ops:
+        if name != "BATCH_MATMUL" or len(op.inputs) < 2 or op.inputs[1] not in qp or qp[op.inputs[1]][1] == 0:
+            continue
+        t = op.inputs[1]
+        if find(t) in pinned:
+            continue
+        scale, zp = qp[t]
+        bound = max((128 + zp) * scale, (127 - zp) * scale)
+        new = (float(bound / 127.0), 0)
+        root = find(t)
+        for m in [m for m in qp if find(m) == root]:
+            qp[m] = new
+        rows.append({"tensor": graph.tensors[t].name, "used_scale": new[0], "used_zero_point": 0,
+                     "why": "the second input of an int8 BATCH_MATMUL is symmetric (zero point 0) in XNNPACK"})
+    return rows
 
 
 def _lowered_float(graph: TfliteGraph, names: dict, code_of: dict) -> list[dict]:

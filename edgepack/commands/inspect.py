@@ -29,10 +29,8 @@ def inspect_artifact(path: str | Path) -> dict:
     if suffix == ".onnx":
         result = _inspect_onnx(path)
     elif suffix == ".tflite":
-        from edgepack.check_artifact import ask_litert
-
         result = _inspect_tflite(path)
-        ask_litert(path)  # never an op census of a file LiteRT refuses
+        result["xnnpack"] = _delegation(path)  # LiteRT loads it: never an op census of a file LiteRT refuses
     elif suffix == ".param":
         from edgepack.runtimes import isolated
         from edgepack.runtimes.ncnn import check_loads
@@ -46,6 +44,19 @@ def inspect_artifact(path: str | Path) -> dict:
 
     size = sum(f.stat().st_size for f in artifact_files(path) if f.is_file())  # ncnn: .param + .bin
     return {"path": str(path), "size_bytes": size, **result}
+
+
+def _delegation(path: Path) -> dict | None:
+    """XNNPACK partitions and the ops left outside the delegate (edgepack.runtimes.litert_delegation),
+    asked in a child process; None when no LiteRT is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("ai_edge_litert") is None and importlib.util.find_spec("tflite_runtime") is None:
+        return None
+    from edgepack.runtimes import isolated
+    from edgepack.runtimes.litert_delegation import delegation
+
+    return isolated.call(delegation, str(path), artifact=path, what="litert", timeout=120)
 
 
 def _layouts_from_report(path: Path, result: dict) -> None:
@@ -280,6 +291,12 @@ def render_inspect(info: dict, console: Any) -> None:
                           str(d.get("scale", "-")), str(d.get("zero_point", "-")))
     console.print(table)
     console.print("ops: " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()), markup=False)
+    if info.get("format") == "tflite" and "xnnpack" in info:
+        from edgepack.runtimes.litert_delegation import summary
+
+        console.print("XNNPACK: " + summary(info["xnnpack"]), markup=False)
+        for row in (info["xnnpack"] or {}).get("outside", []):
+            console.print(f"  outside the delegate: node {row['index']} {row['op']}: {row['why']}", markup=False)
     if info["constants_by_dtype"]:
         console.print("constants by dtype: " + ", ".join(f"{k} {v}" for k, v in info["constants_by_dtype"].items()),
                       markup=False)

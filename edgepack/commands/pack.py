@@ -193,10 +193,15 @@ def choose_artifact(report: dict, precision: str | None) -> tuple[dict, str]:
             preferred = load_profile(target).preferred_precisions
         except UsageError:
             preferred = ()
+    slower = [p for p, a in tflite.items() if a.get("slower_than_fp32") and "fp32" in tflite]
     for p in preferred:
-        if p in tflite:
-            return tflite[p], f"target {target} prefers {', '.join(preferred)}"
+        if p in tflite and p not in slower:
+            skipped = f" ({', '.join(slower)} skipped: slower than fp32, see slower_than_fp32 in report.json)" if slower else ""
+            return tflite[p], f"target {target} prefers {', '.join(preferred)}{skipped}"
     first = "fp32" if "fp32" in tflite else next(iter(tflite))
+    if slower and any(p in slower for p in preferred):
+        return tflite[first], (f"target {target} prefers {', '.join(preferred)}, but {', '.join(slower)} ran slower than "
+                               f"fp32 (slower_than_fp32 in report.json; --precision to take it anyway); took {first}")
     return tflite[first], f"target {target or '?'} states no preference the export has; took {first}"
 
 
