@@ -433,7 +433,7 @@ def _from_onnx_proto(proto: Any, path: Path | None) -> SourceModel:
         if not inp.type.tensor_type.HasField("shape"):
             continue
         known = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in inp.type.tensor_type.shape.dim)
-        if known and all(d is not None for d in known):
+        if all(d is not None for d in known):  # () is a rank-0 (scalar) input: static too
             shapes[inp.name] = known
         elif known:
             partial[inp.name] = known

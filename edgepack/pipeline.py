@@ -47,7 +47,7 @@ from edgepack.options import ExportOptions, InputSpec
 from edgepack.runtimes import get_runtime, work_threads
 from edgepack.runtimes.ort import ort_message
 from edgepack.verify import (
-    VERIFY_NAME, VerificationSet, compare, make_verification_set, run_all, save_verification,
+    VERIFY_NAME, VerificationSet, batch_size, compare, make_verification_set, per_call, run_all, save_verification,
 )
 
 
@@ -453,7 +453,7 @@ def _to_onnx(source: SourceModel, specs: list[InputSpec], vset: VerificationSet,
         return ir.from_proto(_with_static_inputs(source.onnx_model, specs)), None, None
     from edgepack.converters.torch_to_onnx import torch_to_onnx
 
-    args = tuple(vset.inputs[s.name][0].copy() for s in specs)  # numpy: the converter makes tensors
+    args = tuple(vset.inputs[s.name][0, ...].copy() for s in specs)  # numpy: the converter makes tensors
     out_names = ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
     result = torch_to_onnx(source.model, source.kind, args, [s.name for s in specs], out_names, opset)
     return ir.from_proto(result.model_proto), result.exporter, result.fallback_reason
@@ -483,7 +483,7 @@ def _calibration_feeds(calib: dict[str, np.ndarray] | None, vset: VerificationSe
     order = np.random.default_rng(options.verify.seed + 1).permutation(vset.calibration_indices)
     if options.calibration.calib_samples is not None:
         order = order[: options.calibration.calib_samples]
-    batch = next(iter(shapes.values()))[0]
+    batch = batch_size(shapes)
     n = (len(order) // batch) * batch
     if n == 0:
         raise UsageError(f"--calib leaves {len(order)} sample(s) for calibration after the 20% verification hold-out; "
@@ -491,7 +491,7 @@ def _calibration_feeds(calib: dict[str, np.ndarray] | None, vset: VerificationSe
     if n < RECOMMENDED_SAMPLES:
         warnings.append(f"only {n} calibration samples (after holding out {vset.count} for verification); "
                         f"{RECOMMENDED_SAMPLES} or more are recommended for stable int8 ranges")
-    return [{name: calib[name][order[i : i + batch]].reshape(shapes[name]) for name in shapes} for i in range(0, n, batch)]
+    return [{name: per_call(calib[name][order[i : i + batch]], tuple(shapes[name])) for name in shapes} for i in range(0, n, batch)]
 
 
 def _int8_agreement(ctx: ExportContext, artifacts: list[dict]) -> None:
