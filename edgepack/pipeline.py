@@ -133,6 +133,7 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
     for w in warnings:
         steps.warn(w)
     specs, shape_sources = resolve_inputs(source, options.source.input_shape, profile)
+    _refuse_random_values(source, options.calibration.calib is not None)
     shapes = {s.name: s.shape for s in specs}
     _check_memory(shapes, options.verify.verify_samples + 2)
 
@@ -301,6 +302,20 @@ def resolve_inputs(source: SourceModel, given: tuple[InputSpec, ...], profile: D
         else:
             raise UsageError(f"no shape for input {key!r}; pass --input-shape {key}:1x3x224x224")
     return [InputSpec(n, shapes[n]) for n in names], origin
+
+
+def _refuse_random_values(source: SourceModel, has_calib: bool) -> None:
+    """An input that sets a shape by its values (Resize scales/sizes, Reshape shape...) cannot be
+    fed the random samples edgepack verifies with: say so, instead of blaming the input shape when
+    the model then fails on them."""
+    if not source.value_inputs or has_calib:
+        return
+    name, what = next(iter(source.value_inputs.items()))
+    raise UsageError(
+        f"input {name!r} is {what}: its values set a shape, so the random samples edgepack verifies with are not "
+        f"valid for it (and TFLite and ncnn need it constant); store {name!r} in the model as an initializer holding "
+        f"its value, or pass --calib with real values for every input"
+    )
 
 
 def _check_onnx_shape(source: SourceModel, key: str, shape: tuple[int, ...], where: str) -> None:

@@ -1,6 +1,7 @@
-"""Rank-0 (scalar) model inputs: `--input-shape name:scalar`, an ONNX input declared with shape []
-taken as static (not unknown), and the export through ONNX and TFLite (fp32 and int8) compared
-with ONNX Runtime."""
+"""Model inputs of unusual kinds. Rank-0 (scalar) inputs: `--input-shape name:scalar`, an ONNX input
+declared with shape [] taken as static (not unknown), and the export through ONNX and TFLite (fp32
+and int8) compared with ONNX Runtime. Inputs whose values set a shape (Resize scales...): a
+one-line error naming the operand, not the input shape."""
 from __future__ import annotations
 
 import numpy as np
@@ -75,3 +76,27 @@ def test_scalar_input_exports_tflite_fp32_and_int8(tmp_path):
     assert got.shape == (2, 6)
     np.testing.assert_allclose(got, feed["x"] * 1.5 + 1.5, rtol=1e-6, atol=1e-6)
     assert by[("tflite", "int8")]["fidelity"]["cosine"] > 0.99
+
+
+def test_resize_scales_input_is_named_not_the_shape(tmp_path):
+    import onnx
+
+    import edgepack
+    from edgepack.load import value_operand_inputs
+
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["X", "", "scales"], ["Y"], mode="nearest"),
+         helper.make_node("Reshape", ["Y", "shape"], ["Z"])], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1, 2, 2]),
+         helper.make_tensor_value_info("scales", TensorProto.FLOAT, [4]),
+         helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("Z", TensorProto.FLOAT, [1, 16])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert value_operand_inputs(model.graph) == {"scales": "the scales of Resize node (output 'Y')",
+                                                 "shape": "the shape of Reshape node (output 'Z')"}
+    onnx.save(model, str(tmp_path / "r.onnx"))
+    with pytest.raises(UsageError) as info:
+        edgepack.export(tmp_path / "r.onnx", output_dir=tmp_path / "out", formats=("tflite",))
+    text = str(info.value)
+    assert "input 'scales' is the scales of Resize node" in text and "initializer" in text
+    assert "--input-shape" not in text and "\n" not in text
