@@ -1,0 +1,70 @@
+"""More single-op ONNX graphs exported to TFLite, run in LiteRT and compared with ONNX Runtime
+(optimizations off), in the style of test_tflite_ops_onnx.py: GridSample with a constant grid."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+pytest.importorskip("ai_edge_litert", reason="LiteRT (ai-edge-litert) runs the TFLite artifacts")
+pytest.importorskip("onnxruntime", reason="ONNX Runtime is the reference")
+
+from edgepack.errors import UnsupportedError  # noqa: E402
+from test_tflite_ops_onnx import _export, _reference  # noqa: E402  (the same export and reference helpers)
+
+RNG = np.random.default_rng(1)
+
+
+def _grid_sample(x_shape, grid, attrs, grid_const=True, opset=20):
+    out_shape = list(x_shape[:2]) + list(grid.shape[1:-1])
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)]
+    inits = [numpy_helper.from_array(grid, "grid")] if grid_const else []
+    if not grid_const:
+        inputs.append(helper.make_tensor_value_info("grid", TensorProto.FLOAT, grid.shape))
+    graph = helper.make_graph([helper.make_node("GridSample", ["x", "grid"], ["y"], **attrs)], "g", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+GRID_CASES = {
+    # id: (X shape, grid shape, attributes); grids reach outside [-1, 1] so every padding mode matters
+    "linear-zeros": ((2, 3, 5, 6), (2, 4, 7, 2), {"mode": "linear"}),
+    "linear-border-corners": ((1, 2, 5, 6), (1, 4, 3, 2), {"mode": "linear", "padding_mode": "border", "align_corners": 1}),
+    "linear-reflection": ((1, 2, 4, 5), (1, 6, 6, 2), {"mode": "linear", "padding_mode": "reflection"}),
+    "nearest-zeros": ((1, 3, 5, 5), (1, 4, 4, 2), {"mode": "nearest"}),
+    "nearest-reflection-corners": ((1, 1, 4, 6), (1, 5, 3, 2), {"mode": "nearest", "padding_mode": "reflection", "align_corners": 1}),
+    "cubic-border": ((1, 2, 6, 6), (1, 3, 5, 2), {"mode": "cubic", "padding_mode": "border"}),
+    "cubic-reflection": ((1, 2, 5, 4), (1, 3, 4, 2), {"mode": "cubic", "padding_mode": "reflection"}),
+    "volumetric-linear": ((1, 2, 3, 4, 5), (1, 2, 3, 4, 3), {"mode": "linear", "padding_mode": "border"}),
+}
+
+
+@pytest.mark.parametrize("case", list(GRID_CASES))
+def test_grid_sample_constant_grid(case, tmp_path):
+    x_shape, grid_shape, attrs = GRID_CASES[case]
+    grid = RNG.uniform(-1.6, 1.6, grid_shape).astype(np.float32)
+    proto = _grid_sample(x_shape, grid, attrs)
+    feed = {"x": RNG.uniform(-3, 3, x_shape).astype(np.float32)}
+    (want,) = _reference(proto, feed)
+    result, run = _export(proto, tmp_path)
+    (got,) = run(feed)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_grid_sample_ops_one_gather(tmp_path):
+    grid = RNG.uniform(-1, 1, (1, 4, 4, 2)).astype(np.float32)
+    proto = _grid_sample((1, 3, 6, 6), grid, {"mode": "linear"})
+    result, _ = _export(proto, tmp_path)
+    from ai_edge_litert.interpreter import Interpreter
+
+    ops = [op["op_name"] for op in Interpreter(model_path=str(tmp_path / "m.tflite"))._get_ops_details()]
+    assert ops.count("GATHER") == 1 and ops.count("SUM") == 1 and ops.count("MUL") == 1
+
+
+def test_grid_sample_runtime_grid_is_refused(tmp_path):
+    grid = RNG.uniform(-1, 1, (1, 4, 4, 2)).astype(np.float32)
+    proto = _grid_sample((1, 3, 6, 6), grid, {"mode": "linear"}, grid_const=False)
+    with pytest.raises(UnsupportedError, match="grid computed at run time"):
+        _export(proto, tmp_path)
+    assert not (tmp_path / "m.tflite").exists()
