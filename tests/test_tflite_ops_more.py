@@ -1,5 +1,6 @@
 """More single-op ONNX graphs exported to TFLite, run in LiteRT and compared with ONNX Runtime
-(optimizations off), in the style of test_tflite_ops_onnx.py: GridSample with a constant grid."""
+(optimizations off), in the style of test_tflite_ops_onnx.py: GridSample with a constant grid,
+GatherElements and Scatter / ScatterElements / ScatterND with constant indices and updates."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,7 @@ pytest.importorskip("ai_edge_litert", reason="LiteRT (ai-edge-litert) runs the T
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is the reference")
 
 from edgepack.errors import UnsupportedError  # noqa: E402
-from test_tflite_ops_onnx import _export, _reference  # noqa: E402  (the same export and reference helpers)
+from test_tflite_ops_onnx import _export, _model, _reference  # noqa: E402  (the same export and reference helpers)
 
 RNG = np.random.default_rng(1)
 
@@ -68,3 +69,43 @@ def test_grid_sample_runtime_grid_is_refused(tmp_path):
     with pytest.raises(UnsupportedError, match="grid computed at run time"):
         _export(proto, tmp_path)
     assert not (tmp_path / "m.tflite").exists()
+
+
+I64 = np.int64
+SCATTER_CASES = {
+    # id: (op, data shape, constant inputs, attributes, opset); repeated indices where a reduction allows them
+    "gather-elements-axis1": ("GatherElements", (2, 5, 3), {"i": RNG.integers(-5, 5, (2, 4, 3)).astype(I64)}, {"axis": 1}, 18),
+    "scatter-elements-none": ("ScatterElements", (3, 4), {"i": np.array([[1, 0, 2], [0, 3, 1]], I64),
+                                                         "u": RNG.uniform(-2, 2, (2, 3)).astype(np.float32)}, {"axis": 1}, 18),
+    "scatter-elements-add-repeated": ("ScatterElements", (4, 3), {"i": np.array([[1, 1, 0], [1, -1, 0]], I64),
+                                                                  "u": RNG.uniform(-2, 2, (2, 3)).astype(np.float32)},
+                                      {"axis": 0, "reduction": "add"}, 18),
+    "scatter-elements-max": ("ScatterElements", (4, 3), {"i": np.array([[2, 2, 0]], I64),
+                                                        "u": RNG.uniform(-2, 2, (1, 3)).astype(np.float32)},
+                             {"axis": 0, "reduction": "max"}, 18),
+    "scatternd-slices-mul": ("ScatterND", (4, 3, 2), {"i": np.array([[1], [3], [1]], I64),
+                                                     "u": RNG.uniform(-2, 2, (3, 3, 2)).astype(np.float32)},
+                             {"reduction": "mul"}, 18),
+    "scatternd-elements-none": ("ScatterND", (1, 3, 4, 4), {"i": np.array([[0, 1, 2, 3], [0, 2, 0, 0]], I64),
+                                                           "u": np.array([5.0, -7.0], np.float32)}, {}, 18),
+}
+
+
+@pytest.mark.parametrize("case", list(SCATTER_CASES))
+def test_gather_scatter_constant_indices(case, tmp_path):
+    op, shape, consts, attrs, opset = SCATTER_CASES[case]
+    feed = {"x": RNG.uniform(-3, 3, shape).astype(np.float32)}
+    proto = _model(op, feed, attrs, consts, opset=opset)
+    (want,) = _reference(proto, feed)
+    _, run = _export(proto, tmp_path)
+    (got,) = run(feed)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_scatter_with_run_time_updates_is_refused(tmp_path):
+    feed = {"x": np.zeros((3, 4), np.float32), "u": np.ones((1, 4), np.float32)}
+    proto = _model("ScatterElements", feed, {"axis": 0}, {"i": np.zeros((1, 4), I64)})
+    proto.graph.node[0].input[:] = ["x", "i", "u"]
+    with pytest.raises(UnsupportedError, match="computed at run time"):
+        _export(proto, tmp_path)
