@@ -44,13 +44,16 @@ GRID_CASES = {
 def test_grid_sample_constant_grid(case, tmp_path):
     x_shape, grid_shape, attrs = GRID_CASES[case]
     grid = RNG.uniform(-1.6, 1.6, grid_shape).astype(np.float32)
-    proto = _grid_sample(x_shape, grid, attrs)
-    feed = {"x": RNG.uniform(-3, 3, x_shape).astype(np.float32)}
+    _check(_grid_sample(x_shape, grid, attrs), {"x": RNG.uniform(-3, 3, x_shape).astype(np.float32)}, tmp_path, 1e-5)
+
+
+def _check(proto, feed, tmp_path, tol):
+    """The TFLite artifact's one output against ONNX Runtime's, rtol = atol = tol."""
     (want,) = _reference(proto, feed)
-    result, run = _export(proto, tmp_path)
+    _, run = _export(proto, tmp_path)
     (got,) = run(feed)
     assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
 def test_grid_sample_ops_one_gather(tmp_path):
@@ -95,12 +98,7 @@ SCATTER_CASES = {
 def test_gather_scatter_constant_indices(case, tmp_path):
     op, shape, consts, attrs, opset = SCATTER_CASES[case]
     feed = {"x": RNG.uniform(-3, 3, shape).astype(np.float32)}
-    proto = _model(op, feed, attrs, consts, opset=opset)
-    (want,) = _reference(proto, feed)
-    _, run = _export(proto, tmp_path)
-    (got,) = run(feed)
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    _check(_model(op, feed, attrs, consts, opset=opset), feed, tmp_path, 1e-6)
 
 
 def test_scatter_with_run_time_updates_is_refused(tmp_path):
