@@ -1,6 +1,7 @@
 """More single-op ONNX graphs exported to TFLite, run in LiteRT and compared with ONNX Runtime
 (optimizations off), in the style of test_tflite_ops_onnx.py: GridSample with a constant grid,
-GatherElements and Scatter / ScatterElements / ScatterND with constant indices and updates."""
+GatherElements and Scatter / ScatterElements / ScatterND with constant indices and updates, LRN,
+MeanVarianceNormalization, SwiGLU."""
 from __future__ import annotations
 
 import numpy as np
@@ -47,9 +48,10 @@ def test_grid_sample_constant_grid(case, tmp_path):
     _check(_grid_sample(x_shape, grid, attrs), {"x": RNG.uniform(-3, 3, x_shape).astype(np.float32)}, tmp_path, 1e-5)
 
 
-def _check(proto, feed, tmp_path, tol):
-    """The TFLite artifact's one output against ONNX Runtime's, rtol = atol = tol."""
-    (want,) = _reference(proto, feed)
+def _check(proto, feed, tmp_path, tol, want=None):
+    """The TFLite artifact's one output against ONNX Runtime's (or `want`), rtol = atol = tol."""
+    if want is None:
+        (want,) = _reference(proto, feed)
     _, run = _export(proto, tmp_path)
     (got,) = run(feed)
     assert got.shape == want.shape
@@ -107,3 +109,28 @@ def test_scatter_with_run_time_updates_is_refused(tmp_path):
     proto.graph.node[0].input[:] = ["x", "i", "u"]
     with pytest.raises(UnsupportedError, match="computed at run time"):
         _export(proto, tmp_path)
+
+
+def _u(*shape):
+    return RNG.uniform(-3, 3, shape).astype(np.float32)
+
+
+NORM_CASES = {
+    # id: (op, run-time inputs, attributes, opset, tolerance)
+    "lrn-size5": ("LRN", {"x": _u(1, 7, 4, 5)}, {"size": 5, "alpha": 0.02, "beta": 0.6, "bias": 1.5}, 18, 1e-5),
+    "lrn-defaults": ("LRN", {"x": _u(2, 4, 3, 3)}, {"size": 3}, 18, 1e-5),
+    "mvn-default-axes": ("MeanVarianceNormalization", {"x": _u(2, 3, 4, 5)}, {}, 18, 1e-4),
+    "mvn-last-axis": ("MeanVarianceNormalization", {"x": _u(2, 3, 6)}, {"axes": [2]}, 18, 1e-4),
+    "swiglu-alpha": ("SwiGLU", {"a": _u(2, 3, 8), "b": _u(2, 3, 8)}, {"alpha": 1.7}, 28, 1e-5),
+}
+
+
+@pytest.mark.parametrize("case", list(NORM_CASES))
+def test_norm_and_gated_ops(case, tmp_path):
+    op, feed, attrs, opset, tol = NORM_CASES[case]
+    want = None
+    if op == "SwiGLU":  # ONNX Runtime 1.32 has no SwiGLU (opset 28): its definition, in numpy
+        a, b = feed["a"].astype(np.float64), feed["b"].astype(np.float64)
+        want = a / (1 + np.exp(-attrs["alpha"] * a)) * b
+    shape = next(iter(feed.values())).shape
+    _check(_model(op, feed, attrs, opset=opset, out_shapes={"y0": shape}), feed, tmp_path, tol, want)

@@ -135,3 +135,31 @@ def hardmax(ctx: Ctx, node: ir.Node) -> None:
                  shape=shape[:stored] + shape[stored + 1:], dtype=np.int32, outputType=ctx.g.s.TensorType.INT32)
     c.op("ONE_HOT", index, ctx.int_const(shape[stored], node.name + "_depth"), c.const(1.0), c.const(0.0),
          out=ctx.out(node.outputs[0], x.perm).index, axis=stored)
+
+
+@lowering("MeanVarianceNormalization")
+def mean_variance_norm(ctx: Ctx, node: ir.Node) -> None:
+    """(x - mean) / (sqrt(var) + 1e-9) over `axes` (default N, H, W), as ONNX's function body; written
+    (x - mean) * rsqrt(var + 1e-18): the same where var >> 1e-18, and 1e9 * 0 = 0 where var is 0."""
+    x = plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name)
+    rank = len(x.perm)
+    axes = sorted({a % rank for a in node.attributes.get_ints("axes", [0, 2, 3])})
+    _normalize(ctx, node, x, axes, 1e-18, None, None)
+
+
+@lowering("LRN")
+def lrn(ctx: Ctx, node: ir.Node) -> None:
+    """Across channels: TFLite's LOCAL_RESPONSE_NORMALIZATION on the NHWC tensor (radius = (size - 1) / 2,
+    alpha / size), for a 4-D input and an odd size (ONNX's window is symmetric then)."""
+    from edgepack.converters.export_tflite.graph import NHWC
+
+    size = node.attributes.get_int("size", 1)
+    if len(ctx.shape(node.inputs[0])) != 4 or size % 2 == 0:
+        raise unsupported(node, f"has size {size} on a {len(ctx.shape(node.inputs[0]))}-D input (4-D with an odd size only)")
+    x = ctx.as_perm(plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name), NHWC[4],
+                    f"{node.name or node.outputs[0].name}_nhwc")
+    out = ctx.out(node.outputs[0], NHWC[4])
+    attr = node.attributes
+    ctx.g.op("LOCAL_RESPONSE_NORMALIZATION", [x.index], [out.index], ctx.g.options(
+        "LocalResponseNormalizationOptions", radius=(size - 1) // 2, bias=attr.get_float("bias", 1.0),
+        alpha=attr.get_float("alpha", 1e-4) / size, beta=attr.get_float("beta", 0.75)))
