@@ -134,3 +134,21 @@ def test_norm_and_gated_ops(case, tmp_path):
         want = a / (1 + np.exp(-attrs["alpha"] * a)) * b
     shape = next(iter(feed.values())).shape
     _check(_model(op, feed, attrs, opset=opset, out_shapes={"y0": shape}), feed, tmp_path, tol, want)
+
+
+def test_constant_graph_output_is_written(tmp_path):
+    """An output that folds to a constant (a KV-cache Concat of constants) is still an output."""
+    a, b = _u(1, 2, 3, 4), _u(1, 2, 1, 4)
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Concat", ["a", "b"], ["cache"], axis=2)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5]),
+         helper.make_tensor_value_info("cache", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [numpy_helper.from_array(a, "a"), numpy_helper.from_array(b, "b")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    feed = {"x": _u(1, 5)}
+    result, run = _export(proto, tmp_path)
+    y, cache = run(feed)
+    assert [d["name"] for d in result.outputs] == ["y", "cache"]
+    np.testing.assert_array_equal(y, np.maximum(feed["x"], 0))
+    np.testing.assert_array_equal(cache, np.concatenate([a, b], axis=2))

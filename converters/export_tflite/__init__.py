@@ -168,6 +168,8 @@ def _output_value(ctx: Ctx, value: ir.Value, nchw_io: bool) -> TVal:
     from edgepack.converters.export_tflite.ops_shape import plain_features
 
     tv = ctx.values.get(value.name)
+    if tv is None and ctx.const(value) is not None:  # a constant output (folded): RESHAPE-copied below
+        tv = ctx.val(value, value.producer() or _Fake(value))
     if tv is None:
         raise unsupported(value.producer() or _Fake(value), "produces a graph output that was not lowered")
     rank = len(tv.perm)
