@@ -1,7 +1,8 @@
 """More single-op ONNX graphs exported to TFLite, run in LiteRT and compared with ONNX Runtime
 (optimizations off), in the style of test_tflite_ops_onnx.py: GridSample with a constant grid,
 GatherElements and Scatter / ScatterElements / ScatterND with constant indices and updates, LRN,
-MeanVarianceNormalization, SwiGLU."""
+MeanVarianceNormalization, SwiGLU, and the element moves by a fixed map (CenterCropPad, Compress,
+ReverseSequence, GatherND, Pad edge/wrap/axes, Slice with negative steps, Gather with 2-D indices)."""
 from __future__ import annotations
 
 import numpy as np
@@ -152,3 +153,28 @@ def test_constant_graph_output_is_written(tmp_path):
     assert [d["name"] for d in result.outputs] == ["y", "cache"]
     np.testing.assert_array_equal(y, np.maximum(feed["x"], 0))
     np.testing.assert_array_equal(cache, np.concatenate([a, b], axis=2))
+
+
+MOVE_CASES = {
+    # id: (op, data shape, constant inputs, attributes, opset)
+    "center-crop-pad": ("CenterCropPad", (5, 4, 3), {"s": np.array([3, 7], I64)}, {"axes": [0, 1]}, 18),
+    "compress-axis": ("Compress", (3, 5), {"c": np.array([1, 0, 1, 1], bool)}, {"axis": 1}, 18),
+    "compress-flat": ("Compress", (2, 3), {"c": np.array([0, 1, 0, 0, 1, 1], bool)}, {}, 18),
+    "reverse-sequence": ("ReverseSequence", (4, 3, 2), {"n": np.array([4, 1, 3], I64)}, {"batch_axis": 1, "time_axis": 0}, 18),
+    "gather-nd": ("GatherND", (3, 4, 2), {"i": np.array([[[0, 1], [2, -1]], [[1, 0], [1, 3]]], I64)}, {}, 18),
+    "pad-edge-axes": ("Pad", (1, 2, 3, 4), {"p": np.array([1, 0, 2, 3], I64), "v": np.array(0, np.float32),
+                                            "a": np.array([2, -1], I64)}, {"mode": "edge"}, 18),
+    "pad-wrap": ("Pad", (2, 3), {"p": np.array([0, 2, 0, 1], I64)}, {"mode": "wrap"}, 19),
+    "slice-negative-steps": ("Slice", (5, 6), {"s": np.array([-1, 4], I64), "e": np.array([-9, 0], I64),
+                                               "a": np.array([0, 1], I64), "t": np.array([-2, -1], I64)}, {}, 18),
+    "gather-2d-indices": ("Gather", (3, 5, 2), {"i": np.array([[4, 0], [-1, 2]], I64)}, {"axis": 1}, 18),
+}
+
+
+@pytest.mark.parametrize("case", list(MOVE_CASES))
+def test_moves_by_a_fixed_map(case, tmp_path):
+    op, shape, consts, attrs, opset = MOVE_CASES[case]
+    feed = {"x": _u(*shape)}
+    (want,) = _reference(_model(op, feed, attrs, consts, opset=opset), feed)
+    # the output's shape declared (Compress's is data-dependent for ONNX's shape inference)
+    _check(_model(op, feed, attrs, consts, opset=opset, out_shapes={"y0": want.shape}), feed, tmp_path, 0.0, want)

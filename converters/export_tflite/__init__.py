@@ -32,7 +32,7 @@ def _load_all() -> None:
     """Import the lowering modules: each registers its ops in LOWERINGS as it loads."""
     from edgepack.converters.export_tflite import (  # noqa: F401  (each registers its lowerings)
         ops_attention, ops_conv, ops_elementwise, ops_logic, ops_math, ops_movement, ops_norm, ops_recurrent, ops_resize,
-        ops_scatter,
+        ops_rearrange, ops_scatter,
         ops_shape,
     )
 
