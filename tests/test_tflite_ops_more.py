@@ -1,7 +1,7 @@
 """More single-op ONNX graphs exported to TFLite, run in LiteRT and compared with ONNX Runtime
 (optimizations off), in the style of test_tflite_ops_onnx.py: GridSample with a constant grid,
 GatherElements and Scatter / ScatterElements / ScatterND with constant indices and updates, LRN,
-MeanVarianceNormalization, SwiGLU, and the element moves by a fixed map (CenterCropPad, Compress,
+MeanVarianceNormalization, BatchNormalization with run-time statistics, SwiGLU, and the element moves by a fixed map (CenterCropPad, Compress,
 ReverseSequence, GatherND, Pad edge/wrap/axes, Slice with negative steps, Gather with 2-D indices)."""
 from __future__ import annotations
 
@@ -122,6 +122,10 @@ NORM_CASES = {
     "lrn-defaults": ("LRN", {"x": _u(2, 4, 3, 3)}, {"size": 3}, 18, 1e-5),
     "mvn-default-axes": ("MeanVarianceNormalization", {"x": _u(2, 3, 4, 5)}, {}, 18, 1e-4),
     "mvn-last-axis": ("MeanVarianceNormalization", {"x": _u(2, 3, 6)}, {"axes": [2]}, 18, 1e-4),
+    "batchnorm-run-time-stats": ("BatchNormalization", {"x": _u(2, 3, 4, 5), "s": _u(3), "b": _u(3), "m": _u(3),
+                                                         "v": RNG.uniform(0.1, 2, 3).astype(np.float32)}, {"epsilon": 1e-3}, 15, 1e-5),
+    "batchnorm-3d": ("BatchNormalization", {"x": _u(2, 4, 6), "s": _u(4), "b": _u(4), "m": _u(4),
+                                            "v": RNG.uniform(0.1, 2, 4).astype(np.float32)}, {}, 15, 1e-5),
     "swiglu-alpha": ("SwiGLU", {"a": _u(2, 3, 8), "b": _u(2, 3, 8)}, {"alpha": 1.7}, 28, 1e-5),
 }
 

@@ -163,3 +163,24 @@ def lrn(ctx: Ctx, node: ir.Node) -> None:
     ctx.g.op("LOCAL_RESPONSE_NORMALIZATION", [x.index], [out.index], ctx.g.options(
         "LocalResponseNormalizationOptions", radius=(size - 1) // 2, bias=attr.get_float("bias", 1.0),
         alpha=attr.get_float("alpha", 1e-4) / size, beta=attr.get_float("beta", 0.75)))
+
+
+@lowering("BatchNormalization")
+def batch_norm(ctx: Ctx, node: ir.Node) -> None:
+    """Inference-mode BatchNormalization left in the graph (fold_batchnorm folds the ones after a
+    convolution; this one has statistics computed at run time, or no convolution before it):
+    (x - mean) * rsqrt(var + eps) * scale + bias, x stored channels-last so the (C,) vectors broadcast."""
+    from edgepack.converters.export_tflite.chain import Chain
+    from edgepack.converters.export_tflite.graph import NHWC
+
+    if node.attributes.get_int("training_mode", 0) or len([o for o in node.outputs if o is not None and o.name]) > 1:
+        raise unsupported(node, "is in training mode (batch statistics, running-mean outputs)")
+    rank = len(ctx.shape(node.inputs[0]))
+    perm = NHWC.get(rank, tuple(range(rank)))
+    x = ctx.as_perm(plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name), perm,
+                    f"{node.name or node.outputs[0].name}_channels_last")
+    scale, bias, mean, var = (ctx.val(node.inputs[i], node).index for i in (1, 2, 3, 4))
+    c = Chain(ctx, node)
+    inv = c.op("RSQRT", c.op("ADD", var, c.const(node.attributes.get_float("epsilon", 1e-5))))
+    centred = c.op("SUB", x.index, mean)
+    c.op("ADD", c.op("MUL", c.op("MUL", centred, inv), scale), bias, out=ctx.out(node.outputs[0], perm).index)
