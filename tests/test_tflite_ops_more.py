@@ -182,3 +182,29 @@ def test_moves_by_a_fixed_map(case, tmp_path):
     (want,) = _reference(_model(op, feed, attrs, consts, opset=opset), feed)
     # the output's shape declared (Compress's is data-dependent for ONNX's shape inference)
     _check(_model(op, feed, attrs, consts, opset=opset, out_shapes={"y0": want.shape}), feed, tmp_path, 0.0, want)
+
+
+ROPE_CASES = {
+    # id: (x shape, attributes, position ids or None (caches fed at run time, (B, S, rot/2)))
+    "3d-heads-rotary-dim": ((2, 3, 2 * 8), {"num_heads": 2, "rotary_embedding_dim": 4}, np.array([[0, 2, 5], [1, 1, 7]])),
+    "3d-interleaved": ((1, 4, 3 * 6), {"num_heads": 3, "interleaved": 1}, np.array([[3, 0, 2, 6]])),
+    "4d-run-time-caches": ((2, 3, 5, 8), {}, None),
+    "4d-run-time-caches-interleaved-partial": ((1, 2, 4, 8), {"interleaved": 1, "rotary_embedding_dim": 6}, None),
+}
+
+
+@pytest.mark.parametrize("case", list(ROPE_CASES))
+def test_rotary_embedding(case, tmp_path):
+    shape, attrs, ids = ROPE_CASES[case]
+    head = shape[-1] if len(shape) == 4 else shape[-1] // attrs["num_heads"]
+    half = attrs.get("rotary_embedding_dim", head) // 2
+    angles = RNG.uniform(0, 6, (8, half) if ids is not None else (shape[0], shape[-2], half))
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    feed = {"x": _u(*shape)}
+    if ids is None:
+        feed.update(cos=cos, sin=sin)
+        proto = _model("RotaryEmbedding", feed, attrs, opset=23, out_shapes={"y0": shape})
+    else:
+        proto = _model("RotaryEmbedding", feed, attrs, {"cos": cos, "sin": sin, "ids": ids.astype(I64)}, opset=23,
+                       out_shapes={"y0": shape})
+    _check(proto, feed, tmp_path, 1e-5)
