@@ -208,3 +208,23 @@ def test_rotary_embedding(case, tmp_path):
         proto = _model("RotaryEmbedding", feed, attrs, {"cos": cos, "sin": sin, "ids": ids.astype(I64)}, opset=23,
                        out_shapes={"y0": shape})
     _check(proto, feed, tmp_path, 1e-5)
+
+
+@pytest.mark.parametrize("run_time_weights", [False, True], ids=["constant-weights", "run-time-weights"])
+def test_causal_conv_with_state(run_time_weights, tmp_path):
+    """Against the ONNX reference evaluator (ONNX Runtime 1.32 has no opset-27 CausalConvWithState)."""
+    from onnx.reference import ReferenceEvaluator
+
+    x, past = _u(2, 3, 5), _u(2, 3, 2)
+    weight, bias = _u(3, 1, 3), _u(3)
+    feed = {"x": x, "w": weight} if run_time_weights else {"x": x}
+    consts = {"b": bias, "p": past} if run_time_weights else {"w": weight, "b": bias, "p": past}
+    proto = _model("CausalConvWithState", feed, {"activation": "silu"}, consts, n_out=2, opset=27,
+                   out_shapes={"y0": (2, 3, 5), "y1": (2, 3, 2)})
+    if not run_time_weights:
+        proto.graph.node[0].input[:] = ["x", "w", "b", "p"]
+    want = ReferenceEvaluator(proto).run(None, feed)
+    _, run = _export(proto, tmp_path)
+    got = run(feed)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
