@@ -9,8 +9,10 @@ How the cases are made: onnx (pinned: ONNX_VERSION below) no longer ships the no
 outputs) into a temporary folder. A case is eligible when every graph input and output is a float32
 tensor with a static shape (as given), or, for the "weights as constants" run, when its first input
 and every output are (every input after the first then becomes an initializer holding the test's own
-value). The eligible names are kept in `benchmarks/data/onnx_node_cases.txt` (refresh with
---list-eligible), so counts compare across runs.
+value; in the "as given" run, only the inputs whose values set a shape (Resize scales/sizes, Reshape's
+shape...: `edgepack.load.VALUE_OPERANDS`, where edgepack refuses the random values it verifies with)
+become initializers holding the test's value, as a user stores them). The eligible names are kept
+in `benchmarks/data/onnx_node_cases.txt` (refresh with --list-eligible), so counts compare across runs.
 
 How a case is run: through the product's own path: the pipeline's graph passes
 (`edgepack.pipeline.graph_passes`) on the ONNX, then the exporter `edgepack export` calls
@@ -112,17 +114,22 @@ def read_case_list() -> dict[str, list[str]]:
 # ---------------------------------------------------------------- one case (in a worker)
 
 
-def _with_constant_weights(proto, inputs: list[np.ndarray]):
-    """Every graph input after the first becomes an initializer holding the test's value."""
+def _with_constants(proto, inputs: list[np.ndarray], names: set[str]) -> tuple[object, list[np.ndarray]]:
+    """The graph inputs in `names` become initializers holding the test's value; returns the model
+    and the inputs left to feed."""
     from onnx import numpy_helper
 
     graph = proto.graph
-    for vi, array in zip(list(graph.input)[1:], inputs[1:]):
-        graph.initializer.append(numpy_helper.from_array(np.asarray(array), vi.name))
-    kept = list(graph.input)[:1]
+    kept, feed = [], []
+    for vi, array in zip(list(graph.input), inputs):
+        if vi.name in names:
+            graph.initializer.append(numpy_helper.from_array(np.asarray(array), vi.name))
+        else:
+            kept.append(vi)
+            feed.append(array)
     del graph.input[:]
     graph.input.extend(kept)
-    return proto
+    return proto, feed
 
 
 def run_case(case_dir: Path, mode: str, fmt: str, work: Path) -> tuple[str, str]:
@@ -136,10 +143,13 @@ def run_case(case_dir: Path, mode: str, fmt: str, work: Path) -> tuple[str, str]
     data = np.load(case_dir / "data.npz")
     inputs = [data[k] for k in sorted((k for k in data if k.startswith("in")), key=lambda k: int(k[2:]))]
     expected = [data[k] for k in sorted((k for k in data if k.startswith("out")), key=lambda k: int(k[3:]))]
+    from edgepack.load import value_operand_inputs
+
     proto = onnx.load(str(case_dir / "model.onnx"))
-    if mode == "const":
-        proto = _with_constant_weights(proto, inputs)
-        inputs = inputs[:1]
+    # "const": every input after the first is a constant; "given": the inputs whose values set a
+    # shape (Resize scales, Reshape shape...: edgepack refuses random values there) are constants
+    names = {v.name for v in proto.graph.input[1:]} if mode == "const" else set(value_operand_inputs(proto.graph))
+    proto, inputs = _with_constants(proto, inputs, names)
     names = [v.name for v in proto.graph.input]
     feed = dict(zip(names, inputs))
     try:

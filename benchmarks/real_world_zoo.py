@@ -21,7 +21,7 @@ Install (benchmark extras, into the venv; pin torch next to torchvision or pip p
 
     pip install torch==2.13.0 torchvision==0.28.0 timm ultralytics rapidocr-onnxruntime==1.4.4
     PYTHONPATH=/work/shared/tools/torchvision-cpu-shim YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0 \\
-        python benchmarks/real_world_zoo.py [--models a,b] [--out DIR] [--timeout 1200]
+        python benchmarks/real_world_zoo.py [--models a,b] [--out DIR] [--timeout 1200] [--no-int8]
 
 Until `fold_shape_subgraphs` is in `edgepack.pipeline.graph_passes`, the child puts it first
 there (printed in the run's header), so PP-OCR rec's `Shape` ops are folded."""
@@ -182,7 +182,7 @@ def _hook_shape_folding() -> str:
     return "fold_shape_subgraphs: added by this benchmark (not yet in pipeline.graph_passes)"
 
 
-def child(name: str, out: Path) -> None:
+def child(name: str, out: Path, int8: bool = True) -> None:
     """Build one model, export it to every format and precision, print one RESULT line."""
     import edgepack
     from edgepack.errors import EdgepackError
@@ -197,7 +197,7 @@ def child(name: str, out: Path) -> None:
         source = MODELS[name](work)
         calib = _calibration(source, work / "calib.npy")
         report = edgepack.export(source.model, output_dir=work / "export", input_shape=source.shape,
-                                 formats=("onnx", "tflite", "ncnn"), fp16=True, int8=True, ncnn_fp32=True,
+                                 formats=("onnx", "tflite", "ncnn"), fp16=True, int8=int8, ncnn_fp32=True,
                                  calib=calib, allow_pickle=source.allow_pickle, name=name)
         rows = artifact_rows(name, report)
     except EdgepackError as exc:
@@ -221,12 +221,13 @@ def artifact_rows(name: str, report: dict) -> list[dict]:
 # ---------------------------------------------------------------- parent
 
 
-def run(names: list[str], out: Path, timeout: float) -> list[dict]:
+def run(names: list[str], out: Path, timeout: float, int8: bool = True) -> list[dict]:
     rows: list[dict] = []
     for name in names:
         start = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, __file__, "--child", name, "--out", str(out)], capture_output=True,
+            proc = subprocess.run([sys.executable, __file__, "--child", name, "--out", str(out), *([] if int8 else ["--no-int8"])],
+                                  capture_output=True,
                                   text=True, timeout=timeout)
             result = next((json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
             if result is None:
@@ -263,10 +264,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/edgepack-real-world-zoo"))
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per model")
     parser.add_argument("--table-only", action="store_true", help="print the table from the reports already in --out")
+    parser.add_argument("--no-int8", action="store_true",
+                        help="fp32 and fp16 only (the int8 accuracy guard is most of the run time)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.out)
+        child(args.child, args.out, int8=not args.no_int8)
         return
     if args.table_only:
         saved = {r["model"]: r for r in json.loads((args.out / "results.json").read_text())} if (args.out / "results.json").is_file() else {}
@@ -282,7 +285,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = run(names, args.out, args.timeout)
+    rows = run(names, args.out, args.timeout, int8=not args.no_int8)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     print(table(rows))
 

@@ -155,6 +155,8 @@ def export_ncnn(model: ir.Model, path: Path, *, fp16: bool) -> NcnnExport:
                                   "(export it with --format onnx), or use --format onnx or tflite for this model")
         param = NcnnParam.parse(param_file.read_text())
         _check_layers(param)
+        if _fix_reduction_axes(param, model):
+            param_file.write_text(param.text())
         _check_runs_in_child(param_file, bin_file, model)
         blob_names, pnnx_names = _rename_io(param, [v.name for v in model.graph.inputs], [v.name for v in model.graph.outputs])
         _declare_input_shapes(param, {blob_names[v.name]: v.shape for v in model.graph.inputs})
@@ -330,6 +332,55 @@ def _check_layers(param: NcnnParam) -> None:
     if unknown:
         raise UnsupportedError(f"pnnx left op(s) that ncnn has no layer for: {', '.join(unknown)}; "
                                "ncnn cannot run this model: use --format onnx or tflite for it")
+
+
+# ONNX reduction -> ncnn Reduction operation (param 0)
+_NCNN_REDUCE = {"ReduceSum": 0, "ReduceSumSquare": 2, "ReduceMean": 3, "ReduceMax": 4, "ReduceMin": 5, "ReduceProd": 6,
+                "ReduceL1": 7, "ReduceL2": 8, "ReduceLogSum": 9, "ReduceLogSumExp": 10}
+
+
+def _fix_reduction_axes(param: NcnnParam, model: ir.Model) -> bool:
+    """pnnx (from ONNX) writes a Reduction's axes counting the batch axis, which ncnn's Reduction
+    (5=1) does not count, and drops axes given as an input (opset 18): every reduction came out one
+    axis off or empty. Each Reduction layer is matched, in order, with the ONNX reduction it came
+    from and given that node's axes without the batch axis; a reduction that cannot be matched, or
+    that drops the batch axis, is refused. Returns whether a layer changed."""
+    layers = [layer for layer in param.layers if layer.type == "Reduction"]
+    if not layers:
+        return False
+    nodes = [n for n in model.graph if n.op_type in _NCNN_REDUCE]
+    if len(nodes) != len(layers) or any(layer.get(0, -1) != _NCNN_REDUCE[n.op_type] for layer, n in zip(layers, nodes)):
+        raise UnsupportedError(f"ncnn cannot represent this model: pnnx turned its {len(nodes)} ONNX reduction(s) into "
+                               f"{len(layers)} ncnn Reduction layer(s) that do not match them one to one, so their axes "
+                               "cannot be checked; use --format onnx or tflite for it")
+    for layer, node in zip(layers, nodes):
+        if node.inputs[0].shape is None:
+            raise UnsupportedError(f"ncnn cannot represent this model: {node.op_type} node {node.name!r} reads a value of "
+                                   "unknown rank, so its ncnn axes cannot be set; use --format onnx or tflite for it")
+        rank = len(node.inputs[0].shape)
+        axes = _reduce_axes(node, rank)
+        keep = node.attributes.get_int("keepdims", 1)
+        if 0 in axes and (not keep or axes == [0]):
+            raise UnsupportedError(f"ncnn cannot represent this model: {node.op_type} node {node.name!r} reduces the batch "
+                                   "axis (ncnn has none); use --format onnx or tflite for it")
+        kept = [a - 1 for a in axes if a != 0]
+        layer.params = [(k, v) for k, v in layer.params if k not in ("1", "3", "-23303", "4", "5")]
+        layer.params += [("1", "0"), ("-23303", ",".join(map(str, [len(kept), *kept]))), ("4", str(keep)), ("5", "1")]
+    return True
+
+
+def _reduce_axes(node: ir.Node, rank: int) -> list[int]:
+    """The axes an ONNX reduction reduces (attribute, or the axes input from opset 18), non-negative."""
+    given = node.attributes.get_ints("axes", None)
+    if given is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+        tensor = ir.convenience.get_const_tensor(node.inputs[1])
+        if tensor is None:
+            raise UnsupportedError(f"ncnn cannot represent this model: {node.op_type} node {node.name!r} has axes "
+                                   "computed at run time; use --format onnx or tflite for it")
+        given = tensor.numpy().reshape(-1).tolist()
+    if not given:
+        return [] if node.attributes.get_int("noop_with_empty_axes", 0) else list(range(rank))
+    return sorted(int(a) % rank for a in given)
 
 
 def _declare_input_shapes(param: NcnnParam, shapes: dict[str, ir.Shape]) -> None:

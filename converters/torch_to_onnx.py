@@ -34,7 +34,7 @@ def torch_to_onnx(model: Any, kind: str, args: tuple, input_names: list[str], ou
     import numpy as np
     import torch
 
-    args = tuple(torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a for a in args)
+    args = tuple(torch.from_numpy(np.array(a, order="C")) if isinstance(a, np.ndarray) else a for a in args)
     errors: dict[str, BaseException] = {}
     logs: dict[str, str] = {}
     if kind != "torchscript":

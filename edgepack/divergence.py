@@ -121,7 +121,7 @@ def load_inputs(path: Path, model: Any) -> list[dict[str, np.ndarray]]:
     if len(counts) != 1 or 0 in counts:
         raise UsageError(f"--inputs {path}: inputs have {sorted(counts)} samples; give every input the same number (> 0)")
     n = counts.pop()
-    return [{name: batches[name][i] for name in expected} for i in range(n)]
+    return [{name: batches[name][i, ...] for name in expected} for i in range(n)]
 
 
 def random_inputs(model: Any, n: int = DEFAULT_RANDOM_SAMPLES, seed: int = 0) -> list[dict[str, np.ndarray]]:

@@ -139,7 +139,7 @@ class _TfliteRun:
             perm = next(iter(_layouts(tuple(d["shape"]), x.shape)), None)
             if perm is None:
                 raise UsageError(f"TFLite input {name!r} has shape {list(d['shape'])}; the feed has {list(x.shape)}")
-            stored = np.ascontiguousarray(x.transpose(perm))
+            stored = np.array(x.transpose(perm), order="C")  # (ascontiguousarray makes a scalar 1-D)
             if d["dtype"] == np.int8:
                 scale, zp = d["quantization"]
                 stored = np.clip(np.round(stored / scale) + zp, -128, 127).astype(np.int8)

@@ -36,6 +36,8 @@ class SourceModel:
     partial_shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
     made_permanent: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # ONNX inputs read as values that set shapes (Resize scales, Reshape shape...): input -> what it sets
+    value_inputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_torch(self) -> bool:
@@ -421,6 +423,32 @@ def _from_onnx(path: Path) -> SourceModel:
     return _from_onnx_proto(proto, path)
 
 
+# Operands whose values (not only their shapes) decide an output's shape: random verification
+# inputs are no valid values for them, and TFLite and ncnn need them constant.
+VALUE_OPERANDS: dict[str, dict[int, str]] = {
+    "Resize": {2: "scales", 3: "sizes"}, "Upsample": {1: "scales"}, "Reshape": {1: "shape"},
+    "Expand": {1: "shape"}, "Tile": {1: "repeats"}, "ConstantOfShape": {0: "shape"},
+    "Slice": {1: "starts", 2: "ends", 3: "axes", 4: "steps"}, "Pad": {1: "pads"}, "TopK": {1: "K"},
+    "OneHot": {1: "depth"}, "Split": {1: "split"}, "Squeeze": {1: "axes"}, "Unsqueeze": {1: "axes"},
+}
+
+
+def value_operand_inputs(graph: Any) -> dict[str, str]:
+    """Graph inputs (of an onnx GraphProto) used directly as a VALUE_OPERANDS operand: name ->
+    "the scales of Resize node 'r'"."""
+    inits = {i.name for i in graph.initializer}
+    inputs = {i.name for i in graph.input} - inits
+    found: dict[str, str] = {}
+    for node in graph.node:
+        for slot, what in VALUE_OPERANDS.get(node.op_type, {}).items():
+            if node.op_type == "Resize" and len(node.input) == 2:  # opset 10: (X, scales)
+                slot, what = (1, "scales") if slot == 2 else (-1, what)
+            if 0 <= slot < len(node.input) and node.input[slot] in inputs:
+                label = repr(node.name) if node.name else f"(output {node.output[0]!r})"
+                found.setdefault(node.input[slot], f"the {what} of {node.op_type} node {label}")
+    return found
+
+
 def _from_onnx_proto(proto: Any, path: Path | None) -> SourceModel:
     from onnx import numpy_helper
 
@@ -433,11 +461,12 @@ def _from_onnx_proto(proto: Any, path: Path | None) -> SourceModel:
         if not inp.type.tensor_type.HasField("shape"):
             continue
         known = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in inp.type.tensor_type.shape.dim)
-        if known and all(d is not None for d in known):
+        if all(d is not None for d in known):  # () is a rank-0 (scalar) input: static too
             shapes[inp.name] = known
         elif known:
             partial[inp.name] = known
-    src = SourceModel("onnx", path, onnx_model=proto, input_names=names, stored_shapes=shapes, partial_shapes=partial)
+    src = SourceModel("onnx", path, onnx_model=proto, input_names=names, stored_shapes=shapes, partial_shapes=partial,
+                      value_inputs=value_operand_inputs(proto.graph))
     bad = []
     for init in proto.graph.initializer:
         try:

@@ -19,6 +19,7 @@ from edgepack.errors import UsageError
 from edgepack.formats import parse_formats
 
 _SHAPE_RE = re.compile(r"^\d+(x\d+)*$")
+SCALAR = "scalar"  # --input-shape spelling of a rank-0 input
 LAYOUTS = ("nchw", "nhwc")
 CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
 
@@ -53,24 +54,27 @@ def opt(help: str, **kw: Any) -> dict:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One model input: optional name and a static shape."""
+    """One model input: optional name and a static shape (`()` for a rank-0 scalar)."""
 
     name: str | None
     shape: tuple[int, ...]
 
     @classmethod
     def parse(cls, text: str) -> "InputSpec":
-        """`1x3x224x224` or `name:1x3x224x224`."""
+        """`1x3x224x224`, `name:1x3x224x224`, or `scalar` / `name:scalar` for a rank-0 input."""
         name, _, dims = text.strip().rpartition(":")
         dims = dims.lower().replace(",", "x").replace(" ", "")
+        if dims == SCALAR:
+            return cls(name or None, ())
         if not _SHAPE_RE.match(dims) or any(int(d) == 0 for d in dims.split("x")):
             raise UsageError(
-                f"--input-shape {text!r} is not a shape; write positive dims joined by 'x', e.g. 1x3x224x224 or image:1x3x224x224"
+                f"--input-shape {text!r} is not a shape; write positive dims joined by 'x', e.g. 1x3x224x224 or "
+                f"image:1x3x224x224, or {SCALAR} (name:{SCALAR}) for a rank-0 input"
             )
         return cls(name or None, tuple(int(d) for d in dims.split("x")))
 
     def __str__(self) -> str:
-        dims = "x".join(map(str, self.shape))
+        dims = "x".join(map(str, self.shape)) if self.shape else SCALAR
         return f"{self.name}:{dims}" if self.name else dims
 
 
@@ -146,7 +150,7 @@ class SourceOptions:
     """What the model is and how to read it."""
 
     input_shape: tuple[InputSpec, ...] = field(default=(), metadata=opt(
-        "1x3x224x224 or name:1x3x224x224; repeat per input.", multiple=True, parse=parse_input_shapes))
+        "1x3x224x224 or name:1x3x224x224 (name:scalar for a rank-0 input); repeat per input.", multiple=True, parse=parse_input_shapes))
     name: str | None = field(default=None, metadata=opt("Artifact base name (default: the model file's name)."))
     allow_pickle: bool = field(default=False, metadata=opt(
         "Allow unpickling code from the model file (a pickled nn.Module, an ultralytics checkpoint).", is_flag=True))

@@ -51,8 +51,8 @@ from edgepack.options import ExportOptions, InputSpec
 from edgepack.runtimes import get_runtime, work_threads
 from edgepack.runtimes.ort import ort_message
 from edgepack.verify import (
-    AGREEMENT_FLOOR, VERIFY_NAME, VerificationSet, check_agreement, compare, make_verification_set, run_all,
-    save_verification, stack_outputs,
+    AGREEMENT_FLOOR, VERIFY_NAME, VerificationSet, batch_size, check_agreement, compare, make_verification_set,
+    per_call, run_all, save_verification, stack_outputs,
 )
 
 
@@ -149,6 +149,7 @@ def _export_into(out_dir: Path, model_or_path: Any, options: ExportOptions, prof
     for w in warnings:
         steps.warn(w)
     specs, shape_sources = resolve_inputs(source, options.source.input_shape, profile)
+    _refuse_random_values(source, options.calibration.calib is not None)
     shapes = {s.name: s.shape for s in specs}
     _check_memory(shapes, options.verify.verify_samples + 2)
 
@@ -323,6 +324,20 @@ def resolve_inputs(source: SourceModel, given: tuple[InputSpec, ...], profile: D
     return [InputSpec(n, shapes[n]) for n in names], origin
 
 
+def _refuse_random_values(source: SourceModel, has_calib: bool) -> None:
+    """An input that sets a shape by its values (Resize scales/sizes, Reshape shape...) cannot be
+    fed the random samples edgepack verifies with: say so, instead of blaming the input shape when
+    the model then fails on them."""
+    if not source.value_inputs or has_calib:
+        return
+    name, what = next(iter(source.value_inputs.items()))
+    raise UsageError(
+        f"input {name!r} is {what}: its values set a shape, so the random samples edgepack verifies with are not "
+        f"valid for it (and TFLite and ncnn need it constant); store {name!r} in the model as an initializer holding "
+        f"its value, or pass --calib with real values for every input"
+    )
+
+
 def _check_onnx_shape(source: SourceModel, key: str, shape: tuple[int, ...], where: str) -> None:
     """An ONNX model's static dims are fixed: a shape that contradicts them is an input error."""
     known = source.stored_shapes.get(key) or source.partial_shapes.get(key)
@@ -473,7 +488,7 @@ def _to_onnx(source: SourceModel, specs: list[InputSpec], vset: VerificationSet,
         return ir.from_proto(_with_static_inputs(source.onnx_model, specs)), None, None
     from edgepack.converters.torch_to_onnx import torch_to_onnx
 
-    args = tuple(vset.inputs[s.name][0].copy() for s in specs)  # numpy: the converter makes tensors
+    args = tuple(vset.inputs[s.name][0, ...].copy() for s in specs)  # numpy: the converter makes tensors
     out_names = ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
     result = torch_to_onnx(source.model, source.kind, args, [s.name for s in specs], out_names, opset)
     return ir.from_proto(result.model_proto), result.exporter, result.fallback_reason
@@ -503,7 +518,7 @@ def _calibration_feeds(calib: dict[str, np.ndarray] | None, vset: VerificationSe
     order = np.random.default_rng(options.verify.seed + 1).permutation(vset.calibration_indices)
     if options.calibration.calib_samples is not None:
         order = order[: options.calibration.calib_samples]
-    batch = next(iter(shapes.values()))[0]
+    batch = batch_size(shapes)
     n = (len(order) // batch) * batch
     if n == 0:
         raise UsageError(f"--calib leaves {len(order)} sample(s) for calibration after the 20% verification hold-out; "
@@ -511,7 +526,7 @@ def _calibration_feeds(calib: dict[str, np.ndarray] | None, vset: VerificationSe
     if n < RECOMMENDED_SAMPLES:
         warnings.append(f"only {n} calibration samples (after holding out {vset.count} for verification); "
                         f"{RECOMMENDED_SAMPLES} or more are recommended for stable int8 ranges")
-    return [{name: calib[name][order[i : i + batch]].reshape(shapes[name]) for name in shapes} for i in range(0, n, batch)]
+    return [{name: per_call(calib[name][order[i : i + batch]], tuple(shapes[name])) for name in shapes} for i in range(0, n, batch)]
 
 
 def _int8_agreement(ctx: ExportContext, artifacts: list[dict]) -> None:

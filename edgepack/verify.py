@@ -96,7 +96,19 @@ class VerificationSet:
         return f"{self.source}: {self.count} sample(s)"
 
     def feeds(self) -> list[dict[str, np.ndarray]]:
-        return [{name: arr[i] for name, arr in self.inputs.items()} for i in range(self.count)]
+        return [{name: arr[i, ...] for name, arr in self.inputs.items()} for i in range(self.count)]
+
+
+def batch_size(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Samples per model call: the first dim of the first input that has one (a rank-0 input is a
+    scalar shared by the batch)."""
+    return next((s[0] for s in shapes.values() if s), 1)
+
+
+def per_call(samples: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """`batch` consecutive samples (batch, *shape[1:]) as one model input of `shape`; a scalar input
+    takes the first of them."""
+    return samples.reshape(shape) if shape else np.array(samples.reshape(-1)[0])
 
 
 def make_verification_set(
@@ -120,12 +132,13 @@ def make_verification_set(
         return VerificationSet(inputs, "random-normal", seed, edge=2)
     total = next(iter(calib.values())).shape[0]
     order = rng.permutation(total)
-    batch = next(iter(shapes.values()))[0]
+    batch = batch_size(shapes)
     n_hold = max(batch, int(round(total * holdout_fraction)))
     n_hold = min(n_hold - n_hold % batch, max_batches * batch) or batch
     held, rest = order[:n_hold], order[n_hold:]
     inputs = {
-        n: calib[n][held].reshape((n_hold // batch,) + tuple(shapes[n])) for n in shapes
+        n: np.stack([per_call(calib[n][held[i : i + batch]], tuple(shapes[n])) for i in range(0, n_hold, batch)])
+        for n in shapes
     }
     return VerificationSet(inputs, "calibration-holdout", seed, calibration_indices=np.sort(rest))
 

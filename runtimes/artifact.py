@@ -22,6 +22,8 @@ Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 def to_stored(array: np.ndarray, perm: list[int]) -> np.ndarray:
     """An ONNX-layout array (batch of samples) in a TFLite tensor's stored layout."""
+    if not perm:  # a scalar: np.ascontiguousarray would make it 1-D
+        return np.array(array, copy=True).reshape(())
     return np.ascontiguousarray(array.transpose(perm))
 
 

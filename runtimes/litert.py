@@ -52,7 +52,8 @@ class LiteRtSession:
             self._inputs = self._it.get_input_details()
             self._outputs = self._it.get_output_details()
         for d in self._inputs:
-            self._it.set_tensor(d["index"], np.ascontiguousarray(feeds[d["name"]], dtype=d["dtype"]))
+            # np.array, not np.ascontiguousarray: that makes a rank-0 (scalar) feed 1-D
+            self._it.set_tensor(d["index"], np.array(feeds[d["name"]], dtype=d["dtype"], order="C"))
         self._it.invoke()
         return {d["name"]: self._it.get_tensor(d["index"]).copy() for d in self._outputs}
 

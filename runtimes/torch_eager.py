@@ -18,7 +18,7 @@ class TorchSession:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
+        args = [torch.from_numpy(np.array(feeds[n], order="C")) for n in self.input_names]
         with torch.no_grad():
             out = self._module(*args)
         flat = flatten_outputs(out)

@@ -32,6 +32,7 @@ def _load_all() -> None:
     """Import the lowering modules: each registers its ops in LOWERINGS as it loads."""
     from edgepack.converters.export_tflite import (  # noqa: F401  (each registers its lowerings)
         ops_attention, ops_conv, ops_elementwise, ops_logic, ops_math, ops_movement, ops_norm, ops_recurrent, ops_resize,
+        ops_rearrange, ops_scatter,
         ops_shape,
     )
 
@@ -167,6 +168,8 @@ def _output_value(ctx: Ctx, value: ir.Value, nchw_io: bool) -> TVal:
     from edgepack.converters.export_tflite.ops_shape import plain_features
 
     tv = ctx.values.get(value.name)
+    if tv is None and ctx.const(value) is not None:  # a constant output (folded): RESHAPE-copied below
+        tv = ctx.val(value, value.producer() or _Fake(value))
     if tv is None:
         raise unsupported(value.producer() or _Fake(value), "produces a graph output that was not lowered")
     rank = len(tv.perm)

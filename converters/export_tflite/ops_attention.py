@@ -168,3 +168,57 @@ def _bias(ctx: Ctx, c: Chain, node: ir.Node, mask_value, nonpad, s: int, kv_len:
         return None, runtime
     bias = np.asarray(bias, np.float32)
     return bias.reshape((1,) * (4 - bias.ndim) + bias.shape), runtime
+
+
+@lowering("RotaryEmbedding")
+def rotary_embedding(ctx: Ctx, node: ir.Node) -> None:
+    """RoPE is linear in x: out = x * C + x[partner] * S, where partner swaps each rotated element with
+    its pair (the other half, or the neighbour when interleaved) and C / S hold cos and -sin / +sin
+    (1 and 0 past rotary_embedding_dim): one GATHER along the last axis, two MUL, one ADD. C and S are
+    constants when the caches (and position_ids) are; caches fed at run time without position_ids
+    are spread to C / S by a GATHER each."""
+    cos, sin = ctx.const(node.inputs[1]), ctx.const(node.inputs[2])
+    positions = _input(node, 3)
+    pos = ctx.const(positions) if positions is not None else None
+    if (cos is None or sin is None) and positions is not None or (positions is not None and pos is None):
+        raise unsupported(node, "has position_ids with caches or ids computed at run time (TFLite needs them constant here)")
+    dims = ctx.shape(node.inputs[0])
+    num_heads = node.attributes.get_int("num_heads", 0)
+    head = dims[3] if len(dims) == 4 else (dims[2] // num_heads if len(dims) == 3 and num_heads else 0)
+    if not head:
+        raise unsupported(node, "has a 3-D input without num_heads")
+    rot = node.attributes.get_int("rotary_embedding_dim", 0) or head
+    half = rot // 2
+    if ctx.shape(node.inputs[1])[-1] != half:
+        raise unsupported(node, f"has caches of width {ctx.shape(node.inputs[1])[-1]}, not rotary_embedding_dim / 2 = {half}")
+    j = np.arange(head)
+    if node.attributes.get_int("interleaved", 0):
+        pair, partner, sign = j // 2, j ^ 1, np.where(j % 2 == 0, -1.0, 1.0)
+    else:
+        pair, partner, sign = j % half, np.where(j < half, j + half, j - half), np.where(j < half, -1.0, 1.0)
+    inside = j < rot
+    pair, partner, sign = np.where(inside, pair, 0), np.where(inside, partner, j), np.where(inside, sign, 0.0)
+    heads = 1 if len(dims) == 4 else dims[2] // head  # (B, S, H * D): the head's pattern repeated per head
+    pair, inside, sign = np.tile(pair, heads), np.tile(inside, heads), np.tile(sign, heads)
+    partner = (np.arange(heads)[:, None] * head + partner).reshape(-1)
+    c = Chain(ctx, node)
+    if cos is not None and sin is not None:
+        if pos is not None:
+            cos, sin = cos[pos.astype(np.int64)], sin[pos.astype(np.int64)]  # (B, S, rot / 2)
+        c_full = c.const(np.where(inside, cos[..., pair], 1.0))  # (B, S, head * heads)
+        s_full = c.const(sign * sin[..., pair])
+    else:  # (B, S, rot / 2) fed at run time
+        cache = [ctx.as_perm(ctx.val(v, node), identity(3), f"{v.name}_plain").index for v in node.inputs[1:3]]
+        shape = ctx.g.shape_of(cache[0])[:2] + [len(pair)]
+        spread = [c.op("GATHER", t, ctx.int_const(pair, f"{c.name}_pair{i}"), shape=shape, axis=2) for i, t in enumerate(cache)]
+        c_full = c.op("ADD", c.op("MUL", spread[0], c.const(inside.astype(np.float32))), c.const((~inside).astype(np.float32)))
+        s_full = c.op("MUL", spread[1], c.const(sign))
+    if len(dims) == 4:  # (B, H, S, D): the same row for every head
+        b, s = ctx.g.shape_of(c_full)[:2]
+        c_full, s_full = (c.op("RESHAPE", t, ctx.int_const([b, 1, s, head], f"{c.name}_bhsd{i}"), shape=[b, 1, s, head])
+                          for i, t in enumerate((c_full, s_full)))
+    x = ctx.as_perm(plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name), identity(len(dims)),
+                    f"{c.name}_plain")
+    swapped = c.op("GATHER", x.index, ctx.int_const(partner, f"{c.name}_partner"), shape=list(dims), axis=len(dims) - 1)
+    out = ctx.out(node.outputs[0], identity(len(dims)))
+    c.op("ADD", c.op("MUL", x.index, c_full), c.op("MUL", swapped, s_full), out=out.index)

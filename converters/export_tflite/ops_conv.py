@@ -514,3 +514,57 @@ def lp_pool(ctx: Ctx, node: ir.Node) -> None:
         c.op("SQRT", total, out=out.index)
     else:
         c.op("POW", total, c.const(1.0 / p), out=out.index)
+
+
+@lowering("CausalConvWithState")
+def causal_conv_with_state(ctx: Ctx, node: ir.Node) -> None:
+    """Causal depthwise 1-D convolution over [past_state, input] (zeros without a past), optional SiLU,
+    written per tap in ONNX layout (B, C, L): sum_k window_k * w[:, 0, k] + bias, each window one
+    GATHER along the time axis, so the weights may be constants or fed at run time.
+    present_state is the last k - 1 positions of the padded input."""
+    from edgepack.converters.export_tflite.chain import Chain
+
+    b, ch, length = ctx.shape(node.inputs[0])
+    k = ctx.shape(node.inputs[1])[2]
+    present = node.outputs[1] if len(node.outputs) > 1 and node.outputs[1] is not None and node.outputs[1].name else None
+    if k < 2 and present is not None and (present.uses() or present.name in ctx.outputs):
+        raise unsupported(node, "has kernel size 1: its present_state is empty (TFLite has no empty tensors)")
+    activation = node.attributes.get_string("activation", "none")
+    if activation not in ("none", "silu", "swish"):
+        raise unsupported(node, f"uses activation {activation!r}")
+    c = Chain(ctx, node)
+
+    def plain(i: int) -> int:
+        return ctx.as_perm(ctx.val(node.inputs[i], node), identity(len(ctx.shape(node.inputs[i]))),
+                           f"{node.inputs[i].name}_plain").index
+
+    x = plain(0)
+    past_value = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] is not None else None
+    if k > 1:
+        past = plain(3) if past_value is not None else c.const(np.zeros((b, ch, k - 1)))
+        x = c.op("CONCATENATION", past, x, shape=[b, ch, length + k - 1], axis=2)
+    weight = ctx.const(node.inputs[1])
+    acc = None
+    for t in range(k):
+        window = x if k == 1 else c.op("GATHER", x, ctx.int_const(np.arange(t, t + length), f"{c.name}_tap{t}"),
+                                       shape=[b, ch, length], axis=2)
+        if weight is not None:
+            w = c.const(weight[:, 0, t].reshape(ch, 1))
+        else:
+            picked = c.op("GATHER", plain(1), ctx.int_const([t], f"{c.name}_w{t}"), shape=[ch, 1, 1], axis=2)
+            w = c.op("RESHAPE", picked, ctx.int_const([ch, 1], f"{c.name}_w{t}_shape"), shape=[ch, 1])
+        term = c.op("MUL", window, w)
+        acc = term if acc is None else c.op("ADD", acc, term)
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        bias = ctx.const(node.inputs[2])
+        bias = (c.const(bias.reshape(ch, 1)) if bias is not None else
+                c.op("RESHAPE", plain(2), ctx.int_const([ch, 1], f"{c.name}_bias_shape"), shape=[ch, 1]))
+        acc = c.op("ADD", acc, bias)
+    out = ctx.out(node.outputs[0], identity(3)).index
+    if activation == "none":
+        ctx.g.reshape(acc, out)
+    else:
+        c.op("MUL", acc, c.op("LOGISTIC", acc), out=out)
+    if present is not None and k > 1:
+        c.op("GATHER", x, ctx.int_const(np.arange(length, length + k - 1), f"{c.name}_state"),
+             out=ctx.out(present, identity(3)).index, axis=2)

@@ -224,3 +224,15 @@ def swish(ctx: Ctx, node: ir.Node) -> None:
     alpha = node.attributes.get_float("alpha", 1.0)
     scaled = x.index if alpha == 1.0 else c.op("MUL", x.index, c.const(alpha))
     c.op("MUL", x.index, c.op("LOGISTIC", scaled), out=out)
+
+
+@lowering("SwiGLU")
+def swiglu(ctx: Ctx, node: ir.Node) -> None:
+    """swish_alpha(A) * B = A * sigmoid(alpha * A) * B (A and B of one shape)."""
+    from edgepack.converters.export_tflite.ops_elementwise import broadcast_operands
+
+    (a, b), perm, feature_perm = broadcast_operands(ctx, node, list(node.inputs[:2]))
+    c = Chain(ctx, node)
+    alpha = node.attributes.get_float("alpha", 1.0)
+    gate = c.op("MUL", a, c.op("LOGISTIC", a if alpha == 1.0 else c.op("MUL", a, c.const(alpha))))
+    c.op("MUL", gate, b, out=ctx.out(node.outputs[0], perm, feature_perm=feature_perm).index)

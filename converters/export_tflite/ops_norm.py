@@ -135,3 +135,52 @@ def hardmax(ctx: Ctx, node: ir.Node) -> None:
                  shape=shape[:stored] + shape[stored + 1:], dtype=np.int32, outputType=ctx.g.s.TensorType.INT32)
     c.op("ONE_HOT", index, ctx.int_const(shape[stored], node.name + "_depth"), c.const(1.0), c.const(0.0),
          out=ctx.out(node.outputs[0], x.perm).index, axis=stored)
+
+
+@lowering("MeanVarianceNormalization")
+def mean_variance_norm(ctx: Ctx, node: ir.Node) -> None:
+    """(x - mean) / (sqrt(var) + 1e-9) over `axes` (default N, H, W), as ONNX's function body; written
+    (x - mean) * rsqrt(var + 1e-18): the same where var >> 1e-18, and 1e9 * 0 = 0 where var is 0."""
+    x = plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name)
+    rank = len(x.perm)
+    axes = sorted({a % rank for a in node.attributes.get_ints("axes", [0, 2, 3])})
+    _normalize(ctx, node, x, axes, 1e-18, None, None)
+
+
+@lowering("LRN")
+def lrn(ctx: Ctx, node: ir.Node) -> None:
+    """Across channels: TFLite's LOCAL_RESPONSE_NORMALIZATION on the NHWC tensor (radius = (size - 1) / 2,
+    alpha / size), for a 4-D input and an odd size (ONNX's window is symmetric then)."""
+    from edgepack.converters.export_tflite.graph import NHWC
+
+    size = node.attributes.get_int("size", 1)
+    if len(ctx.shape(node.inputs[0])) != 4 or size % 2 == 0:
+        raise unsupported(node, f"has size {size} on a {len(ctx.shape(node.inputs[0]))}-D input (4-D with an odd size only)")
+    x = ctx.as_perm(plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name), NHWC[4],
+                    f"{node.name or node.outputs[0].name}_nhwc")
+    out = ctx.out(node.outputs[0], NHWC[4])
+    attr = node.attributes
+    ctx.g.op("LOCAL_RESPONSE_NORMALIZATION", [x.index], [out.index], ctx.g.options(
+        "LocalResponseNormalizationOptions", radius=(size - 1) // 2, bias=attr.get_float("bias", 1.0),
+        alpha=attr.get_float("alpha", 1e-4) / size, beta=attr.get_float("beta", 0.75)))
+
+
+@lowering("BatchNormalization")
+def batch_norm(ctx: Ctx, node: ir.Node) -> None:
+    """Inference-mode BatchNormalization left in the graph (fold_batchnorm folds the ones after a
+    convolution; this one has statistics computed at run time, or no convolution before it):
+    (x - mean) * rsqrt(var + eps) * scale + bias, x stored channels-last so the (C,) vectors broadcast."""
+    from edgepack.converters.export_tflite.chain import Chain
+    from edgepack.converters.export_tflite.graph import NHWC
+
+    if node.attributes.get_int("training_mode", 0) or len([o for o in node.outputs if o is not None and o.name]) > 1:
+        raise unsupported(node, "is in training mode (batch statistics, running-mean outputs)")
+    rank = len(ctx.shape(node.inputs[0]))
+    perm = NHWC.get(rank, tuple(range(rank)))
+    x = ctx.as_perm(plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name), perm,
+                    f"{node.name or node.outputs[0].name}_channels_last")
+    scale, bias, mean, var = (ctx.val(node.inputs[i], node).index for i in (1, 2, 3, 4))
+    c = Chain(ctx, node)
+    inv = c.op("RSQRT", c.op("ADD", var, c.const(node.attributes.get_float("epsilon", 1e-5))))
+    centred = c.op("SUB", x.index, mean)
+    c.op("ADD", c.op("MUL", c.op("MUL", centred, inv), scale), bias, out=ctx.out(node.outputs[0], perm).index)

@@ -188,3 +188,112 @@ def _resize_taps(ctx: Ctx, node: ir.Node, in_dims, out_dims, scales) -> None:
         elif last:
             g.reshape(acc, out)
         cur = acc
+
+
+# ---------------------------------------------------------------- GridSample (a constant grid)
+
+GRID_MODES = {"bilinear": "linear", "linear": "linear", "nearest": "nearest", "bicubic": "cubic", "cubic": "cubic"}
+
+
+@lowering("GridSample")
+def grid_sample(ctx: Ctx, node: ir.Node) -> None:
+    """With a constant grid GridSample is a fixed linear map of X: each output point is a weighted
+    sum of at most 4^k input points (k spatial axes). The taps are worked out at export time
+    (`grid_taps`) and run as one GATHER of X's spatial points (N*H*W, C) by the tap indices, a MUL by
+    the tap weights and a SUM over the taps. A grid computed at run time is refused."""
+    in_dims, out_dims = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
+    grid = ctx.const(node.inputs[1])
+    if grid is None:
+        raise unsupported(node, f"has a grid computed at run time (input {node.inputs[1].name!r}); TFLite needs it "
+                                "constant here")
+    mode = GRID_MODES.get(node.attributes.get_string("mode", "linear"))
+    padding = node.attributes.get_string("padding_mode", "zeros")
+    if mode is None or padding not in ("zeros", "border", "reflection") or len(in_dims) not in (3, 4, 5):
+        raise unsupported(node, f"uses mode {node.attributes.get_string('mode', 'linear')!r}, padding {padding!r} "
+                                f"on a {len(in_dims)}-D input (1- to 3-D sampling, modes linear/nearest/cubic)")
+    index, weight = grid_taps(grid.astype(np.float32), in_dims[2:], mode, padding,
+                              bool(node.attributes.get_int("align_corners", 0)))
+    n, ch, points, taps = in_dims[0], in_dims[1], int(np.prod(out_dims[2:])), index.shape[1]
+    c = Chain(ctx, node)
+    rank = len(in_dims)
+    channels_last = (0,) + tuple(range(2, rank)) + (1,)
+    x = ctx.as_perm(ctx.val(node.inputs[0], node), channels_last, f"{c.name}_channels_last")
+    flat = ctx.g.tensor(f"{c.name}_points", [int(np.prod(in_dims)) // ch, ch])
+    ctx.g.reshape(x.index, flat)
+    picked = c.op("GATHER", flat, ctx.int_const(index, f"{c.name}_taps"), shape=[n * points, taps, ch], axis=0)
+    if not (weight == 1).all():
+        picked = c.op("MUL", picked, c.const(weight.reshape(n * points, taps, 1)))
+    out = ctx.out(node.outputs[0], channels_last)
+    summed = c.op("SUM", picked, ctx.int_const([1], f"{c.name}_tap_axis"), shape=[n * points, ch], keepDims=False)
+    ctx.g.reshape(summed, out.index)
+
+
+def grid_taps(grid: np.ndarray, dims, mode: str, padding: str, align_corners: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(index, weight), each (N * points, taps): the flat input point (batch included) and weight of
+    every tap of every output point, as ONNX Runtime computes GridSample (per axis: the coordinate
+    denormalized, rounded half to even for nearest, clamped or reflected when outside, then each
+    tap's pixel fetched with the padding mode; zeros padding gives weight 0)."""
+    k = len(dims)
+    n = grid.shape[0]
+    coords = grid.reshape(n, -1, k)
+    per_axis = [_axis_taps(coords[..., k - 1 - a], dims[a], mode, padding, align_corners) for a in range(k)]
+    strides = [int(np.prod(dims[a + 1:])) for a in range(k)]
+    index = np.zeros(coords.shape[:2] + (1,), np.int64)
+    weight = np.ones(coords.shape[:2] + (1,), np.float64)
+    for (idx, w), stride in zip(per_axis, strides):  # outer product of the axes' taps
+        index = (index[..., :, None] + idx[..., None, :] * stride).reshape(index.shape[:2] + (-1,))
+        weight = (weight[..., :, None] * w[..., None, :]).reshape(weight.shape[:2] + (-1,))
+    index += (np.arange(n) * int(np.prod(dims)))[:, None, None]
+    return index.reshape(-1, index.shape[-1]).astype(np.int32), weight.reshape(-1, weight.shape[-1]).astype(np.float32)
+
+
+def _axis_taps(g: np.ndarray, size: int, mode: str, padding: str, align_corners: bool) -> tuple[np.ndarray, np.ndarray]:
+    one, two = np.float32(1), np.float32(2)
+    x = (g + one) / two * np.float32(size - 1) if align_corners else ((g + one) * np.float32(size) - one) / two
+    lo, hi = (0.0, size - 1.0) if align_corners else (-0.5, size - 0.5)
+    if mode == "nearest":
+        x = np.rint(x)
+    # a coordinate outside is clamped / reflected first for linear and nearest; cubic pads only its
+    # taps (ONNX Runtime and PyTorch; the ONNX reference clamps the coordinate for cubic too)
+    outside = ((x < lo) | (x > hi)) & (mode != "cubic")
+    if padding == "border":
+        x = np.where(outside, np.clip(x, 0, size - 1), x)
+    elif padding == "reflection":
+        x = np.where(outside, _reflect(x.astype(np.float64), lo, hi), x)
+    if mode == "nearest":
+        first, coeffs = np.trunc(x).astype(np.int64), np.ones(x.shape + (1,))
+    else:
+        floor = np.floor(x)
+        f = (x - floor).astype(np.float64)
+        if mode == "linear":
+            first, coeffs = floor.astype(np.int64), np.stack([1 - f, f], -1)
+        else:
+            first, coeffs = floor.astype(np.int64) - 1, _cubic_coeffs(f)
+    idx = first[..., None] + np.arange(coeffs.shape[-1])
+    if padding == "zeros":
+        inside = (idx >= 0) & (idx < size)
+        return np.where(inside, idx, 0), np.where(inside, coeffs, 0.0)
+    if padding == "border":
+        return np.clip(idx, 0, size - 1), coeffs
+    return np.trunc(_reflect(idx.astype(np.float64), lo, hi)).astype(np.int64), coeffs
+
+
+def _reflect(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Reflect by the near border until inside [lo, hi] (the ONNX reference's _gs_reflect)."""
+    span = hi - lo
+    below, above = lo - x, x - hi
+    nb, na = np.floor(below / span), np.floor(above / span)
+    rb, ra = below - nb * span, above - na * span
+    out = np.where(below > 0, np.where(nb % 2 == 0, lo + rb, hi - rb), x)
+    return np.where(above > 0, np.where(na % 2 == 0, hi - ra, lo + ra), out)
+
+
+def _cubic_coeffs(f: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """Keys cubic convolution weights of the taps at -1, 0, 1, 2 for a fractional offset f."""
+    def near(t):  # |t| <= 1
+        return ((a + 2) * t - (a + 3)) * t * t + 1
+
+    def far(t):  # 1 < |t| < 2
+        return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+
+    return np.stack([far(f + 1), near(f), near(1 - f), far(2 - f)], -1)

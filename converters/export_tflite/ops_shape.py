@@ -143,8 +143,13 @@ def gather(ctx: Ctx, node: ir.Node) -> None:
     """Constant indices along one axis; a scalar index drops the axis (x[:, 0])."""
     indices = ctx.const(node.inputs[1])
     x = ctx.val(node.inputs[0], node)
-    if indices is None or indices.ndim > 1:
-        raise unsupported(node, "gathers with non-constant or multi-dimensional indices")
+    if indices is None:
+        raise unsupported(node, "gathers with non-constant indices")
+    if indices.ndim > 1:  # one GATHER of the flattened input by the fixed map
+        from edgepack.converters.export_tflite.ops_rearrange import gather_map
+
+        axis = node.attributes.get_int("axis", 0)
+        return gather_map(ctx, node, lambda a: np.take(a, indices.astype(np.int64) % a.shape[axis], axis=axis))
     x = plain_features(ctx, x, node.inputs[0].name)
     onnx_axis = node.attributes.get_int("axis", 0) % len(x.perm)
     indices = indices % ctx.shape(node.inputs[0])[onnx_axis]  # negative indices count from the end
@@ -195,12 +200,23 @@ def slice_op(ctx: Ctx, node: ir.Node) -> None:
     if starts is None or ends is None or axes is None or steps is None:
         raise unsupported(node, "has non-constant starts/ends/axes/steps")
     begin, end, stride = [0] * rank, list(dims), [1] * rank
+    picks = []  # (axis, the indices kept): for the negative-step fallback
     for s, e, a, st in zip(starts, ends, axes, steps):
         a = int(a) % rank
-        if st <= 0:
-            raise unsupported(node, "has a non-positive step")
+        if st == 0:
+            raise unsupported(node, "has a step of 0")
         b, e2, _ = slice(int(max(min(s, INT_MAX), -INT_MAX)), int(max(min(e, INT_MAX), -INT_MAX)), int(st)).indices(dims[a])
         begin[a], end[a], stride[a] = b, e2, int(st)
+        picks.append((a, np.arange(b, e2, int(st))))
+    if any(st < 0 for st in stride):  # STRIDED_SLICE would need reversed bounds: a GATHER by a fixed map
+        from edgepack.converters.export_tflite.ops_rearrange import gather_map
+
+        def move(arr: np.ndarray) -> np.ndarray:
+            for a, kept in picks:
+                arr = np.take(arr, kept, axis=a)
+            return arr
+
+        return gather_map(ctx, node, move)
     order = list(x.perm)
     out = ctx.out(node.outputs[0], x.perm)
     ctx.g.op("STRIDED_SLICE", [x.index, ctx.int_const([begin[a] for a in order], node.name + "_begin"),
@@ -213,12 +229,23 @@ def slice_op(ctx: Ctx, node: ir.Node) -> None:
 def pad(ctx: Ctx, node: ir.Node) -> None:
     x = plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name)
     pads = ctx.const(node.inputs[1])
-    if pads is None or (len(node.inputs) > 3 and node.inputs[3] is not None):
-        raise unsupported(node, "has non-constant pads or an axes input")
-    value = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros(())
     rank = len(x.perm)
+    has_axes = len(node.inputs) > 3 and node.inputs[3] is not None
+    axes = ctx.const(node.inputs[3]) if has_axes else np.arange(rank)
+    if pads is None or axes is None:
+        raise unsupported(node, "has non-constant pads or axes")
+    full = np.zeros(2 * rank, np.int64)  # pads over every axis: (begins, ends)
+    for k, a in enumerate(axes.reshape(-1)):
+        full[int(a) % rank], full[int(a) % rank + rank] = pads[k], pads[k + len(axes.reshape(-1))]
+    pads = full
+    value = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros(())
     pairs = np.array([[pads[a], pads[a + rank]] for a in x.perm], np.int32)
     mode = node.attributes.get_string("mode", "constant")
+    if mode in ("edge", "wrap") and (pads >= 0).all():  # no TFLite builtin: a GATHER of the input by a fixed map
+        from edgepack.converters.export_tflite.ops_rearrange import gather_map
+
+        widths = [(int(pads[a]), int(pads[a + rank])) for a in range(rank)]
+        return gather_map(ctx, node, lambda a: np.pad(a, widths, mode=mode))
     out = ctx.out(node.outputs[0], x.perm)
     g = ctx.g
     if mode == "constant" and float(value) == 0.0:
@@ -230,7 +257,7 @@ def pad(ctx: Ctx, node: ir.Node) -> None:
         g.op("MIRROR_PAD", [x.index, g.const(pairs, node.name + "_paddings")], [out.index],
              g.options("MirrorPadOptions", mode=g.s.MirrorPadMode.REFLECT))
     else:
-        raise unsupported(node, f"uses mode={mode!r} (constant and reflect are supported)")
+        raise unsupported(node, f"uses mode={mode!r} (constant, reflect, edge and wrap are supported)")
 
 
 # ONNX reduction -> (op on x first, TFLite reducer, op on the result after)
