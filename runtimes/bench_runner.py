@@ -145,14 +145,14 @@ def _load_runtime(name: str) -> tuple[Any, str]:
     from edgepack.runtimes import ADAPTERS, get_runtime
 
     if name not in ADAPTERS:
-        raise RunnerError("UnsupportedError", f"{name} is not available: this edgepack has no {name} adapter "
+        raise RunnerError("UsageError", f"{name} is not available: this edgepack has no {name} adapter "
                                          f"(runtimes here: {', '.join(ADAPTERS)})")
     runtime = get_runtime(name)
     try:
         return runtime, runtime.version()
     except ImportError as exc:
         package = PIP_PACKAGES.get(name, name)
-        raise RunnerError("UnsupportedError", f"{name} is not installed in {sys.executable} ({exc}); "
+        raise RunnerError("UsageError", f"{name} is not installed in {sys.executable} ({exc}); "
                                               f"install it there: pip install {package}") from None
 
 
