@@ -54,6 +54,11 @@ def fold_batchnorm(model: ir.Model) -> PassResult:
         result.counts["to_mul_add"] += 1
         result.skipped.append({"node": label, "why": f"not folded: {why_producer}; {why_consumers}; replaced by per-channel Mul + Add"})
     result.modified = any(result.counts[k] for k in ("into_producer", "into_consumer", "to_mul_add"))
+    if not any(result.counts.values()):
+        fused = sum(1 for n in graph if n.metadata_props.get("pkg.onnxscript.rewriter.rule_name") == "FuseBatchNormIntoConv")
+        if fused:  # say why the pass shows 0 folds
+            result.skipped.append({"node": "*", "why": f"nothing left to fold: the PyTorch dynamo exporter already folded "
+                                                       f"{fused} BatchNorm(s) into their convs"})
     return result
 
 

@@ -150,6 +150,7 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
         model, exporter, fallback = _to_onnx(source, specs, vset, len(reference), options.target.opset)
     if fallback:
         steps.warn(f"dynamo exporter failed ({fallback}); used the TorchScript exporter")
+    source_params = _source_params(source, model)
 
     passes: list[PassResult] = []
     for pass_name, graph_pass in graph_passes(options):
@@ -204,7 +205,8 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
             "exporter": exporter,
             "exporter_fallback_reason": fallback,
             "opset": options.target.opset,
-            "params": count_params(model),
+            "params": source_params,
+            "params_after_passes": count_params(model),
             "macs": count_macs(model),
             "inputs": [
                 {"name": s.name, "shape": list(s.shape), "shape_source": shape_sources[s.name]} for s in specs
@@ -527,6 +529,16 @@ def _load_eval(options: ExportOptions, specs: list[InputSpec], source: SourceMod
                get_runtime("onnxruntime").load(_with_static_inputs(source.onnx_model, specs).SerializeToString(), optimize=False))
     eval_set.reference_top1 = eval_set.accuracy(lambda feed: list(session.run(feed).values()))
     return eval_set
+
+
+def _source_params(source: SourceModel, model: ir.Model) -> int:
+    """The source model's parameter count: PyTorch's own (BatchNorm included) for a torch model, else
+    the ONNX graph's before any pass."""
+    parameters = getattr(source.model, "parameters", None)
+    if callable(parameters):
+        with contextlib.suppress(Exception):  # a model whose parameters() cannot be listed: the graph's count
+            return int(sum(p.numel() for p in parameters()))
+    return count_params(model)
 
 
 def _default_name(source: SourceModel) -> str:

@@ -237,7 +237,7 @@ def test_inspect_counts_match_the_export(export_dir):
     report = json.loads((export_dir / "report.json").read_text())
     for art in report["artifacts"]:
         info = inspect_artifact(export_dir / art["path"])
-        assert (info["params"], info["macs"]) == (report["model"]["params"], report["model"]["macs"]), art["path"]
+        assert (info["params"], info["macs"]) == (report["model"]["params_after_passes"], report["model"]["macs"]), art["path"]
         assert info["size_bytes"] == art["size_bytes"]
         assert [(d["name"], d["shape"], d["dtype"], d["layout"]) for d in info["inputs"]] == [
             (d["name"], d["shape"], d["dtype"], d["layout"]) for d in art["inputs"]]
