@@ -200,8 +200,11 @@ def render_table(report: dict, console: Any) -> None:
                 f"MACs {count_text(counts['macs_before'])} -> {count_text(counts['macs_after'])} "
                 f"({counts['macs_after'] / counts['macs_before']:.2f}x)"
             )
+            if (p.get("extra") or {}).get("summary"):
+                console.print(f"remove_pruned_channels: {escape(p['extra']['summary'])}")
             if (p.get("extra") or {}).get("hint"):
                 console.print(f"[yellow]hint:[/] {escape(p['extra']['hint'])}")
         for item in p.get("skipped", []):
-            where = "" if item["node"] == "*" else f"{escape(str(item['node']))}: "
+            name = f"{item['module']} ({item['node']})" if item.get("module") else str(item["node"])
+            where = "" if item["node"] == "*" else f"{escape(name)}: "
             console.print(f"[yellow]{p['name']}:[/] {where}{escape(item['why'])}")
