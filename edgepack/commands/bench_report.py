@@ -28,7 +28,7 @@ def _rows(report: dict) -> list[dict]:
             "cosine": fid.get("cosine") if isinstance(fid.get("cosine"), (int, float)) else None,
             "top1": fid.get("top1_agreement"), "device": b.get("device"),
             "error": (art.get("bench_error") or {}).get("error"),
-            "runtime": f"{b['runtime']} {b['runtime_version']}, {b['threads']} thr" if "runtime" in b else None,
+            "runtime": f"{b['runtime']} {b['runtime_version']}" if "runtime" in b else None, "threads": b.get("threads"),
         })
     return rows
 
@@ -53,10 +53,12 @@ def render_bench_table(report: dict, console: Any) -> None:
     devices = sorted({r["device"] for r in rows if r["device"]})
     title = f"{report.get('model', {}).get('name', 'model')}: bench" + (f" on {', '.join(devices)}" if devices else " on this machine")
     table = Table(title=title, title_justify="left")
-    for col in ("artifact", "precision", "size", "p50 ms", "p99 ms", "peak mem", "model mem", "cosine", "top-1", "runtime"):
+    for col in ("artifact", "precision", "size", "p50 ms", "p99 ms", "threads", "peak mem", "model mem", "cosine", "top-1",
+                "runtime"):
         table.add_column(col, justify="left" if col in ("artifact", "precision", "runtime") else "right")
     for r in rows:
-        table.add_row(rescape(r["path"]), r["precision"], _kb(r["size"]), _ms(r["p50"]), _ms(r["p99"]), _mb(r["peak"]),
+        table.add_row(rescape(r["path"]), r["precision"], _kb(r["size"]), _ms(r["p50"]), _ms(r["p99"]),
+                      "-" if r["threads"] is None else str(r["threads"]), _mb(r["peak"]),
                       _mb(r["model_mem"]), "-" if r["cosine"] is None else f"{r['cosine']:.6f}",
                       "-" if r["top1"] is None else f"{r['top1']:.1%}",
                       rescape(r["runtime"]) if r["runtime"] else "[red]error[/]")
