@@ -118,3 +118,143 @@ def test_fold_batchnorm_says_why_it_folded_nothing(digits):
     assert sum(fold["counts"].values()) == 0
     assert fold["skipped"] == [{"node": "*", "why": "nothing left to fold: the PyTorch dynamo exporter already folded "
                                                   "3 BatchNorm(s) into their convs"}]
+
+
+# ---------------------------------------------------------------- items 4-6: pruning messages name PyTorch modules
+
+
+def _residual_net(stem_bias: float, residual: bool = True):
+    """stem conv1 (16) -> BN -> ReLU -> [block.conv_a (pad 1) -> ReLU -> block.conv_b] + residual -> ReLU
+    -> head (1x1, 8) -> GAP -> fc. Zeroed: 5 stem filters (tied to block.conv_b's live channels by the
+    residual Add: kept), 6 of block.conv_a's filters (removed)."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv_a = nn.Conv2d(16, 12, 3, padding=1)
+            self.conv_b = nn.Conv2d(12, 16, 3, padding=1)
+
+        def forward(self, x):
+            return torch.relu((x if residual else 0) + self.conv_b(torch.relu(self.conv_a(x))))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+            self.bn1 = nn.BatchNorm2d(16)
+            self.block = Block()
+            self.head = nn.Conv2d(16, 8, 1)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            y = self.head(self.block(torch.relu(self.bn1(self.conv1(x)))))
+            return self.fc(y.mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        net.conv1.weight[:5] = 0
+        net.conv1.bias[:5] = 0
+        net.bn1.running_mean.zero_()
+        net.bn1.bias[:5] = stem_bias
+        net.block.conv_a.weight[:6] = 0
+        net.block.conv_a.bias[:6] = 0
+    return net
+
+
+def _export(model, out, **kw):
+    import io
+
+    import torch
+    from rich.console import Console
+
+    import edgepack
+    from edgepack.report import render_table
+
+    program = torch.export.export(model, (torch.randn(1, 3, 12, 12),))
+    err = io.StringIO()
+    console = Console(file=err, width=400, highlight=False)
+    report = edgepack.export(program, output_dir=out, formats="onnx", console=console, **kw)
+    render_table(report, console)
+    return report, err.getvalue()
+
+
+def test_pruning_names_modules_and_says_why_channels_stay(tmp_path):
+    report, text = _export(_residual_net(stem_bias=0.0), tmp_path / "out", round_channels=1)
+    p = next(p for p in report["passes"] if p["name"] == "remove_pruned_channels")
+    assert [(d["module"], d["channels_before"], d["channels_after"]) for d in p["details"]] == [("block.conv_a", 12, 6)]
+    (kept,) = p["skipped"]
+    assert kept["module"] == "conv1" and kept["channels"] == [0, 1, 2, 3, 4] and kept["reason"] == "tied to live channels"
+    assert "block.conv_b" in kept["why"]
+    assert p["extra"]["summary"] == ("11 constant (zeroed-filter) channel(s) -> 6 removed in 1 layer(s); "
+                                     "5 kept: 5 tied to live channels")
+    assert f"remove_pruned_channels: {p['extra']['summary']}" in text
+    assert f"remove_pruned_channels: conv1 ({kept['node']}): 5 constant channel(s) kept: tied through" in text
+
+
+def test_prune_approx_beyond_its_tolerance_warns(tmp_path):
+    # without the residual, the stem's constant 3.0 (after ReLU) enters block.conv_a's zero padding:
+    # removable only approximately
+    report, text = _export(_residual_net(stem_bias=3.0, residual=False), tmp_path / "out", prune_approx=True,
+                           round_channels=1)
+    p = next(p for p in report["passes"] if p["name"] == "remove_pruned_channels")
+    assert p["counts"]["channels_removed"] == 5 + 6
+    (art,) = report["artifacts"]
+    assert art["ok"] and art["fidelity"]["rel_error"] > 1e-2
+    assert f"warning: {art['path']}: relative error {art['fidelity']['rel_error']:.3g} exceeds 1e-02" in text
+
+
+# ---------------------------------------------------------------- item 9: bench on a busy machine
+
+
+def _tiny_onnx(path: Path) -> Path:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def test_load_warning_thresholds():
+    from edgepack.runtimes.bench_runner import load_warning
+
+    assert load_warning(0.4, 2, 2) is None and load_warning(1.4, 2, 1) is None and load_warning(None, 2, 2) is None
+    text = load_warning(11.3, 2, 2)
+    assert text.startswith("the 1-minute load average was 11.3 on 2 CPU(s) before measuring with 2 thread(s)")
+    assert load_warning(1.0, 2, 2) is not None  # one core already busy, two threads asked for
+
+
+def test_bench_on_a_busy_machine_warns_and_the_table_says_threads(tmp_path):
+    import os
+
+    from rich.console import Console
+
+    from edgepack.commands.bench_report import render_bench_table
+
+    model = _tiny_onnx(tmp_path / "tiny.onnx")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import os\nos.getloadavg = lambda: (9.0, 9.0, 9.0)\n")
+    proc = subprocess.run([sys.executable, "-m", "edgepack", "bench", str(model), "--runs", "3", "--threads", "1"],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(site)})
+    assert proc.returncode == 0, proc.stderr
+    cpus = len(os.sched_getaffinity(0))
+    assert f"warning: the 1-minute load average was 9.0 on {cpus} CPU(s) before measuring with 1 thread(s)" in proc.stderr
+    import io
+
+    report = {"model": {"name": "m"}, "artifacts": [{"path": "m.fp32.onnx", "format": "onnx", "precision": "fp32",
+              "bench": {"runtime": "onnxruntime", "runtime_version": "1", "threads": 3, "latency_ms": {"p50": 1.0, "p90": 1.1, "p99": 1.2}}}]}
+    buf = io.StringIO()
+    render_bench_table(report, Console(file=buf, width=200))
+    lines = buf.getvalue().splitlines()
+    header = next(ln for ln in lines if "threads" in ln)
+    row = next(ln for ln in lines if "m.fp32.onnx" in ln)
+    assert row[header.index("threads"):header.index("threads") + 7].strip() == "3"
