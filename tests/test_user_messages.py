@@ -56,7 +56,7 @@ def test_help_texts():
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    """The digits example to ONNX fp32/fp16/int8 for rpi4, with the console (stderr) and table text."""
+    """The digits example to ONNX and TFLite fp32/fp16/int8 for rpi4, with the console (stderr) and table text."""
     import io
 
     from rich.console import Console
@@ -66,7 +66,7 @@ def digits(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("digits")
     err = io.StringIO()
-    report = edgepack.export(EXAMPLE, output_dir=out, formats="onnx", target="rpi4", int8=True, fp16=True,
+    report = edgepack.export(EXAMPLE, output_dir=out, formats="onnx,tflite", target="rpi4", int8=True, fp16=True,
                              calib=ROOT / "examples" / "digits_calib.npy", calib_samples=16,
                              console=Console(file=err, width=200, highlight=False))
     table = io.StringIO()
@@ -258,3 +258,41 @@ def test_bench_on_a_busy_machine_warns_and_the_table_says_threads(tmp_path):
     header = next(ln for ln in lines if "threads" in ln)
     row = next(ln for ln in lines if "m.fp32.onnx" in ln)
     assert row[header.index("threads"):header.index("threads") + 7].strip() == "3"
+
+
+# ---------------------------------------------------------------- item 10: which device a figure is for
+
+
+def test_android_bundle_of_an_rpi4_export_says_whose_latency_it_is(digits, tmp_path):
+    import zipfile
+
+    from edgepack.commands.pack import PackOptions, pack
+
+    out, report, _, _ = digits
+    summary = pack(PackOptions(export_dir=out, platform="android", output=tmp_path / "a.zip", precision="int8"))
+    lat = summary["manifest"]["latency"]
+    est = next(a for a in report["artifacts"] if a["path"] == "digits_cnn.int8.tflite")["estimate"]
+    assert lat["source"] == "estimate" and lat["ms"] == est["latency_ms"]
+    assert lat["device"].startswith("rpi4 (Raspberry Pi 4") and lat["device"].endswith(", estimated")
+    assert lat["platform_note"].startswith(f"this figure is for {lat['device']}, not for a android device")
+    readme = zipfile.ZipFile(tmp_path / "a.zip").read("README.md").decode()
+    assert f"Latency: {est['latency_ms']:.3g} ms (estimate), on {lat['device']}. Note: this figure is for" in readme
+    assert "Latency on rpi4" not in readme
+    rpi = pack(PackOptions(export_dir=out, platform="rpi", output=tmp_path / "r.zip", precision="int8"))
+    assert "platform_note" not in rpi["manifest"]["latency"]
+
+
+def test_a_board_whose_architecture_is_not_its_profiles_is_flagged():
+    from edgepack.commands.pack import latency
+    from edgepack.devices import load_profile
+
+    rpi4 = load_profile("rpi4")
+    assert rpi4.arch == "arm" and load_profile("host").arch == "x86"
+    assert rpi4.arch_mismatch("Linux-aarch64") is None and rpi4.arch_mismatch("Linux-armv7l") is None
+    why = rpi4.arch_mismatch("Linux-x86_64")
+    assert why.startswith("the board reports Linux-x86_64, but profile 'rpi4' is an ARM board (4x Cortex-A72")
+    bench = {"latency_ms": {"p50": 3.0}, "device": "mypi", "device_profile": "rpi4"}
+    estimate = {"latency_ms": 7.0}
+    assert latency({"bench": bench, "estimate": estimate}, "rpi4")["source"] == "measured"
+    flagged = latency({"bench": {**bench, "device_profile_mismatch": why}, "estimate": estimate}, "rpi4")
+    assert flagged["source"] == "estimate" and flagged["ms"] == 7.0 and flagged["measured_elsewhere"]["ms"] == 3.0

@@ -114,6 +114,8 @@ def _warn_load(results: list[dict]) -> None:
     for text in dict.fromkeys(r["load_warning"] for r in results if r.get("load_warning")):
         click.echo(f"warning: {text}", err=True)
         break  # the first is enough: the same machine, moments apart
+    for text in dict.fromkeys(r["device_profile_mismatch"] for r in results if r.get("device_profile_mismatch")):
+        click.echo(f"warning: {text}", err=True)
 
 
 def print_result(r: dict, console) -> None:
