@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import tempfile
 import time
@@ -43,7 +44,8 @@ from edgepack.errors import (
 from edgepack.fsutil import prepare_output_dir
 from edgepack.load import SourceModel, load_source
 from edgepack.model_stats import count_macs, count_params
-from edgepack.options import ExportOptions, InputSpec
+from edgepack.normalization import image_preprocessing
+from edgepack.options import ExportOptions, InputSpec, Preprocessing
 from edgepack.runtimes import get_runtime, work_threads
 from edgepack.runtimes.ort import ort_message
 from edgepack.verify import (
@@ -138,7 +140,12 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
 
     with steps("reference", f"reference outputs ({'PyTorch' if source.is_torch else 'ONNX Runtime, optimizations off'})"):
         calib_path = options.calibration.calib
-        calib = load_samples(calib_path, shapes, options.preprocessing) if calib_path else None
+        preprocessing, pre_source = options.preprocessing, "flags"
+        if calib_path is not None and calib_path.is_dir():  # pixels: the normalisation applied, and where it came from
+            preprocessing, pre_source, note = image_preprocessing(options.preprocessing, source.model)
+            if note:
+                warnings.append(note)
+        calib = load_samples(calib_path, shapes, preprocessing) if calib_path else None
         if calib is not None and not calib_path.is_dir() and (options.preprocessing.resize or options.preprocessing.crop):
             warnings.append("--resize/--crop apply to image folders; the .npy/.npz calibration arrays are used as given")
         v = options.verify
@@ -215,7 +222,7 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
         },
         "target": {"name": profile.name, "description": profile.description, "cpu": profile.cpu,
                    "round_channels": options.prune.round_channels, "round_channels_source": round_source},
-        "preprocessing": options.preprocessing.to_json(),
+        "preprocessing": _preprocessing_record(preprocessing, pre_source, calib_path is not None and calib_path.is_dir()),
         "passes": [p.to_json() for p in passes],
         "verification": {
             "file": VERIFY_NAME,
@@ -529,6 +536,14 @@ def _load_eval(options: ExportOptions, specs: list[InputSpec], source: SourceMod
                get_runtime("onnxruntime").load(_with_static_inputs(source.onnx_model, specs).SerializeToString(), optimize=False))
     eval_set.reference_top1 = eval_set.accuracy(lambda feed: list(session.run(feed).values()))
     return eval_set
+
+
+def _preprocessing_record(preprocessing: Preprocessing, source: str, image_folder: bool) -> dict | None:
+    """report.preprocessing: what was applied (for an image folder always, raw pixels included) and its source."""
+    if image_folder:
+        preprocessing = dataclasses.replace(preprocessing, layout=preprocessing.layout or "nchw")
+    record = preprocessing.to_json()
+    return None if record is None else {**record, "source": source}
 
 
 def _source_params(source: SourceModel, model: ir.Model) -> int:

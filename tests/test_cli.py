@@ -330,7 +330,8 @@ def test_report_schema_and_that_it_describes_the_files(runs):
     assert prov["versions"]["torch"] == torch.__version__ and prov["versions"]["onnxruntime"] == ort.__version__
     assert prov["versions"]["edgepack"] == edgepack.__version__
     assert prov["seeds"] == {"verification": 0}
-    assert report["preprocessing"] == {"mean": [0.5], "std": [0.25], "scale": None, "color_order": "bgr", "layout": "nchw", "resize": None, "crop": None}
+    assert report["preprocessing"] == {"mean": [0.5], "std": [0.25], "scale": None, "color_order": "bgr", "layout": "nchw", "resize": None, "crop": None,
+                                      "source": "flags"}
     expected = [name for name, _ in graph_passes(ExportOptions.create("."))]
     assert [p["name"] for p in report["passes"]] == expected  # every pass, in pipeline order
     assert {"cleanup_graph", "fold_batchnorm"} <= {p["name"] for p in report["passes"]}

@@ -296,3 +296,71 @@ def test_a_board_whose_architecture_is_not_its_profiles_is_flagged():
     assert latency({"bench": bench, "estimate": estimate}, "rpi4")["source"] == "measured"
     flagged = latency({"bench": {**bench, "device_profile_mismatch": why}, "estimate": estimate}, "rpi4")
     assert flagged["source"] == "estimate" and flagged["ms"] == 7.0 and flagged["measured_elsewhere"]["ms"] == 3.0
+
+
+# ---------------------------------------------------------------- item 2: image calibration normalisation
+
+
+def _image_folder(folder: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        pixels[0, 0] = (255, 255, 255)  # every image reaches 255 in every channel
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    return folder
+
+
+def _image_net(module_name: str | None = None, cfg: dict | None = None):
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+    if module_name:
+        Net.__module__ = module_name
+    torch.manual_seed(0)
+    net = Net().eval()
+    if cfg is not None:
+        net.pretrained_cfg = cfg
+    return net
+
+
+@pytest.mark.parametrize("module_name, cfg, source, lo_hi, warning", [
+    (None, None, "none given: raw 0-255 pixels", (0.0, 255.0), "image calibration feeds raw 0-255 pixels"),
+    (None, {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "input_size": (3, 16, 16)},
+     "timm pretrained_cfg of Net", (-2.0, 2.0), "applied the normalisation the model ships (timm pretrained_cfg of Net)"),
+    ("ultralytics.nn.tasks", None, "ultralytics Net (RGB scaled to 0-1)", (0.0, 1.0),
+     "applied the normalisation the model ships (ultralytics Net"),
+])
+def test_image_calibration_records_and_says_its_normalisation(module_name, cfg, source, lo_hi, warning, tmp_path):
+    import io
+
+    import numpy as np
+    from rich.console import Console
+
+    import edgepack
+
+    err = io.StringIO()
+    report = edgepack.export(_image_net(module_name, cfg), output_dir=tmp_path / "out", formats="onnx",
+                             input_shape="1x3x16x16", calib=_image_folder(tmp_path / "images"),
+                             console=Console(file=err, width=400))
+    pre = report["preprocessing"]
+    assert pre["source"] == source
+    assert any(ln.startswith("warning: ") and warning in ln for ln in err.getvalue().splitlines())
+    x = np.load(tmp_path / "out" / "verify.npz")
+    key = next(k for k in x.files if k.startswith("input/"))
+    held_out = x[key][: report["verification"]["samples"]]
+    assert (float(held_out.min()), float(held_out.max())) == pytest.approx(lo_hi, abs=0.01)
+    if cfg is not None:
+        assert pre["mean"] == [0.5] * 3 and pre["std"] == [0.25] * 3 and pre["scale"] == pytest.approx(1 / 255)
