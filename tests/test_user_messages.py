@@ -364,3 +364,38 @@ def test_image_calibration_records_and_says_its_normalisation(module_name, cfg, 
     assert (float(held_out.min()), float(held_out.max())) == pytest.approx(lo_hi, abs=0.01)
     if cfg is not None:
         assert pre["mean"] == [0.5] * 3 and pre["std"] == [0.25] * 3 and pre["scale"] == pytest.approx(1 / 255)
+
+
+# ---------------------------------------------------------------- item 8: report.html
+
+
+def _bench_report(p50s, p90s, p99s, cosines, sizes):
+    arts = []
+    for i, (a, b, c, cos, size) in enumerate(zip(p50s, p90s, p99s, cosines, sizes)):
+        fmt, prec = [("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8")][i]
+        arts.append({"path": f"m.{prec}.{fmt}", "format": fmt, "precision": prec, "size_bytes": size,
+                     "fidelity": {"cosine": cos},
+                     "bench": {"runtime": "x", "runtime_version": "1", "threads": 1,
+                               "latency_ms": {"p50": a, "p90": b, "p99": c}}})
+    return {"model": {"name": "m"}, "artifacts": arts}
+
+
+def test_report_html_axis_ticks_and_floor():
+    import re
+
+    from edgepack.commands.bench_report import nice_ticks, render_html
+
+    assert nice_ticks(351.2) == [0, 100, 200, 300, 400] and nice_ticks(0.0123) == [0, 0.005, 0.01, 0.015]
+    # one noisy p90 (285 ms against medians of 0.3-10 ms) must not squash the other bars
+    html = render_html(_bench_report([10.0, 4.0, 0.3, 2.0], [12.0, 285.0, 0.4, 2.2], [13.0, 290.0, 0.5, 2.5],
+                                     [1.0, 0.9991, 0.99999999, 0.9996], [43258, 20830, 38316, 13840]))
+    latency = html[html.index('aria-label="latency per artifact"'):html.index("</svg>")]
+    ticks = [float(t) for t in re.findall(r'text-anchor="middle">([0-9.]+)</text>', latency)]
+    assert ticks == [0, 5, 10, 15]  # round values; the axis ends at the round value past 12 ms (onnx fp32's p90)
+    widths = [float(w) for w in re.findall(r'<rect x="220" y="[0-9.]+" width="([0-9.]+)"', latency)]
+    assert widths == pytest.approx([10 / 15 * 520, 4 / 15 * 520, 0.3 / 15 * 520, 2 / 15 * 520], abs=0.1)
+    assert latency.count("<polygon") == 1 and "p50 4.000" in latency  # the noisy whisker ends in an arrow
+    scatter = html[html.index('aria-label="size against fidelity"'):]
+    assert "1e-8" not in scatter and "1e-9" not in scatter and "&#8804;1e-6" in scatter  # fp32 at the floor
+    assert re.findall(r'text-anchor="middle">([0-9.]+ KB)</text>', scatter) == ["0 KB", "20 KB", "40 KB", "60 KB"]
+    assert "whisker: from p90 to p99" in html.lower()
