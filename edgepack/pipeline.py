@@ -33,6 +33,7 @@ from edgepack.calibrate import CALIBRATION_NAME, calibrate
 from edgepack.converters.quantize_int8 import QUANTIZED_OPS
 from edgepack.converters.fold_batchnorm import fold_batchnorm
 from edgepack.converters.fold_shape_subgraphs import fold_shape_subgraphs
+from edgepack.converters.node_names import label
 from edgepack.converters.remove_pruned_channels import remove_pruned_channels
 from edgepack.devices import DeviceProfile, load_profile
 from edgepack.devices.estimate import describe_precision_gain, report_estimate
@@ -190,6 +191,7 @@ def run_export(model_or_path: Any, options: ExportOptions, console: Any | None =
                 with steps(f"artifact:{fmt}.{precision}", f"export + verify {fmt} {precision}"):
                     artifacts.append(build_artifact(ctx, fmt, precision))
     _int8_agreement(ctx, artifacts)
+    _name_modules(model, artifacts)
     with steps("estimate", f"estimate latency and memory on {profile.name}"):
         for art in artifacts:
             art["estimate"] = report_estimate(out_dir, art, profile)
@@ -513,6 +515,15 @@ def _int8_agreement(ctx: ExportContext, artifacts: list[dict]) -> None:
         if art["precision"] == "int8" and art["format"] != "onnx" and art["ok"]:
             metrics = compare(reference, run_all(ctx.runner(art), ctx.vset), ctx.output_names)
             art["agreement_with_onnx_int8"] = {k: metrics.get(k) for k in ("max_abs_error", "cosine", "top1_agreement")}
+
+
+def _name_modules(model: ir.Model, artifacts: list[dict]) -> None:
+    """The PyTorch module beside each ONNX node name an artifact entry lists (float_modules beside
+    float_nodes), so the report names layers the user can find in their code."""
+    modules = {n.name: label(n) for n in model.graph if n.name}
+    for art in artifacts:
+        if art.get("float_nodes"):
+            art["float_modules"] = [modules.get(n, n) for n in art["float_nodes"]]
 
 
 def _load_eval(options: ExportOptions, specs: list[InputSpec], source: SourceModel) -> EvalSet:

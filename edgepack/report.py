@@ -184,7 +184,7 @@ def render_table(report: dict, console: Any) -> None:
             console.print(f"{escape(art.get('path') or '')}: {art['int8_mac_share']:.1%} of MACs in int8")
         if art.get("float_nodes"):
             console.print(f"{escape(art['path'] or '')}: {len(art['float_nodes'])} node(s) kept in float by the accuracy guard: "
-                          f"{escape(', '.join(art['float_nodes']))}")
+                          f"{escape(', '.join(art.get('float_modules') or art['float_nodes']))}")
         if art.get("accuracy"):
             ref = (report.get("evaluation") or {}).get("reference_top1")
             console.print(f"{escape(art['path'] or '')}: top-1 accuracy {art['accuracy']['top1']:.2%}"

@@ -399,3 +399,36 @@ def test_report_html_axis_ticks_and_floor():
     assert "1e-8" not in scatter and "1e-9" not in scatter and "&#8804;1e-6" in scatter  # fp32 at the floor
     assert re.findall(r'text-anchor="middle">([0-9.]+ KB)</text>', scatter) == ["0 KB", "20 KB", "40 KB", "60 KB"]
     assert "whisker: from p90 to p99" in html.lower()
+
+
+def test_module_path_from_each_exporter_record():
+    import numpy as np
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgepack.converters.node_names import label, module_path
+    from edgepack.pipeline import _name_modules
+
+    conv = helper.make_node("Conv", ["x", "layer1.0.conv1.weight_slim"], ["a"], name="node_Conv_505")
+    relu = helper.make_node("Relu", ["a"], ["b"], name="node_relu_3")
+    relu.metadata_props.add(key="pkg.torch.onnx.name_scopes", value="['', 'layer1', 'layer1.0', 'layer1.0.relu', 'relu_3']")
+    add = helper.make_node("Add", ["b", "b"], ["c"], name="/layer2/layer2.1/Add")  # the TorchScript exporter's naming
+    plain = helper.make_node("Relu", ["c"], ["y"], name="n7")
+    w = numpy_helper.from_array(np.zeros((2, 2, 1, 1), np.float32), "layer1.0.conv1.weight_slim")
+    graph = helper.make_graph([conv, relu, add, plain], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], [w])
+    model = ir.from_proto(helper.make_model(graph))
+    nodes = list(model.graph)
+    assert [module_path(n) for n in nodes] == ["layer1.0.conv1", "layer1.0.relu", "layer2.1", None]
+    assert label(nodes[0]) == "layer1.0.conv1 (node_Conv_505)" and label(nodes[3]) == "n7"
+    arts = [{"float_nodes": ["node_Conv_505", "n7", "ncnn_layer_9"]}, {"float_nodes": []}]
+    _name_modules(model, arts)
+    assert arts[0]["float_modules"] == ["layer1.0.conv1 (node_Conv_505)", "n7", "ncnn_layer_9"] and "float_modules" not in arts[1]
+
+
+def test_ncnn_extra_is_the_runtime_only():
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert [d.split(">")[0] for d in extras["ncnn"]] == ["ncnn"]  # no pnnx: it requires torch (GBs on a board)
+    assert any(d.startswith("pnnx") for d in extras["ncnn-export"])
