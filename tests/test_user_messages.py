@@ -49,6 +49,9 @@ def test_help_texts():
     assert line.rstrip().endswith("breaks int8."), line
     calib = run_cli("export", "--help").stdout
     assert "20%%" not in calib and "folder of images" in " ".join(calib.split())
+    proc = run_cli("estimate", str(EXAMPLE))  # the file type first, not a request for --target
+    assert proc.returncode == 2 and proc.stderr.startswith("edgepack: error: cannot estimate digits_cnn.pt2: edgepack "
+                                                           "estimate reads .onnx, .tflite and ncnn .param artifacts")
 
 
 # ---------------------------------------------------------------- one export of the digits example, its console
@@ -336,6 +339,33 @@ def _image_net(module_name: str | None = None, cfg: dict | None = None):
     return net
 
 
+def test_image_normalisation_each_source(tmp_path):
+    """Without an export: what image_preprocessing applies for a plain model, a timm-like one and an
+    ultralytics one, and the values load_samples then gives (pixels 0..255, every image reaches 255)."""
+    from edgepack.calib import load_samples
+    from edgepack.normalization import image_preprocessing
+    from edgepack.options import Preprocessing
+    from edgepack.pipeline import _preprocessing_record
+
+    folder = _image_folder(tmp_path / "images")
+    plain = type("Plain", (), {})()
+    timm_like = type("Vit", (), {"pretrained_cfg": {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}})()
+    yolo = type("DetectionModel", (), {"__module__": "ultralytics.nn.tasks"})()
+    flags = Preprocessing(scale=2.0)
+    cases = [(plain, "none given: raw 0-255 pixels", (0, 255), "raw 0-255 pixels"),
+             (timm_like, "timm pretrained_cfg of Vit", (-2, 2), "x * 0.00392157, then (x - [0.5, 0.5, 0.5]) / [0.25, 0.25, 0.25]"),
+             (yolo, "ultralytics DetectionModel (RGB scaled to 0-1)", (0, 1), "x * 0.00392157")]
+    for model, source, (lo, hi), note in cases:
+        applied, got_source, warning = image_preprocessing(Preprocessing(), model)
+        assert got_source == source and note in warning
+        x = load_samples(folder, {"x": (1, 3, 16, 16)}, applied)["x"]
+        assert (float(x.min()), float(x.max())) == pytest.approx((lo, hi), abs=0.01)
+        assert _preprocessing_record(applied, got_source, True)["source"] == source
+    assert image_preprocessing(flags, timm_like) == (flags, "flags", None)  # the user's flags win, silently
+    assert _preprocessing_record(Preprocessing(), "flags", False) is None  # .npy data: nothing applied
+
+
+@pytest.mark.heavy  # three exports (~4 s CPU each): test_image_normalisation_each_source covers the logic fast
 @pytest.mark.parametrize("module_name, cfg, source, lo_hi, warning", [
     (None, None, "none given: raw 0-255 pixels", (0.0, 255.0), "image calibration feeds raw 0-255 pixels"),
     (None, {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "input_size": (3, 16, 16)},
