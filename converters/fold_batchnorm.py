@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from edgepack.converters.node_names import module_key
 from edgepack.converters import PassResult, UniqueNames, const_value, has_padding
 
 _ABSORBING_PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
@@ -30,30 +31,37 @@ def fold_batchnorm(model: ir.Model) -> PassResult:
         affine = bn_affine(bn)
         if isinstance(affine, str):
             result.counts["kept"] += 1
-            result.skipped.append({"node": label, "why": affine})
+            result.skipped.append({"node": label, **module_key(bn), "why": affine})
             continue
         s, t = affine
         why_producer = can_fold_into_producer(bn, s)
         if why_producer is None:
             into = _fold_into_producer(graph, bn, s, t, names)
             result.counts["into_producer"] += 1
-            result.details.append({"node": label, "folded_into": into, "where": "producer"})
+            result.details.append({"node": label, **module_key(bn), "folded_into": into, "where": "producer"})
             continue
         why_consumers = can_fold_into_consumers(bn, t)
         if why_consumers is None:
             into = _fold_into_consumers(graph, bn, s, t, names)
             result.counts["into_consumer"] += 1
-            result.details.append({"node": label, "folded_into": into, "where": "consumers"})
+            result.details.append({"node": label, **module_key(bn), "folded_into": into, "where": "consumers"})
             continue
         rank = _rank(bn.inputs[0])
         if rank is None:
             result.counts["kept"] += 1
-            result.skipped.append({"node": label, "why": f"{why_producer}; {why_consumers}; input rank unknown, kept as BatchNormalization"})
+            result.skipped.append({"node": label, **module_key(bn),
+                                   "why": f"{why_producer}; {why_consumers}; input rank unknown, kept as BatchNormalization"})
             continue
         _to_mul_add(graph, bn, s, t, rank, names)
         result.counts["to_mul_add"] += 1
-        result.skipped.append({"node": label, "why": f"not folded: {why_producer}; {why_consumers}; replaced by per-channel Mul + Add"})
+        result.skipped.append({"node": label, **module_key(bn),
+                               "why": f"not folded: {why_producer}; {why_consumers}; replaced by per-channel Mul + Add"})
     result.modified = any(result.counts[k] for k in ("into_producer", "into_consumer", "to_mul_add"))
+    if not any(result.counts.values()):
+        fused = sum(1 for n in graph if n.metadata_props.get("pkg.onnxscript.rewriter.rule_name") == "FuseBatchNormIntoConv")
+        if fused:  # say why the pass shows 0 folds
+            result.skipped.append({"node": "*", "why": f"nothing left to fold: the PyTorch dynamo exporter already folded "
+                                                       f"{fused} BatchNorm(s) into their convs"})
     return result
 
 

@@ -39,6 +39,7 @@ import onnx_ir as ir
 from edgepack.converters import PassResult, UniqueNames
 from edgepack.converters import attr_f, const_value, static_shape
 from edgepack.converters.channel_rules import BINARY, MIXING, Analysis, find_removable
+from edgepack.converters.node_names import module_key, module_path
 from edgepack.errors import UsageError
 
 __all__ = ["find_removable", "remove_pruned_channels"]
@@ -69,13 +70,15 @@ def remove_pruned_channels(model: ir.Model, *, approx: bool = False, round_chann
     for node, out in layer_outputs:
         if out in an.info:
             before, after = an.info[out].count, len(keep[out])
-            layers.append({"layer": node.name, "op": node.op_type, "channels_before": before, "channels_after": after})
+            layers.append({"layer": node.name, **module_key(node), "op": node.op_type,
+                           "channels_before": before, "channels_after": after})
     if any(len(k) < an.info[v].count for v, k in keep.items()):
         _rewrite(model, an, keep)
         _reinfer(model)
     result.modified = any(entry["channels_after"] < entry["channels_before"] for entry in layers)
     result.details = [entry for entry in layers if entry["channels_after"] < entry["channels_before"]]
-    result.skipped = _kept_reasons(an, layer_outputs, kept_nonempty, kept_for_rounding, round_channels)
+    zeroed = sum(int((~np.isnan(an.info[out].const)).sum()) for _, out in layer_outputs if out in an.info)
+    result.skipped = _kept_reasons(an, layer_outputs, kept_nonempty, kept_for_rounding, round_channels, removed_roots)
     params_after, macs_after = count_params(model), count_macs(model)
     result.counts = {
         "channels_removed": sum(e["channels_before"] - e["channels_after"] for e in layers),
@@ -86,9 +89,11 @@ def remove_pruned_channels(model: ir.Model, *, approx: bool = False, round_chann
         "macs_after": macs_after,
         "approx": int(approx),
         "round_channels": round_channels,
+        "constant_channels": zeroed,
     }
     sparse = _sparsity(graph)
     result.extra = {
+        "summary": _summary(zeroed, result.counts["channels_removed"], result.counts["layers_slimmed"], result.skipped),
         "sparsity": sparse,
         "hint": "scattered zeros do not speed up dense runtimes; only whole filters/channels are removed "
         "(use structured pruning, e.g. prune.ln_structured(..., dim=0))" if sparse else None,
@@ -140,7 +145,44 @@ def _round_widths(an: Analysis, layer_outputs: list, removed: set[int], n: int) 
     return restored
 
 
-def _kept_reasons(an: Analysis, layer_outputs: list, nonempty: set[int], rounded: set[int], n: int) -> list[dict]:
+def _summary(zeroed: int, removed: int, layers: int, skipped: list[dict]) -> str | None:
+    """One line for the console: '910 constant (zeroed-filter) channels -> 204 removed in 5 layers; 706 kept: ...'."""
+    if not zeroed and not removed:
+        return None
+    kept: dict[str, int] = defaultdict(int)
+    for item in skipped:
+        kept[item["reason"]] += len(item["channels"])
+    text = f"{zeroed} constant (zeroed-filter) channel(s) -> {removed} removed in {layers} layer(s)"
+    if kept:
+        text += f"; {sum(kept.values())} kept: " + ", ".join(f"{k} {why}" for why, k in sorted(kept.items(), key=lambda kv: -kv[1]))
+    return text
+
+
+def _tied_reason(an: Analysis, root: int, members: dict[int, list[int]], producer: dict[int, ir.Node]) -> str:
+    """Why a constant channel stays when nothing blocks its group: it is tied (residual Add, Concat,
+    depthwise conv) to channels of other layers that are not constant."""
+    live = []
+    for atom in members.get(root, []):
+        node = producer.get(atom)
+        if node is not None:
+            label = module_path(node) or node.name
+            if label not in live:
+                live.append(label)
+    where = f" of {', '.join(live[:4])}" + (" ..." if len(live) > 4 else "") if live else ""
+    return (f"tied through a residual Add, Concat or depthwise conv to channels{where} whose filters are not zero "
+            "(zero those filters too to remove them)")
+
+
+def _kept_reasons(an: Analysis, layer_outputs: list, nonempty: set[int], rounded: set[int], n: int,
+                  removed: set[int]) -> list[dict]:
+    members: dict[int, list[int]] = defaultdict(list)
+    producer: dict[int, ir.Node] = {}  # a varying atom of a layer output -> the layer
+    for node, value in layer_outputs:
+        ch = an.info.get(value)
+        if ch is not None:
+            for i in np.flatnonzero(np.isnan(ch.const)):
+                producer[ch.base + int(i)] = node
+                members[an.find(ch.base + int(i))].append(ch.base + int(i))
     out = []
     for node, value in layer_outputs:
         ch = an.info.get(value)
@@ -155,9 +197,21 @@ def _kept_reasons(an: Analysis, layer_outputs: list, nonempty: set[int], rounded
                 whys[f"kept to keep the width a multiple of {n} (--round-channels)"].append(i)
             elif root in an.reasons and not np.isnan(ch.const[i]):
                 whys[an.reasons[root]].append(i)
+            elif root not in removed and not np.isnan(ch.const[i]):
+                whys[_tied_reason(an, root, members, producer)].append(i)
         for why, idx in whys.items():
-            out.append({"node": node.name, "channels": idx, "why": f"{len(idx)} constant channel(s) kept: {why}"})
+            out.append({"node": node.name, **module_key(node), "channels": idx, "reason": _short(why),
+                        "why": f"{len(idx)} constant channel(s) kept: {why}"})
     return out
+
+
+def _short(why: str) -> str:
+    """The kind of reason, for the one-line total."""
+    for key, short in (("tied through", "tied to live channels"), ("zero-padded", "non-zero constant into a zero-padded conv"),
+                       ("--round-channels", "for --round-channels"), ("loses every channel", "so no tensor loses every channel")):
+        if key in why:
+            return short
+    return "blocked (" + why.split(":")[0][:60] + ")"
 
 
 def _sparsity(graph: ir.Graph) -> list[dict]:
@@ -179,7 +233,7 @@ def _sparsity(graph: ir.Graph) -> list[dict]:
             dead = np.moveaxis(zero, out_axis, 0).reshape(w.shape[out_axis], -1).all(1)
             scattered = float(zero.mean() - dead.mean())
             if scattered > 0.0:
-                rows.append({"layer": node.name, "zero_fraction": round(scattered, 4)})
+                rows.append({"layer": node.name, **module_key(node), "zero_fraction": round(scattered, 4)})
     return rows
 
 

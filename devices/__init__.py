@@ -103,6 +103,24 @@ class DeviceProfile:
             return self.big.fp16_arith
         return True
 
+    @property
+    def arch(self) -> str | None:
+        """'arm' for Cortex cores, 'x86' for x86-64 ones, None when the profile does not say (it fits any)."""
+        core = self.big.core.lower()
+        if core.startswith(("cortex-", "neoverse", "kryo", "carmel")):
+            return "arm"
+        return "x86" if core.startswith(("x86", "amd64")) else None
+
+    def arch_mismatch(self, platform: str) -> str | None:
+        """Why a machine reporting `platform` (platform.system()-platform.machine(), e.g. Linux-x86_64)
+        cannot be a board of this profile, or None when it can."""
+        machine = platform.rsplit("-", 1)[-1].lower()
+        found = "arm" if machine.startswith(("aarch64", "arm")) else "x86" if machine in ("x86_64", "amd64", "i686", "i386") else None
+        if self.arch is None or found is None or found == self.arch:
+            return None
+        return (f"the board reports {platform}, but profile {self.name!r} is an {self.arch.upper()} board ({self.cpu}): "
+                f"its figures are not {self.name}'s; fix the board's ssh address or its profile in devices.toml")
+
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str) -> DeviceProfile:
         return _build(cls, data, source)

@@ -26,10 +26,16 @@ def export(model_or_path: Any, *, output_dir: str | Path = "out", console: Any =
     "name:1x3x224x224", a tuple of ints, a list of those strings, or a dict name -> shape. Raises
     `edgepack.errors.EdgepackError` subclasses on bad input; an artifact that fails verification is
     reported with ok=False (report["exit_code"] says why)."""
+    from edgepack.devices import load_profile
     from edgepack.options import ExportOptions
+
+    # Every flag (formats, shapes, target) is checked before the pipeline imports onnx_ir, onnxscript
+    # and torch (seconds): a typo is rejected at once.
+    opts = ExportOptions.create(output_dir, **options)
+    load_profile(opts.target.target)
     from edgepack.pipeline import run_export
 
-    return run_export(model_or_path, ExportOptions.create(output_dir, **options), console)
+    return run_export(model_or_path, opts, console)
 
 
 __all__ = ["export", "__version__"]

@@ -129,7 +129,7 @@ def formats(ops: bool) -> None:
             click.echo("         ONNX ops: any op ONNX Runtime runs (the graph stays ONNX)")
 
 
-@cli.command("compare")
+@cli.command("compare", short_help="Compare two ONNX models per node: find the layer that breaks int8.")
 @click.argument("model_a", metavar="A", type=click.Path(path_type=Path))
 @click.argument("model_b", metavar="B", type=click.Path(path_type=Path))
 @click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), default=None,

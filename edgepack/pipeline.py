@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import tempfile
 import time
@@ -35,6 +36,7 @@ from edgepack.converters.quantize_int8 import QUANTIZED_OPS
 from edgepack.converters.fold_batchnorm import fold_batchnorm
 from edgepack.converters.fold_constant_affine import fold_constant_affine
 from edgepack.converters.fold_shape_subgraphs import fold_shape_subgraphs
+from edgepack.converters.node_names import label
 from edgepack.converters.remove_pruned_channels import remove_pruned_channels
 from edgepack.devices import DeviceProfile, load_profile
 from edgepack.devices.estimate import describe_precision_gain, report_estimate
@@ -47,7 +49,8 @@ from edgepack.errors import (
 from edgepack.fsutil import export_output
 from edgepack.load import SourceModel, load_source
 from edgepack.model_stats import count_macs, count_params
-from edgepack.options import ExportOptions, InputSpec
+from edgepack.normalization import image_preprocessing
+from edgepack.options import ExportOptions, InputSpec, Preprocessing
 from edgepack.runtimes import get_runtime, work_threads
 from edgepack.runtimes.ort import ort_message
 from edgepack.verify import (
@@ -155,7 +158,12 @@ def _export_into(out_dir: Path, model_or_path: Any, options: ExportOptions, prof
 
     with steps("reference", f"reference outputs ({'PyTorch' if source.is_torch else 'ONNX Runtime, optimizations off'})"):
         calib_path = options.calibration.calib
-        calib = load_samples(calib_path, shapes, options.preprocessing) if calib_path else None
+        preprocessing, pre_source = options.preprocessing, "flags"
+        if calib_path is not None and calib_path.is_dir():  # pixels: the normalisation applied, and where it came from
+            preprocessing, pre_source, note = image_preprocessing(options.preprocessing, source.model)
+            if note:
+                warnings.append(note)
+        calib = load_samples(calib_path, shapes, preprocessing) if calib_path else None
         if calib is not None and not calib_path.is_dir() and (options.preprocessing.resize or options.preprocessing.crop):
             warnings.append("--resize/--crop apply to image folders; the .npy/.npz calibration arrays are used as given")
         v = options.verify
@@ -167,6 +175,7 @@ def _export_into(out_dir: Path, model_or_path: Any, options: ExportOptions, prof
         model, exporter, fallback = _to_onnx(source, specs, vset, len(reference), options.target.opset)
     if fallback:
         steps.warn(f"dynamo exporter failed ({fallback}); used the TorchScript exporter")
+    source_params = _source_params(source, model)
 
     passes: list[PassResult] = []
     for pass_name, graph_pass in graph_passes(options):
@@ -201,6 +210,7 @@ def _export_into(out_dir: Path, model_or_path: Any, options: ExportOptions, prof
                 with steps(f"artifact:{fmt}.{precision}", f"export + verify {fmt} {precision}"):
                     artifacts.append(build_artifact(ctx, fmt, precision))
     _int8_agreement(ctx, artifacts)
+    _name_modules(model, artifacts)
     with steps("estimate", f"estimate latency and memory on {profile.name}"):
         for art in artifacts:
             art["estimate"] = report_estimate(out_dir, art, profile)
@@ -225,7 +235,8 @@ def _export_into(out_dir: Path, model_or_path: Any, options: ExportOptions, prof
             "exporter": exporter,
             "exporter_fallback_reason": fallback,
             "opset": options.target.opset,
-            "params": count_params(model),
+            "params": source_params,
+            "params_after_passes": count_params(model),
             "macs": count_macs(model),
             "inputs": [
                 {"name": s.name, "shape": list(s.shape), "shape_source": shape_sources[s.name]} for s in specs
@@ -234,7 +245,7 @@ def _export_into(out_dir: Path, model_or_path: Any, options: ExportOptions, prof
         },
         "target": {"name": profile.name, "description": profile.description, "cpu": profile.cpu,
                    "round_channels": options.prune.round_channels, "round_channels_source": round_source},
-        "preprocessing": options.preprocessing.to_json(),
+        "preprocessing": _preprocessing_record(preprocessing, pre_source, calib_path is not None and calib_path.is_dir()),
         "passes": [p.to_json() for p in passes],
         "verification": {
             "file": VERIFY_NAME,
@@ -560,6 +571,15 @@ def _int8_agreement(ctx: ExportContext, artifacts: list[dict]) -> None:
                 art["ok"], art["error"], art["exit_code"] = False, str(exc), exc.exit_code
 
 
+def _name_modules(model: ir.Model, artifacts: list[dict]) -> None:
+    """The PyTorch module beside each ONNX node name an artifact entry lists (float_modules beside
+    float_nodes), so the report names layers the user can find in their code."""
+    modules = {n.name: label(n) for n in model.graph if n.name}
+    for art in artifacts:
+        if art.get("float_nodes"):
+            art["float_modules"] = [modules.get(n, n) for n in art["float_nodes"]]
+
+
 def _load_eval(options: ExportOptions, specs: list[InputSpec], source: SourceModel) -> EvalSet:
     """--eval DATA.npz with `x` (M, ...) and integer labels `y` (M,); scores the reference too."""
     path = options.verify.eval_data
@@ -582,6 +602,24 @@ def _load_eval(options: ExportOptions, specs: list[InputSpec], source: SourceMod
                get_runtime("onnxruntime").load(_with_static_inputs(source.onnx_model, specs).SerializeToString(), optimize=False))
     eval_set.reference_top1 = eval_set.accuracy(lambda feed: list(session.run(feed).values()))
     return eval_set
+
+
+def _preprocessing_record(preprocessing: Preprocessing, source: str, image_folder: bool) -> dict | None:
+    """report.preprocessing: what was applied (for an image folder always, raw pixels included) and its source."""
+    if image_folder:
+        preprocessing = dataclasses.replace(preprocessing, layout=preprocessing.layout or "nchw")
+    record = preprocessing.to_json()
+    return None if record is None else {**record, "source": source}
+
+
+def _source_params(source: SourceModel, model: ir.Model) -> int:
+    """The source model's parameter count: PyTorch's own (BatchNorm included) for a torch model, else
+    the ONNX graph's before any pass."""
+    parameters = getattr(source.model, "parameters", None)
+    if callable(parameters):
+        with contextlib.suppress(Exception):  # a model whose parameters() cannot be listed: the graph's count
+            return int(sum(p.numel() for p in parameters()))
+    return count_params(model)
 
 
 def _default_name(source: SourceModel) -> str:

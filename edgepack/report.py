@@ -108,6 +108,31 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
+def count_text(n: float) -> str:
+    """A count with a unit and 3 significant digits: 9.1 k, 0.314 M, 300 M, 1.8 G."""
+    for low, div, unit in ((1e9, 1e9, "G"), (1e5, 1e6, "M"), (1e3, 1e3, "k")):
+        if n >= low:
+            return f"{n / div:.3g} {unit}"
+    return f"{n:.0f}"
+
+
+def macs_text(macs: int | None) -> str:
+    return "MACs unknown" if macs is None else f"{count_text(macs)} MACs"
+
+
+def _params_text(model: dict) -> str:
+    after = model.get("params_after_passes")
+    text = f"{count_text(model['params'])} params"
+    return text + (f" ({count_text(after)} after the graph passes)" if after is not None and after != model["params"] else "")
+
+
+def _estimate_text(est: dict | None) -> str:
+    """The --target estimate in the export table: latency at the profile's threads."""
+    if not est or est.get("latency_ms") is None:
+        return "-"
+    return f"{est['latency_ms']:.3g} ms/{est.get('threads', '?')}T"
+
+
 def _tolerance_text(tol: dict) -> str:
     if not tol:
         return "-"
@@ -129,10 +154,12 @@ def render_table(report: dict, console: Any) -> None:
     model = report["model"]
     title = (
         f"{model['name']}: {model['source_format']} via {model.get('exporter') or '-'}; "
-        f"{model['params'] / 1e6:.2f} M params, {model['macs'] / 1e6:.1f} M MACs; target {report['target']['name']}"
+        f"{_params_text(model)}, {macs_text(model['macs'])}; target {report['target']['name']}"
     )
     table = Table(title=title, title_justify="left")
-    for col in ("artifact", "precision", "size", "deflated", "max abs err", "rel err", "tolerance", "cosine", "top-1", "ok"):
+    estimated = any(art.get("estimate") for art in report["artifacts"])
+    cols = ("artifact", "precision", "size", "deflated", "max abs err", "rel err", "tolerance", "cosine", "top-1", "ok")
+    for col in cols + ((f"est. {report['target']['name']}",) if estimated else ()):
         table.add_column(col, justify="left" if col in ("artifact", "precision") else "right")
     for art in report["artifacts"]:
         fid = art.get("fidelity") or {}
@@ -148,6 +175,7 @@ def render_table(report: dict, console: Any) -> None:
             _fmt(fid.get("cosine"), ".6f"),
             _fmt(fid.get("top1_agreement"), ".1%"),
             "[green]yes[/]" if art["ok"] else "[red]NO[/]",
+            *((_estimate_text(art.get("estimate")),) if estimated else ()),
         )
     console.print(table)
     for art in report["artifacts"]:
@@ -159,7 +187,7 @@ def render_table(report: dict, console: Any) -> None:
             console.print(f"{escape(art.get('path') or '')}: {art['int8_mac_share']:.1%} of MACs in int8")
         if art.get("float_nodes"):
             console.print(f"{escape(art['path'] or '')}: {len(art['float_nodes'])} node(s) kept in float by the accuracy guard: "
-                          f"{escape(', '.join(art['float_nodes']))}")
+                          f"{escape(', '.join(art.get('float_modules') or art['float_nodes']))}")
         if art.get("accuracy"):
             ref = (report.get("evaluation") or {}).get("reference_top1")
             console.print(f"{escape(art['path'] or '')}: top-1 accuracy {art['accuracy']['top1']:.2%}"
@@ -171,11 +199,15 @@ def render_table(report: dict, console: Any) -> None:
         if p["name"] == "remove_pruned_channels" and counts.get("macs_before"):
             console.print(
                 f"remove_pruned_channels: {counts['channels_removed']} channel(s) removed in {counts['layers_slimmed']} layer(s); "
-                f"params {counts['params_before'] / 1e6:.3f} M -> {counts['params_after'] / 1e6:.3f} M, "
-                f"MACs {counts['macs_before'] / 1e6:.1f} M -> {counts['macs_after'] / 1e6:.1f} M "
+                f"params {count_text(counts['params_before'])} -> {count_text(counts['params_after'])}, "
+                f"MACs {count_text(counts['macs_before'])} -> {count_text(counts['macs_after'])} "
                 f"({counts['macs_after'] / counts['macs_before']:.2f}x)"
             )
+            if (p.get("extra") or {}).get("summary"):
+                console.print(f"remove_pruned_channels: {escape(p['extra']['summary'])}")
             if (p.get("extra") or {}).get("hint"):
                 console.print(f"[yellow]hint:[/] {escape(p['extra']['hint'])}")
         for item in p.get("skipped", []):
-            console.print(f"[yellow]{p['name']}:[/] {escape(str(item['node']))}: {escape(item['why'])}")
+            name = f"{item['module']} ({item['node']})" if item.get("module") else str(item["node"])
+            where = "" if item["node"] == "*" else f"{escape(name)}: "
+            console.print(f"[yellow]{p['name']}:[/] {where}{escape(item['why'])}")

@@ -145,14 +145,14 @@ def _load_runtime(name: str) -> tuple[Any, str]:
     from edgepack.runtimes import ADAPTERS, get_runtime
 
     if name not in ADAPTERS:
-        raise RunnerError("UnsupportedError", f"{name} is not available: this edgepack has no {name} adapter "
+        raise RunnerError("UsageError", f"{name} is not available: this edgepack has no {name} adapter "
                                          f"(runtimes here: {', '.join(ADAPTERS)})")
     runtime = get_runtime(name)
     try:
         return runtime, runtime.version()
     except ImportError as exc:
         package = PIP_PACKAGES.get(name, name)
-        raise RunnerError("UnsupportedError", f"{name} is not installed in {sys.executable} ({exc}); "
+        raise RunnerError("UsageError", f"{name} is not installed in {sys.executable} ({exc}); "
                                               f"install it there: pip install {package}") from None
 
 
@@ -300,6 +300,7 @@ def benchmark(artifact: str | Path, *, runtime: str, threads: int | None = None,
     if missing:
         raise RunnerError("UsageError", f"artifact file(s) not found: {', '.join(missing)}")
     threads = threads or default_threads()
+    load = _load_average()  # before our own children add to it
     argv = [str(Path(path).absolute()), "--runtime", runtime, "--threads", str(threads), "--warmup", str(warmup), "--seed", str(seed)]
     argv += ["--runs", str(runs)] if runs else ["--min-seconds", str(min_seconds or DEFAULT_MIN_SECONDS)]
     for s in input_shapes:
@@ -333,9 +334,27 @@ def benchmark(artifact: str | Path, *, runtime: str, threads: int | None = None,
         "inputs": measured["inputs"],
         **({"verify": measured["verify"]} if "verify" in measured else {}),
         "host": {"hostname": platform.node(), "platform": f"{platform.system()}-{platform.machine()}",
-                 "python": platform.python_version(), "cpus": default_threads()},
+                 "python": platform.python_version(), "cpus": default_threads(), "load_avg_1m": load},
         "runner": "sent" if _archive() is not None else "installed",
+        **({"load_warning": busy} if (busy := load_warning(load, default_threads(), threads)) else {}),
     }
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def load_warning(load: float | None, cpus: int, threads: int) -> str | None:
+    """Why the figures are unreliable when other processes already keep the cores busy: the
+    measurement's threads then wait for CPU time (p99 grows 10-30x on a loaded 2-core machine)."""
+    if load is None or load + threads <= cpus + 0.5:
+        return None
+    return (f"the 1-minute load average was {load:.1f} on {cpus} CPU(s) before measuring with {threads} thread(s): "
+            "other processes compete for the cores, so these latencies are unreliable; measure on a quiet machine "
+            "or with fewer --threads")
 
 
 # ---------------------------------------------------------------- the zip sent to a board

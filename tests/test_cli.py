@@ -308,7 +308,8 @@ def test_report_schema_and_that_it_describes_the_files(runs):
     assert prov["versions"]["torch"] == torch.__version__ and prov["versions"]["onnxruntime"] == ort.__version__
     assert prov["versions"]["edgepack"] == edgepack.__version__
     assert prov["seeds"] == {"verification": 0}
-    assert report["preprocessing"] == {"mean": [0.5], "std": [0.25], "scale": None, "color_order": "bgr", "layout": "nchw", "resize": None, "crop": None}
+    assert report["preprocessing"] == {"mean": [0.5], "std": [0.25], "scale": None, "color_order": "bgr", "layout": "nchw", "resize": None, "crop": None,
+                                      "source": "flags"}
     expected = [name for name, _ in graph_passes(ExportOptions.create("."))]
     assert [p["name"] for p in report["passes"]] == expected  # every pass, in pipeline order
     assert {"cleanup_graph", "fold_batchnorm"} <= {p["name"] for p in report["passes"]}
@@ -330,11 +331,13 @@ def test_report_schema_and_that_it_describes_the_files(runs):
         "rel_error": 1e-4, "min_cosine": 0.9999, "enforced": True}
     assert art["fidelity"]["samples"] == report["verification"]["samples"] == 10  # 8 random + zeros + 10x
 
-    # params and MACs are counted on the exported graph: BatchNorm folded into conv1
+    # params: the source's (PyTorch, BatchNorm's 2 x 4 included); params_after_passes and MACs are counted
+    # on the exported graph: BatchNorm folded into conv1
     proto = onnx.load(str(path))
     weights = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
-    assert model["params"] == sum(int(np.prod(i.dims)) for i in weights)  # float weights only, no shape constants
-    assert model["params"] == (4 * 27 + 4) + (6 * 36 + 6) + (5 * 6 + 5)
+    assert model["params_after_passes"] == sum(int(np.prod(i.dims)) for i in weights)  # float weights only, no shape constants
+    assert model["params_after_passes"] == (4 * 27 + 4) + (6 * 36 + 6) + (5 * 6 + 5)
+    assert model["params"] == (4 * 27 + 4) + 2 * 4 + (6 * 36 + 6) + (5 * 6 + 5)
     assert model["macs"] == 4 * 16 * 16 * 27 + 6 * 8 * 8 * 36 + 5 * 6
 
     # verify.npz: inputs and reference outputs that the ONNX reproduces

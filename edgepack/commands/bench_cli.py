@@ -84,6 +84,7 @@ def run_bench(artifact: Path, options: BenchOptions, ssh: SshOptions, as_json: b
                 click.echo(to_json_text(result), nl=False)
             else:
                 print_result(result, console)
+            _warn_load([result])
             return 0 if (result.get("verify") or {}).get("ok", True) else 3
         report, failures = bench_export_dir(artifact, options, remote=host)
     from edgepack.commands.bench_report import render_bench_table, write_html
@@ -93,6 +94,7 @@ def run_bench(artifact: Path, options: BenchOptions, ssh: SshOptions, as_json: b
     if as_json:
         click.echo(to_json_text({"artifacts": [{"path": a.get("path"), "bench": a.get("bench")} for a in report["artifacts"]]}),
                    nl=False)
+    _warn_load([a["bench"] for a in report["artifacts"] if a.get("bench") and a.get("bench_error") is None])
     for line in failures:
         click.echo(f"edgepack: error: {line}", err=True)
     console.print(f"wrote {artifact / 'report.json'} (artifacts[i].bench) and {html}", markup=False)
@@ -105,6 +107,15 @@ def run_bench(artifact: Path, options: BenchOptions, ssh: SshOptions, as_json: b
             if not checked["ok"]:
                 codes.append(3)
     return max(codes, default=0)
+
+
+def _warn_load(results: list[dict]) -> None:
+    """A busy machine makes latencies unreliable: say so once on stderr (the result keeps it too)."""
+    for text in dict.fromkeys(r["load_warning"] for r in results if r.get("load_warning")):
+        click.echo(f"warning: {text}", err=True)
+        break  # the first is enough: the same machine, moments apart
+    for text in dict.fromkeys(r["device_profile_mismatch"] for r in results if r.get("device_profile_mismatch")):
+        click.echo(f"warning: {text}", err=True)
 
 
 def print_result(r: dict, console) -> None:

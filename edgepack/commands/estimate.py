@@ -28,9 +28,11 @@ def render_estimate(result: Estimate, console: Any, top: int = 15) -> None:
     """The human view: totals, then the slowest layers."""
     from rich.table import Table
 
+    from edgepack.report import macs_text
+
     console.print(f"[bold]{result.target}[/] {result.runtime}, {result.threads} thread(s), {result.precision} "
                   f"({result.numerics})")
-    console.print(f"latency      {result.latency_ms:10.2f} ms  ({len(result.layers)} layers, {result.macs / 1e9:.3f} GMACs)")
+    console.print(f"latency      {result.latency_ms:10.2f} ms  ({len(result.layers)} layers, {macs_text(result.macs)})")
     fits = "fits" if result.fits_memory else "[red]exceeds[/]"
     console.print(f"peak memory  {result.peak_memory_mb:10.2f} MB  = weights {result.weights_mb:.2f} + activation arena "
                   f"{result.arena_mb:.2f} ({result.arena_rule}); {fits} the {result.ram_budget_mb} MB budget")

@@ -411,7 +411,8 @@ def latency(artifact: dict, target: str | None = None) -> dict:
     estimate = artifact.get("estimate")
     if estimate and estimate.get("error"):
         estimate = None
-    on_target = bool(bench) and target is not None and bench.get("device_profile") == target
+    on_target = (bool(bench) and target is not None and bench.get("device_profile") == target
+                 and not bench.get("device_profile_mismatch"))
     if bench and (on_target or not estimate):
         p50 = (bench.get("latency_ms") or {}).get("p50")
         where = bench.get("device") or (bench.get("host") or {}).get("hostname") or "this machine"
@@ -427,6 +428,26 @@ def latency(artifact: dict, target: str | None = None) -> dict:
         return out
     return {"source": "unknown", "ms": None,
             "note": "not measured or estimated: run `edgepack bench` on the device, or `edgepack estimate` for the target"}
+
+
+PLATFORM_PROFILES = {"android": "android-", "rpi": "rpi"}  # profile names of each bundle platform's devices
+
+
+def _for_platform(lat: dict, target: dict, platform: str) -> dict:
+    """Say which device the latency is for (`device`) and, when the export's target is not a device of
+    the bundle's platform (an rpi4 export packed for Android), that the figure is not this platform's."""
+    name = target.get("name")
+    if lat.get("source") == "measured":
+        lat["device"] = lat.get("measured_on")
+    elif lat.get("source") == "estimate":
+        lat["device"] = f"{name} ({target.get('description') or target.get('cpu') or 'profile'}), estimated"
+    prefix = PLATFORM_PROFILES.get(platform)
+    if name and lat.get("ms") is not None and (prefix is None or not name.startswith(prefix)):
+        lat["platform_note"] = (f"this figure is for {lat.get('device') or name}, not for a {platform} device: "
+                                + ("export with --target android-mid or android-low for a phone estimate, or "
+                                   if platform == "android" else "")
+                                + "measure on the device (`edgepack bench` there, or the app's own timing)")
+    return lat
 
 
 def build_manifest(report: dict, artifact: dict, choice: str, name: str, options: PackOptions, labels: list[str] | None,
@@ -455,7 +476,8 @@ def build_manifest(report: dict, artifact: dict, choice: str, name: str, options
         "preprocessing": report.get("preprocessing"),
         "labels": {"file": LABELS_NAME, "count": len(labels), "output": labelled_output} if labels else None,
         "target": report.get("target"),
-        "latency": latency(artifact, (report.get("target") or {}).get("name")),
+        "latency": _for_platform(latency(artifact, (report.get("target") or {}).get("name")), report.get("target") or {},
+                                 options.platform),
         "fidelity": {"export": {k: fid.get(k) for k in ("max_abs_error", "rel_error", "cosine", "top1_agreement")},
                      "packed": checks.get("fidelity"), "runtime": checks.get("runtime")},
         "accuracy": checks.get("accuracy"),
@@ -546,6 +568,8 @@ def render_summary(summary: dict, console: Any) -> None:
     lat = summary["manifest"]["latency"]
     where = f" on {lat['measured_on']}" if lat.get("measured_on") else ""
     console.print(f"latency: {lat['ms']} ms ({lat['source']}{where})" if lat.get("ms") is not None else f"latency: unknown ({lat['note']})")
+    if lat.get("platform_note"):
+        console.print(f"[yellow]warning:[/] {escape(lat['platform_note'])}")
     console.print(f"TFLite metadata: min_runtime_version {summary['manifest']['model']['tflite_metadata']['min_runtime_version']}"
                   + (f", labels {summary['manifest']['labels']['count']} -> {summary['manifest']['labels']['output']}"
                      if summary["manifest"]["labels"] else ", no labels (pass --labels)"))

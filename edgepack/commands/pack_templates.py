@@ -36,7 +36,7 @@ Task Library read. `edgepack.json` is the full IO contract.
 
 Preprocessing: {pre_text}.
 {f"Labels: `labels.txt`, {labels['count']} lines, one per class of output `{labels['output']}`." if labels else "No labels."}
-Latency on {(manifest.get('target') or {}).get('name', '?')}: {lat_text}.
+Latency: {lat_text}, on {lat.get('device') or (manifest.get('target') or {}).get('name', '?')}.{(" Note: " + lat['platform_note'] + ".") if lat.get('platform_note') else ""}
 
 Files:
 {files}

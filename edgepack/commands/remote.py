@@ -198,7 +198,12 @@ class RemoteHost:
                     raise_runner_error(result.get("error_type", "EdgepackError"), f"on {self.device}: {result['error']}")
                 result["device"] = self.device
                 if self.target.profile:
+                    from edgepack.devices import load_profile
+
                     result["device_profile"] = self.target.profile
+                    mismatch = load_profile(self.target.profile).arch_mismatch((result.get("host") or {}).get("platform", ""))
+                    if mismatch:  # kept, but never taken for the profile's latency (pack, the report)
+                        result["device_profile_mismatch"] = f"{self.device}: {mismatch}"
                 return result
         if proc.returncode == 255:
             raise self._ssh_error(proc, "running the benchmark")
