@@ -98,7 +98,9 @@ def export(model: Path, output_dir: Path, as_json: bool, **options) -> None:
     from edgepack.report import render_table, to_json_text
 
     import edgepack
+    from edgepack.step_times import ExportClock, time_line
 
+    clock = ExportClock()
     err = _stderr_console()
     given = {k: v for k, v in options.items() if v is not None and v != ()}
     report = edgepack.export(model, output_dir=output_dir, console=err, **given)
@@ -108,6 +110,7 @@ def export(model: Path, output_dir: Path, as_json: bool, **options) -> None:
         click.echo(to_json_text(report), nl=False)
     else:
         click.echo(f"wrote {output_dir / 'report.json'}")
+    err.print(time_line(report["timings_s"], clock.wall_s()), highlight=False, markup=False, soft_wrap=True)
     sys.exit(report["exit_code"])
 
 
