@@ -37,7 +37,8 @@ def lraspp(x: np.ndarray, gate_scale: float = 1.0) -> np.ndarray:
 def context(artifacts_runs):
     vset = make_verification_set(SHAPES, seed=0)
     runs = {id(a): r for a, r in artifacts_runs}
-    return SimpleNamespace(vset=vset, output_names=["y"], runner=lambda art: runs[id(art)])
+    return SimpleNamespace(vset=vset, output_names=["y"], runner=lambda art: runs[id(art)],
+                           outputs=lambda art, feeds: [runs[id(art)](f) for f in feeds])
 
 
 def export(fn, tflite_fn, *, tflite_float_nodes=(), fmt="tflite"):

@@ -59,7 +59,7 @@ def test_cli_export_prints_step_times_within_wall_time(tmp_path):
     assert len(found) == 1, proc.stderr[-2000:]
     steps_text, total = found[0]
     steps = {name: float(value) for name, value in re.findall(r"([a-z_/0-9 ]+?) ([0-9.]+) s(?:, |$)", steps_text)}
-    assert ["start/imports", "load", "reference", "passes", "onnx fp32", "estimate"] == [
+    assert ["start/imports", "load", "reference", "passes", "onnx fp32", "estimate", "speed"] == [
         k for k in steps if k != "to_onnx"]  # an ONNX input: to_onnx only re-reads the graph
     assert all(v >= 0 for v in steps.values())
     # the steps add up to the total (each rounded to 0.1 s), and the total is within the wall time

@@ -6,38 +6,13 @@ the flattened input by that map (a padded element reads an appended zero). Exact
 (no arithmetic); a GATHER is slower than a native op, so the direct lowerings stay first."""
 from __future__ import annotations
 
-from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
 
-from edgepack.converters.export_tflite.chain import Chain
-from edgepack.converters.export_tflite.graph import identity, unsupported
-from edgepack.converters.export_tflite.ops_shape import plain_features
+from edgepack.converters.export_tflite.graph import unsupported
+from edgepack.converters.export_tflite.ops_shape import PAD, gather_map
 from edgepack.converters.export_tflite.registry import Ctx, lowering
-
-PAD = -1  # in a map: the element is a zero of the padding
-
-
-def gather_map(ctx: Ctx, node: ir.Node, move: Callable[[np.ndarray], np.ndarray]) -> None:
-    """Write node's output 0 as input 0 moved by `move` (a numpy function of an array shaped like
-    the input, returning the output's array; PAD marks padding)."""
-    dims = ctx.shape(node.inputs[0])
-    size = int(np.prod(dims))
-    where = np.asarray(move(np.arange(size, dtype=np.int64).reshape(dims)))
-    if tuple(where.shape) != ctx.shape(node.outputs[0]):
-        raise unsupported(node, f"maps to shape {list(where.shape)}, the model says {list(ctx.shape(node.outputs[0]))}")
-    c = Chain(ctx, node)
-    x = ctx.as_perm(plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name), identity(len(dims)),
-                    f"{c.name}_onnx_layout")
-    flat = ctx.g.tensor(f"{c.name}_flat", [size], np.float32)
-    ctx.g.reshape(x.index, flat)
-    if (where == PAD).any():
-        flat = c.op("CONCATENATION", flat, c.const(np.zeros(1)), shape=[size + 1], axis=0)
-        where = np.where(where == PAD, size, where)
-    out = ctx.out(node.outputs[0], identity(where.ndim))
-    c.op("GATHER", flat, ctx.int_const(where, f"{c.name}_map"), out=out.index, axis=0)
-
 
 def _const_input(ctx: Ctx, node: ir.Node, i: int, what: str) -> np.ndarray:
     value = ctx.const(node.inputs[i]) if len(node.inputs) > i and node.inputs[i] is not None else None

@@ -6,10 +6,12 @@ weights instead of the activations being transposed."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
 
+from edgepack.converters.export_tflite.chain import Chain
 from edgepack.converters.export_tflite.graph import NHWC, TVal, identity, unsupported
 from edgepack.converters.export_tflite.registry import Ctx, default_perm, lowering
 
@@ -146,8 +148,6 @@ def gather(ctx: Ctx, node: ir.Node) -> None:
     if indices is None:
         raise unsupported(node, "gathers with non-constant indices")
     if indices.ndim > 1:  # one GATHER of the flattened input by the fixed map
-        from edgepack.converters.export_tflite.ops_rearrange import gather_map
-
         axis = node.attributes.get_int("axis", 0)
         return gather_map(ctx, node, lambda a: np.take(a, indices.astype(np.int64) % a.shape[axis], axis=axis))
     x = plain_features(ctx, x, node.inputs[0].name)
@@ -209,8 +209,6 @@ def slice_op(ctx: Ctx, node: ir.Node) -> None:
         begin[a], end[a], stride[a] = b, e2, int(st)
         picks.append((a, np.arange(b, e2, int(st))))
     if any(st < 0 for st in stride):  # STRIDED_SLICE would need reversed bounds: a GATHER by a fixed map
-        from edgepack.converters.export_tflite.ops_rearrange import gather_map
-
         def move(arr: np.ndarray) -> np.ndarray:
             for a, kept in picks:
                 arr = np.take(arr, kept, axis=a)
@@ -242,8 +240,6 @@ def pad(ctx: Ctx, node: ir.Node) -> None:
     pairs = np.array([[pads[a], pads[a + rank]] for a in x.perm], np.int32)
     mode = node.attributes.get_string("mode", "constant")
     if mode in ("edge", "wrap") and (pads >= 0).all():  # no TFLite builtin: a GATHER of the input by a fixed map
-        from edgepack.converters.export_tflite.ops_rearrange import gather_map
-
         widths = [(int(pads[a]), int(pads[a + rank])) for a in range(rank)]
         return gather_map(ctx, node, lambda a: np.pad(a, widths, mode=mode))
     out = ctx.out(node.outputs[0], x.perm)
@@ -370,3 +366,26 @@ def resize_builtin(ctx: Ctx, node: ir.Node) -> None:
         g.op("RESIZE_BILINEAR", [x.index, size], [out.index], opts)
     else:
         raise unsupported(node, f"uses mode={mode!r} (nearest and linear are supported)")
+
+
+PAD = -1  # in a map: the element is a zero of the padding
+
+
+def gather_map(ctx: Ctx, node: ir.Node, move: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Write node's output 0 as input 0 moved by `move` (a numpy function of an array shaped like
+    the input, returning the output's array; PAD marks padding)."""
+    dims = ctx.shape(node.inputs[0])
+    size = int(np.prod(dims))
+    where = np.asarray(move(np.arange(size, dtype=np.int64).reshape(dims)))
+    if tuple(where.shape) != ctx.shape(node.outputs[0]):
+        raise unsupported(node, f"maps to shape {list(where.shape)}, the model says {list(ctx.shape(node.outputs[0]))}")
+    c = Chain(ctx, node)
+    x = ctx.as_perm(plain_features(ctx, ctx.val(node.inputs[0], node), node.inputs[0].name), identity(len(dims)),
+                    f"{c.name}_onnx_layout")
+    flat = ctx.g.tensor(f"{c.name}_flat", [size], np.float32)
+    ctx.g.reshape(x.index, flat)
+    if (where == PAD).any():
+        flat = c.op("CONCATENATION", flat, c.const(np.zeros(1)), shape=[size + 1], axis=0)
+        where = np.where(where == PAD, size, where)
+    out = ctx.out(node.outputs[0], identity(where.ndim))
+    c.op("GATHER", flat, ctx.int_const(where, f"{c.name}_map"), out=out.index, axis=0)
