@@ -224,13 +224,25 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
 ADD_MIN_SCALE_RATIO = 2.0**-10
 
 
+# XNNPACK's int8 MUL: input1 scale x input2 scale / output scale in [2^-16, 2^8). A constant factor
+# far below its output's resolution (a layer scale of ~1e-5 after the ADD rule above raised the
+# output's scale) gets the scale that meets it.
+MUL_MIN_PRODUCT_RATIO = 2.0**-16 * 1.01
+
+
 def _add_operand_floor(ops: list, qp: dict[int, tuple[float, int]]) -> dict[int, float]:
-    """For each input of an int8 ADD / SUB: the smallest scale XNNPACK takes for it."""
+    """For each input of an int8 ADD / SUB, and each constant input of an int8 MUL whose other
+    input is an activation: the smallest scale XNNPACK takes for it."""
     floor: dict[int, float] = {}
     for name, op in ops:
-        if name in ("ADD", "SUB") and op.outputs[0] in qp:
+        out = op.outputs[0]
+        if name in ("ADD", "SUB") and out in qp:
             for t in op.inputs:
-                floor[t] = max(floor.get(t, 0.0), qp[op.outputs[0]][0] * ADD_MIN_SCALE_RATIO)
+                floor[t] = max(floor.get(t, 0.0), qp[out][0] * ADD_MIN_SCALE_RATIO)
+        if name == "MUL" and out in qp and len(op.inputs) == 2:
+            for t, other in ((op.inputs[0], op.inputs[1]), (op.inputs[1], op.inputs[0])):
+                if t not in qp and other in qp:  # t: a constant
+                    floor[t] = max(floor.get(t, 0.0), MUL_MIN_PRODUCT_RATIO * qp[out][0] / qp[other][0])
     return floor
 
 
