@@ -215,3 +215,16 @@ def test_batch_matmul_second_input_symmetric(tmp_path):
     a, b = rng.uniform(-3, 3, [1, 8, 16]).astype(np.float32), rng.uniform(-1, 3, [1, 8, 16]).astype(np.float32)
     want = a @ b.transpose(0, 2, 1)
     assert np.abs(_run(path, [a, b]) - want).max() <= 0.03 * np.abs(want).max()
+
+
+def test_ncnn_int8_kernels_name_the_isa():
+    import platform
+
+    from edgepack.devices import load_profile
+    from edgepack.speed_check import ncnn_int8_kernels
+
+    pi4, pi5 = load_profile("rpi4"), load_profile("rpi5")
+    assert "without dot product" in ncnn_int8_kernels(pi4.name, pi4.cpu)["target"]  # Cortex-A72: ARMv8.0
+    assert "with dot product" in ncnn_int8_kernels(pi5.name, pi5.cpu)["target"]  # Cortex-A76: ARMv8.2 sdot
+    here = ncnn_int8_kernels("host", "host CPU")["here"]
+    assert here.startswith("x86") == (platform.machine().lower() in ("x86_64", "amd64"))
