@@ -79,9 +79,9 @@ def _warning(art: dict, ref: dict, slower: dict) -> str:
 
 def _measure_tflite(artifact: Path, reference: Path) -> dict | None:
     """None when no LiteRT is installed here (nothing to measure with)."""
-    import importlib.util
+    from edgepack.runtimes.litert import available
 
-    if importlib.util.find_spec("ai_edge_litert") is None and importlib.util.find_spec("tflite_runtime") is None:
+    if not available():
         return None
     from edgepack.runtimes import isolated
     from edgepack.runtimes.litert_speed import compare_speed
@@ -92,9 +92,9 @@ def _measure_tflite(artifact: Path, reference: Path) -> dict | None:
 
 def _delegation(artifact: Path) -> dict | None:
     """In this process: the export wrote this file and has just run it in LiteRT to verify it."""
-    import importlib.util
+    from edgepack.runtimes.litert import available
 
-    if importlib.util.find_spec("ai_edge_litert") is None and importlib.util.find_spec("tflite_runtime") is None:
+    if not available():
         return None
     from edgepack.runtimes.litert_delegation import delegation
 

@@ -20,6 +20,13 @@ def _interpreter_class() -> Any:
         return Interpreter
 
 
+def available() -> bool:
+    """Whether a LiteRT interpreter package (ai-edge-litert or tflite-runtime) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("ai_edge_litert") is not None or importlib.util.find_spec("tflite_runtime") is not None
+
+
 def _op_resolver_type() -> Any:
     try:
         from ai_edge_litert.interpreter import OpResolverType

@@ -169,8 +169,9 @@ def _run(path: Path, feeds: list[np.ndarray]) -> np.ndarray:
 
 def test_add_with_a_tiny_branch_stays_delegated(tmp_path):
     """x + 1e-5 * x2 (a layer-scale branch) + 1e-6 (an epsilon): the tiny operands of the int8 ADDs get
-    1/1024 of the output's scale (XNNPACK refuses a smaller ratio), so one partition; the result is
-    x within one output step."""
+    1/1024 of the output's scale (XNNPACK refuses a smaller ratio), and the 1e-5 factor of the MUL a
+    scale that keeps its product-to-output ratio above 2^-16, so one partition; the result is x
+    within one output step."""
     from edgepack.runtimes.litert_delegation import delegation
 
     shape = [1, 4, 4, 8]
@@ -184,13 +185,13 @@ def test_add_with_a_tiny_branch_stays_delegated(tmp_path):
         g.op("ADD", [y, g.const(np.array([1e-6], np.float32), "eps")], [z], g.options("AddOptions"))
         g.outputs.append(z)
 
-    path, report = _quantized(build, {"x": (-3, 3), "x2": (-3, 3), "m": (-3e-5, 3e-5), "y": (-3, 3), "z": (-3, 3)},
+    path, report = _quantized(build, {"x": (-3, 3), "x2": (-0.3, 0.3), "m": (-3e-6, 3e-6), "y": (-3, 3), "z": (-3, 3)},
                               tmp_path, "add")
     info = delegation(path)
     assert (info["partitions"], info["outside"]) == (1, [])
     assert [r["tensor"] for r in report.constrained if "ADD" in r["why"]] == ["m"]
     rng = np.random.default_rng(0)
-    x, x2 = (rng.uniform(-3, 3, shape).astype(np.float32) for _ in range(2))
+    x, x2 = rng.uniform(-3, 3, shape).astype(np.float32), rng.uniform(-0.3, 0.3, shape).astype(np.float32)
     assert np.abs(_run(path, [x, x2]) - x).max() <= 6 / 255 + 1e-6  # within one output step of x
 
 
@@ -214,3 +215,16 @@ def test_batch_matmul_second_input_symmetric(tmp_path):
     a, b = rng.uniform(-3, 3, [1, 8, 16]).astype(np.float32), rng.uniform(-1, 3, [1, 8, 16]).astype(np.float32)
     want = a @ b.transpose(0, 2, 1)
     assert np.abs(_run(path, [a, b]) - want).max() <= 0.03 * np.abs(want).max()
+
+
+def test_ncnn_int8_kernels_name_the_isa():
+    import platform
+
+    from edgepack.devices import load_profile
+    from edgepack.speed_check import ncnn_int8_kernels
+
+    pi4, pi5 = load_profile("rpi4"), load_profile("rpi5")
+    assert "without dot product" in ncnn_int8_kernels(pi4.name, pi4.cpu)["target"]  # Cortex-A72: ARMv8.0
+    assert "with dot product" in ncnn_int8_kernels(pi5.name, pi5.cpu)["target"]  # Cortex-A76: ARMv8.2 sdot
+    here = ncnn_int8_kernels("host", "host CPU")["here"]
+    assert here.startswith("x86") == (platform.machine().lower() in ("x86_64", "amd64"))

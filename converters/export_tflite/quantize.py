@@ -95,6 +95,12 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
         report.float_ops.append({"op": name, "from": sorted(graph.origin.get(id(op), ())),
                                  "why": XNNPACK_FLOAT_ONLY[name]})
     no_kernel += xnn_float
+    for op, ratio in _wide_concats(graph, names, code_of, lambda n: onnx_ranges.get(n) or measured.get(n), keep | {id(o) for o in no_kernel}):
+        report.float_ops.append({"op": "CONCATENATION", "from": sorted(graph.origin.get(id(op), ())),
+                                 "why": f"its inputs' ranges differ {ratio:.0f}x: requantizing the narrow ones to the "
+                                        "output's scale leaves them a few steps, beyond what XNNPACK's int8 QUANTIZE "
+                                        "takes (2^-8); kept float between DEQUANTIZE and QUANTIZE"})
+        no_kernel.append(op)
     no_kernel += [op for op in graph.operators if id(op) in graph.no_int8]
     narrow = _narrow_fixed_outputs(graph, names, code_of, onnx_ranges, measured)
     for op, name, hi in narrow:
@@ -224,13 +230,25 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
 ADD_MIN_SCALE_RATIO = 2.0**-10
 
 
+# XNNPACK's int8 MUL: input1 scale x input2 scale / output scale in [2^-16, 2^8). A constant factor
+# far below its output's resolution (a layer scale of ~1e-5 after the ADD rule above raised the
+# output's scale) gets the scale that meets it.
+MUL_MIN_PRODUCT_RATIO = 2.0**-16 * 1.01
+
+
 def _add_operand_floor(ops: list, qp: dict[int, tuple[float, int]]) -> dict[int, float]:
-    """For each input of an int8 ADD / SUB: the smallest scale XNNPACK takes for it."""
+    """For each input of an int8 ADD / SUB, and each constant input of an int8 MUL whose other
+    input is an activation: the smallest scale XNNPACK takes for it."""
     floor: dict[int, float] = {}
     for name, op in ops:
-        if name in ("ADD", "SUB") and op.outputs[0] in qp:
+        out = op.outputs[0]
+        if name in ("ADD", "SUB") and out in qp:
             for t in op.inputs:
-                floor[t] = max(floor.get(t, 0.0), qp[op.outputs[0]][0] * ADD_MIN_SCALE_RATIO)
+                floor[t] = max(floor.get(t, 0.0), qp[out][0] * ADD_MIN_SCALE_RATIO)
+        if name == "MUL" and out in qp and len(op.inputs) == 2:
+            for t, other in ((op.inputs[0], op.inputs[1]), (op.inputs[1], op.inputs[0])):
+                if t not in qp and other in qp:  # t: a constant
+                    floor[t] = max(floor.get(t, 0.0), MUL_MIN_PRODUCT_RATIO * qp[out][0] / qp[other][0])
     return floor
 
 
@@ -259,6 +277,27 @@ def _fit_add_scales(graph: TfliteGraph, ops: list, qp: dict[int, tuple[float, in
                      "why": "an int8 ADD / SUB input needs at least 1/1024 of the output's scale (XNNPACK); it spans "
                             "under a quarter of an output step"})
     return rows
+
+
+# XNNPACK's int8 QUANTIZE (int8 -> int8) takes an input-to-output scale ratio of at least 2^-8.
+CONCAT_MAX_RANGE_RATIO = 256.0
+
+
+def _wide_concats(graph: TfliteGraph, names: dict, code_of: dict, range_of, skip: set[int]) -> list[tuple]:
+    """(op, ratio) of the CONCATENATIONs whose inputs' calibrated ranges differ more than
+    CONCAT_MAX_RANGE_RATIO (a detector head's box coordinates in pixels next to class scores in 0-1)."""
+    found = []
+    for op in graph.operators:
+        if names[code_of[op.opcodeIndex]] != "CONCATENATION" or id(op) in skip:
+            continue
+        widths = []
+        for t in op.inputs:
+            r = range_of(graph.tensors[t].name) if graph.tensors[t].buffer == 0 else None
+            if r is not None:
+                widths.append(max(r[1], 0.0) - min(r[0], 0.0))
+        if len(widths) > 1 and min(widths) > 0 and max(widths) / min(widths) > CONCAT_MAX_RANGE_RATIO:
+            found.append((op, max(widths) / min(widths)))
+    return found
 
 
 def _symmetric_matmul_rhs(graph: TfliteGraph, ops: list, qp: dict[int, tuple[float, int]], pinned: set[int],

@@ -49,9 +49,9 @@ def inspect_artifact(path: str | Path) -> dict:
 def _delegation(path: Path) -> dict | None:
     """XNNPACK partitions and the ops left outside the delegate (edgepack.runtimes.litert_delegation),
     asked in a child process; None when no LiteRT is installed."""
-    import importlib.util
+    from edgepack.runtimes.litert import available
 
-    if importlib.util.find_spec("ai_edge_litert") is None and importlib.util.find_spec("tflite_runtime") is None:
+    if not available():
         return None
     from edgepack.runtimes import isolated
     from edgepack.runtimes.litert_delegation import delegation
