@@ -24,7 +24,20 @@ The venv is made with `pip install litert-torch torch==2.13.0 torchvision==0.28.
 needs the CPU shim on PYTHONPATH there too). If pip cannot install it, the script prints what pip
 said and measures edgepack alone against the figures quoted in issue 21.
 
-Measured (see the report of the change that added this script for the table and the host's load).
+Measured on the shared 2-core host (7 other engineers' jobs: load average 15-24 even "quiet"), one
+round each, `nice`d; edgepack seconds / litert-torch seconds = ratio:
+
+| model | precision | load | load avg | edgepack s | litert-torch s | ratio |
+|---|---|---|---|---|---|---|
+| MobileNetV2 | fp32 | quiet | 14.9 | 57.0 | 69.2 | 0.82 |
+| ResNet-18 | fp32 | quiet | 16.8 | 56.5 | 45.9 | 1.23 |
+| MobileNetV2 | fp32 | busy | 23.2 | 273.4 | 295.8 | 0.92 (before the background deflate) |
+| ResNet-18 | fp32 | busy | 19.7 | 229.7 | 113.9 | 2.02 (before the background deflate) |
+| MobileNetV2 | int8 | quiet | 16.4 | 90.5 | 364.3 | 0.25 |
+| ResNet-18 | int8 | quiet | 18.1 | 162.8 | 314.5 | 0.52 (before the background deflate) |
+
+Where ResNet-18 fp32's time went (quiet row): start/imports 12.4, load 13.1, reference 3.1,
+to_onnx 15.4, passes 0.7, tflite fp32 5.5, estimate (incl. the deflated-size wait) 5.6 s.
 """
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ from edgepack.calib import check_finite, load_samples
 from edgepack.converters import PassResult
 from edgepack.converters.cleanup_graph import cleanup_graph
 from edgepack.artifacts import EvalSet, ExportContext, build_artifact
+from edgepack.artifacts.context import settle_deflated
 from edgepack.calibrate import CALIBRATION_NAME, calibrate
 from edgepack.converters.quantize_int8 import QUANTIZED_OPS
 from edgepack.converters.fold_batchnorm import fold_batchnorm
@@ -212,6 +213,7 @@ def _export_into(out_dir: Path, model_or_path: Any, options: ExportOptions, prof
     _int8_agreement(ctx, artifacts)
     _name_modules(model, artifacts)
     with steps("estimate", f"estimate latency and memory on {profile.name}"):
+        settle_deflated(ctx)  # the artifacts' deflated sizes, computed in the background meanwhile
         for art in artifacts:
             art["estimate"] = report_estimate(out_dir, art, profile)
             if art["estimate"].get("fits_memory") is False:

@@ -134,8 +134,26 @@ def describe(entry: dict, built: Built, ctx: ExportContext) -> None:
     entry["path"] = built.files[0].name
     entry["files"] = [file_entry(f, ctx.out_dir) for f in built.files]
     entry["size_bytes"] = sum(f["size_bytes"] for f in entry["files"])
-    entry["deflated_bytes"] = sum(deflated_size(f) for f in built.files)  # what a download of it costs
+    # what a download of it costs: zlib releases the GIL, so this runs on another core while the
+    # artifact is verified (a ResNet-18-sized file takes seconds); settle_deflated fills it in
+    pending = ctx.cache.setdefault("deflating", {})
+    if "deflate_pool" not in ctx.cache:
+        from concurrent.futures import ThreadPoolExecutor
+
+        ctx.cache["deflate_pool"] = ThreadPoolExecutor(1, thread_name_prefix="edgepack-deflate")
+    data = [f.read_bytes() for f in built.files]  # these bytes: a rebuild may rewrite the file meanwhile
+    pending[id(entry)] = (entry, ctx.cache["deflate_pool"].submit(lambda: sum(deflated_size(d) for d in data)))
+    entry["deflated_bytes"] = None
     entry["inputs"], entry["outputs"] = built.inputs, built.outputs
+
+
+def settle_deflated(ctx: ExportContext) -> None:
+    """Write each artifact's deflated size (computed in the background by `describe`) into its entry."""
+    for entry, future in ctx.cache.pop("deflating", {}).values():
+        entry["deflated_bytes"] = future.result()
+    pool = ctx.cache.pop("deflate_pool", None)
+    if pool is not None:
+        pool.shutdown()
 
 
 def int8_mac_share(ctx: ExportContext, entry: dict) -> float | None:
