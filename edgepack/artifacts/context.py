@@ -64,6 +64,7 @@ class ExportContext:
     calibration: "Calibration | None" = None
     already_quantized: bool = False
     eval_set: EvalSet | None = None
+    int8_model: ir.Model | None = None  # the graph int8 quantizes (pipeline.int8_graph); None: `model` itself
     int8_float_nodes: list[str] = field(default_factory=list)  # the accuracy guard's choice for the int8 ONNX
     work_dir: Path = field(default_factory=Path)  # scratch files of this export (removed with it)
     cache: dict = field(default_factory=dict, repr=False)  # work shared by the artifacts of one export
@@ -76,6 +77,21 @@ class ExportContext:
 
             self._proto = strip_private_metadata(to_proto(self.model))
         return self._proto
+
+    @property
+    def quant_model(self) -> ir.Model:
+        """The float graph every int8 artifact quantizes (the same for ONNX, TFLite and ncnn)."""
+        return self.int8_model if self.int8_model is not None else self.model
+
+    @property
+    def quant_proto(self) -> Any:
+        if self.int8_model is None:
+            return self.fp32_proto
+        if "quant_proto" not in self.cache:
+            from edgepack.converters.export_onnx import strip_private_metadata, to_proto
+
+            self.cache["quant_proto"] = strip_private_metadata(to_proto(self.int8_model))
+        return self.cache["quant_proto"]
 
     def runner(self, entry: dict) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
         """Run a built artifact on ONNX-layout feeds; outputs in ONNX layout (edgepack.runtimes.artifact)."""
@@ -116,7 +132,7 @@ def int8_mac_share(ctx: ExportContext, entry: dict) -> float | None:
     if "node_macs" not in ctx.cache:
         from edgepack.model_stats import node_macs
 
-        ctx.cache["node_macs"] = {n.name: node_macs(n) for n in ctx.model.graph}
+        ctx.cache["node_macs"] = {n.name: node_macs(n) for n in ctx.quant_model.graph}
     macs = ctx.cache["node_macs"]
     total = sum(macs.values())
     if total == 0:

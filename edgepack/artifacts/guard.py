@@ -85,7 +85,7 @@ def onnx_node_rank(ctx: "ExportContext", int8_onnx: Callable[[], Path]) -> Calla
     already in float, what still hurts is the int8 data it reads: its nearest quantized producers."""
     from edgepack.divergence import per_node_divergence
 
-    fp32 = ctx.fp32_proto
+    fp32 = ctx.quant_proto
     graph_nodes = {n.name for n in fp32.graph.node}
     feeds = ctx.vset.feeds()[:GUARD_SAMPLES]
 

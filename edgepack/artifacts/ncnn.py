@@ -56,13 +56,13 @@ def build_int8(ctx: ExportContext, path: Path) -> Built:
     _refuse_quantized(ctx)
     cal = ctx.calibration
     table = path.with_suffix(".table")
-    base = export_ncnn(ctx.model, ctx.work_dir / "ncnn-base.fp32.param", fp16=False)
+    base = export_ncnn(ctx.quant_model, ctx.work_dir / "ncnn-base.fp32.param", fp16=False)
     inputs, outputs = _io(ctx, base.blob_names)
     blob = {d["name"]: d["ncnn_blob"] for d in inputs}
     float_onnx_nodes = frozenset(ctx.int8_float_nodes)
 
     def rebuild(keep_float: list[str]) -> Built:
-        result = quantize_ncnn_int8(ctx.model, base.files[0], base.files[1], cal.ranges, path, table,
+        result = quantize_ncnn_int8(ctx.quant_model, base.files[0], base.files[1], cal.ranges, path, table,
                                     float_onnx_nodes=float_onnx_nodes, keep_float=frozenset(keep_float))
         census = NcnnParam.parse(path.read_text()).census()
         return Built([path, path.with_suffix(".bin"), table], {

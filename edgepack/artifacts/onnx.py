@@ -43,7 +43,7 @@ def build_int8(ctx: ExportContext, path: Path) -> Built:
         from edgepack.converters.quantize_int8 import quantize_int8
 
         cal = ctx.calibration
-        result = quantize_int8(ctx.fp32_proto, path, cache_path=cal.path, method=cal.ort_method, calib_feeds=cal.feeds,
+        result = quantize_int8(ctx.quant_proto, path, cache_path=cal.path, method=cal.ort_method, calib_feeds=cal.feeds,
                                nodes_to_exclude=float_nodes)
         ctx.int8_float_nodes = list(float_nodes)  # the int8 TFLite and ncnn start from the same float nodes
         details = {

@@ -14,7 +14,7 @@ from edgepack.artifacts.context import Built, ExportContext
 from edgepack.artifacts.guard import Guard, onnx_node_rank
 
 
-def _export(ctx: ExportContext, path: Path, precision: str, **kw):
+def _export(ctx: ExportContext, path: Path, precision: str, model=None, **kw):
     from edgepack.converters.export_tflite import export_tflite
     from edgepack.errors import UnsupportedError
 
@@ -23,7 +23,7 @@ def _export(ctx: ExportContext, path: Path, precision: str, **kw):
                                "export the float model with --int8 --calib DATA instead (the ONNX artifact keeps this "
                                "model's own quantization)")
 
-    return export_tflite(ctx.model, path, precision, nchw_io=ctx.options.target.tflite_nchw_input, **kw)
+    return export_tflite(model if model is not None else ctx.model, path, precision, nchw_io=ctx.options.target.tflite_nchw_input, **kw)
 
 
 def _float_details(precision: str, result) -> dict:
@@ -74,14 +74,14 @@ def build_int8(ctx: ExportContext, path: Path) -> Built:
     float_now = list(ctx.int8_float_nodes)
 
     def standin_onnx() -> Path:
-        quantize_int8(ctx.fp32_proto, standin, cache_path=cal.path, method=cal.ort_method, calib_feeds=cal.feeds,
+        quantize_int8(ctx.quant_proto, standin, cache_path=cal.path, method=cal.ort_method, calib_feeds=cal.feeds,
                       nodes_to_exclude=float_now)
         return standin
 
     def rebuild(float_nodes: list[str]) -> Built:
         float_now[:] = float_nodes
         ranges = Int8Ranges(cal.ranges, measured, int8_io=int8_io, float_nodes=tuple(float_nodes))
-        result = _export(ctx, path, "int8", int8=ranges)
+        result = _export(ctx, path, "int8", model=ctx.quant_model, int8=ranges)
         io = ("int8 (scale and zero point in inputs/outputs)" if int8_io
               else "float32 (one QUANTIZE per input, DEQUANTIZE per output)")
         details = {
@@ -105,7 +105,7 @@ def _measured_ranges(ctx: ExportContext) -> dict[str, tuple[float, float]]:
     rebuilds the int8 graph, not the float one)."""
     if "tflite_measured" not in ctx.cache:
         float_path = ctx.work_dir / "measure.fp32.tflite"
-        graph = _export(ctx, float_path, "fp32")
+        graph = _export(ctx, float_path, "fp32", model=ctx.quant_model)
         ctx.cache["tflite_measured"] = measure_ranges(float_path, ctx.calibration.feeds,
                                                       {d["name"]: d["perm"] for d in graph.inputs})
     return ctx.cache["tflite_measured"]
