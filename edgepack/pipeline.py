@@ -67,17 +67,29 @@ def graph_passes(options: ExportOptions) -> list[tuple[str, Callable[[ir.Model],
     )
     if not options.prune.prune:
         prune = _disabled("remove_pruned_channels", "--no-prune")
-    fold_affine = fold_constant_affine if options.calibration.fold_affine else _disabled("fold_constant_affine", "--no-fold-affine")
     return [
         ("fold_shape_subgraphs", fold_shape_subgraphs),
         ("cleanup_graph", cleanup_graph),
         ("fold_batchnorm", fold_batchnorm),
         ("cleanup_graph", cleanup_graph),
-        ("fold_constant_affine", fold_affine),
-        ("cleanup_graph", cleanup_graph),
         ("remove_pruned_channels", prune),
         ("cleanup_graph", cleanup_graph),
     ]
+
+
+def int8_graph(fp32_proto: Any, options: ExportOptions) -> tuple[ir.Model | None, list[PassResult]]:
+    """The float graph that every int8 artifact (ONNX, TFLite, ncnn) quantizes and calibration
+    measures: the processed graph with the rewrites that only int8 needs (exact in float, but not
+    bit-exact: folding scales into weights moves fp32 rounding by ~1e-4 over a deep network, which
+    the fp32 artifacts' floor would rightly catch). None when nothing changed."""
+    if not options.calibration.fold_affine:
+        return None, [_disabled("fold_constant_affine", "--no-fold-affine")(None)]
+    model = ir.serde.deserialize_model(fp32_proto)
+    passes = [fold_constant_affine(model)]
+    if not passes[0].modified:
+        return None, passes
+    passes.append(cleanup_graph(model))
+    return model, passes
 
 
 def _disabled(name: str, flag: str) -> Callable[[ir.Model], PassResult]:
@@ -197,11 +209,14 @@ def _export_into(out_dir: Path, model_or_path: Any, options: ExportOptions, prof
     # The calibration file is this export's: one left in the folder by an earlier export (another
     # model, other data or method) must never be taken for it.
     (out_dir / CALIBRATION_NAME).unlink(missing_ok=True)
+    int8_passes: list[PassResult] = []
     if "int8" in precisions and not already_quantized:
+        with steps("int8_graph", "the graph int8 quantizes"):
+            ctx.folded_model, int8_passes = int8_graph(ctx.fp32_proto, options)
         with steps("calibrate", f"calibrate int8 ranges ({options.calibration.calib_method})"):
             feeds = _calibration_feeds(calib, vset, shapes, options, warnings)
             c = options.calibration
-            ctx.calibration = calibrate(ctx.fp32_proto, feeds, c.calib_method, out_dir / CALIBRATION_NAME,
+            ctx.calibration = calibrate(ctx.folded_proto, feeds, c.calib_method, out_dir / CALIBRATION_NAME,
                                         equalize=c.equalize, correct_bias=c.correct_bias)
     artifacts = []
     with tempfile.TemporaryDirectory(prefix="edgepack-work-") as work:
@@ -258,7 +273,8 @@ def _export_into(out_dir: Path, model_or_path: Any, options: ExportOptions, prof
             "left_for_calibration": None if vset.calibration_indices is None else int(len(vset.calibration_indices)),
             "reference": "pytorch" if source.is_torch else "onnxruntime (optimizations off)",
         },
-        "calibration": (ctx.calibration.to_report(str(options.calibration.calib), v.seed + 1)
+        "calibration": ({**ctx.calibration.to_report(str(options.calibration.calib), v.seed + 1),
+                         "int8_graph_passes": [p.to_json() for p in int8_passes]}
                         if ctx.calibration is not None else None),
         "evaluation": ({"file": str(options.verify.eval_data), "samples": len(eval_set.y), "reference_top1": eval_set.reference_top1}
                        if eval_set is not None else None),

@@ -108,3 +108,27 @@ def test_affine_on_a_graph_output_or_a_non_channel_constant_is_left():
     result, out = rewrite(proto)
     assert result.counts["affines_folded"] == 0 and not result.modified
     assert Counter(n.op_type for n in out.graph.node) == {"Conv": 2, "Mul": 2}
+
+
+def test_export_folds_for_int8_only(tmp_path):
+    """In an export the fp32 artifact keeps the graph as given (bit-exact floors), while the int8
+    ONNX and its calibration come from the folded graph: fewer tensors rounded to int8."""
+    import edgepack
+
+    src = tmp_path / "lcnet.onnx"
+    onnx.save(lcnet_block(14, 1), src)
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(2).normal(0, 1, (40, 3, 6, 6)).astype(np.float32))
+    report = edgepack.export(src, output_dir=tmp_path / "out", formats=("onnx",), int8=True, calib=calib)
+    passes = report["calibration"]["int8_graph_passes"]
+    assert passes[0]["name"] == "fold_constant_affine" and passes[0]["counts"] == {"affines_folded": 3, "hardswish_fused": 2}
+    fp32, int8 = (onnx.load(str(tmp_path / "out" / a["path"])) for a in report["artifacts"])
+    ops = Counter(n.op_type for n in fp32.graph.node)
+    assert ops["Mul"] == 6 and ops["Div"] == 2 and ops["Clip"] == 2  # 4 affines + 2 written-out hard-swish, as given
+    q = Counter(n.op_type for n in int8.graph.node)
+    assert q["HardSwish"] == 2 and q["Clip"] == 0 and q["Mul"] == 1
+    assert all(a["ok"] for a in report["artifacts"]), [a["error"] for a in report["artifacts"]]
+    off = edgepack.export(src, output_dir=tmp_path / "off", formats=("onnx",), int8=True, calib=calib, fold_affine=False)
+    assert off["calibration"]["int8_graph_passes"][0]["skipped"][0]["why"] == "disabled by --no-fold-affine"
+    q_off = Counter(n.op_type for n in onnx.load(str(tmp_path / "off" / off["artifacts"][1]["path"])).graph.node)
+    assert q_off["HardSwish"] == 0 and q_off["Div"] == 2 and q_off["QuantizeLinear"] > q["QuantizeLinear"]

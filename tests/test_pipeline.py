@@ -63,8 +63,7 @@ def test_report_timings_and_pass_results(small_pt2, tmp_path):
     report = edgepack.export(small_pt2, output_dir=tmp_path, target="rpi4")
     assert report["timings_s"]["total"] >= report["timings_s"]["to_onnx"] > 0
     assert [p["name"] for p in report["passes"]] == [
-        "fold_shape_subgraphs", "cleanup_graph", "fold_batchnorm", "cleanup_graph", "fold_constant_affine", "cleanup_graph",
-        "remove_pruned_channels", "cleanup_graph"]
+        "fold_shape_subgraphs", "cleanup_graph", "fold_batchnorm", "cleanup_graph", "remove_pruned_channels", "cleanup_graph"]
     assert report["target"]["name"] == "rpi4"
     assert report["model"]["exporter"] == "dynamo"
     # MACs: conv1 3*9*8*256 + conv2 8*9*8*64 + linear 8*5

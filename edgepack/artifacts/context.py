@@ -70,6 +70,7 @@ class ExportContext:
     calibration: "Calibration | None" = None
     already_quantized: bool = False
     eval_set: EvalSet | None = None
+    folded_model: ir.Model | None = None  # the graph int8 calibrates on (pipeline.int8_graph); None: `model` itself
     int8_float_nodes: list[str] = field(default_factory=list)  # the accuracy guard's choice for the int8 ONNX
     work_dir: Path = field(default_factory=Path)  # scratch files of this export (removed with it)
     cache: dict = field(default_factory=dict, repr=False)  # work shared by the artifacts of one export
@@ -84,18 +85,30 @@ class ExportContext:
         return self._proto
 
     @property
+    def folded_proto(self) -> Any:
+        """The graph calibration measures: `folded_model` (pipeline.int8_graph) or the fp32 graph."""
+        if self.folded_model is None:
+            return self.fp32_proto
+        if "folded_proto" not in self.cache:
+            from edgepack.converters.export_onnx import strip_private_metadata, to_proto
+
+            self.cache["folded_proto"] = strip_private_metadata(to_proto(self.folded_model))
+        return self.cache["folded_proto"]
+
+    @property
     def int8_proto(self) -> Any:
-        """The float ModelProto the int8 exporters quantize: the calibration step's (cross-layer
-        equalized, bias corrected) when it changed the graph, else the fp32 graph."""
+        """The float ModelProto every int8 exporter quantizes (ONNX, TFLite, ncnn alike): the
+        calibration step's (cross-layer equalized, bias corrected) when it changed the graph, else
+        the folded int8 graph, else the fp32 graph."""
         cal = self.calibration
-        return cal.model if cal is not None and cal.model is not None else self.fp32_proto
+        return cal.model if cal is not None and cal.model is not None else self.folded_proto
 
     @property
     def int8_model(self) -> ir.Model:
         """`int8_proto` as the ir.Model the TFLite and ncnn writers read."""
         cal = self.calibration
         if cal is None or cal.model is None:
-            return self.model
+            return self.folded_model if self.folded_model is not None else self.model
         if "int8_model" not in self.cache:
             self.cache["int8_model"] = ir.from_proto(cal.model)
         return self.cache["int8_model"]
@@ -165,7 +178,7 @@ def int8_mac_share(ctx: ExportContext, entry: dict) -> float | None:
     if "node_macs" not in ctx.cache:
         from edgepack.model_stats import node_macs
 
-        ctx.cache["node_macs"] = {n.name: node_macs(n) for n in ctx.model.graph}
+        ctx.cache["node_macs"] = {n.name: node_macs(n) for n in ctx.int8_model.graph}
     macs = ctx.cache["node_macs"]
     total = sum(macs.values())
     if total == 0:
