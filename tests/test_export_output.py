@@ -138,7 +138,8 @@ def _stages(parent: Path) -> list[Path]:
 
 @pytest.mark.parametrize("sig, code, line", [
     (signal.SIGTERM, 143, "edgepack: error: terminated (SIGTERM); the output folder was left as it was"),
-    (signal.SIGINT, 130, "edgepack: interrupted (SIGINT)"),
+    pytest.param(signal.SIGINT, 130, "edgepack: interrupted (SIGINT)",
+                 marks=pytest.mark.heavy),  # a second export process: the default suite keeps SIGTERM's
 ])
 def test_sigterm_and_sigint_are_one_line_and_leave_nothing(tmp_path, sig, code, line):
     tmp = tmp_path / "tmp"
