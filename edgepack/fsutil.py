@@ -125,7 +125,7 @@ def staged_output(path: Path) -> Iterator[Path]:
         os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; the export folder gets normal permissions
         (stage / LOCK_NAME).write_text(json.dumps(_owner()))
     except OSError as exc:
-        raise OutputError(f"cannot write next to {final} ({exc.strerror or exc}); choose another folder with -o") from None
+        raise OutputError(f"cannot write to output directory {final} ({exc.strerror or exc}); choose another folder with -o") from None
     previous = _on_sigterm()
     try:
         yield stage

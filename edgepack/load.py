@@ -465,6 +465,7 @@ def _from_onnx_proto(proto: Any, path: Path | None) -> SourceModel:
             shapes[inp.name] = known
         elif known:
             partial[inp.name] = known
+    _check_declared_shapes(proto, path)
     src = SourceModel("onnx", path, onnx_model=proto, input_names=names, stored_shapes=shapes, partial_shapes=partial,
                       value_inputs=value_operand_inputs(proto.graph))
     bad = []
@@ -478,7 +479,55 @@ def _from_onnx_proto(proto: Any, path: Path | None) -> SourceModel:
         if arr.dtype.kind == "f" and not _all_finite(arr):
             bad.append(init.name)
     _refuse_bad_weights(bad, [])
+    _check_ir_round_trip(proto, path)
     return src
+
+
+def _check_declared_shapes(proto: Any, path: Path | None) -> None:
+    """A declared dimension that is negative or a shape larger than MAX_ELEMENTS is a damaged file
+    (the passes would size their tables by it)."""
+    import math
+
+    from edgepack.check_artifact import MAX_ELEMENTS
+
+    for v in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        dims = [d.dim_value for d in v.type.tensor_type.shape.dim if d.HasField("dim_value")]
+        if any(d < 0 for d in dims) or math.prod(dims) > MAX_ELEMENTS:
+            where = path.name if path is not None else "the ONNX model"
+            raise LoadError(f"{where} is not a valid ONNX model: value {v.name[:60]!r} declares the impossible shape "
+                            f"{dims[:8]}; the file is damaged: export it again")
+
+
+def _check_ir_round_trip(proto: Any, path: Path | None) -> None:
+    """Every pass works on onnx_ir's model and writes it back: a file it cannot write back (text that
+    is not UTF-8, which protobuf's proto2 fields let through) is refused here, in one line, instead
+    of failing in a pass."""
+    import logging
+
+    import onnx_ir as ir
+
+    where = path.name if path is not None else "the ONNX model"
+    warned: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warned.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("onnx_ir")
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False  # (its warnings would print on stderr)
+    try:
+        ir.to_proto(ir.from_proto(proto))
+    except Exception as exc:  # noqa: BLE001  (SerdeError wrapping the real cause)
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise LoadError(f"{where} is not a valid ONNX model ({type(cause).__name__}: {first_line(cause)}); "
+                        "the file is damaged: export it again") from None
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    invalid = [w for w in warned if "model is invalid" in w.lower()]
+    if invalid:  # e.g. a node input that no node, initializer or graph input provides
+        raise LoadError(f"{where} is not a valid ONNX model ({first_line(invalid[0])[:200]}); the file is damaged: "
+                        "export it again")
 
 
 def _all_finite(arr: Any) -> bool:

@@ -82,6 +82,12 @@ def test_export_and_compare_reject_damaged_onnx_models(tmp_path):
         result = run_mutant(str(folder), name, ("export", "compare"), with_oracle=False)
         for command in ("export", "compare"):
             assert result[command] == "rejected", (index, op, command, result[command + "_message"])
+    # found by the long fuzz (seed 0): ONNX Runtime runs both, export refuses them at load
+    for index, phrase in ((44, "declares the impossible shape [1, 1099511627776]"),  # was a MemoryError in a pass
+                          (48, "UnicodeDecodeError")):  # non-UTF-8 node metadata: was onnx_ir's traceback on stderr
+        op, folder, name = _write(tmp_path, "onnx", index, seed=0)
+        result = run_mutant(str(folder), name, ("export",), with_oracle=False)
+        assert result["export"] == "rejected" and phrase in result["export_message"], (index, result["export_message"])
 
 
 @pytest.mark.heavy  # an export per well-formed mutant: ~5 s each

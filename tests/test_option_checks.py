@@ -89,3 +89,19 @@ def test_a_pipe_as_calib_or_eval_data_is_refused_before_reading(tmp_path, capsys
     line = _one_error(capsys)
     assert line.startswith(f"edgepack: error: --eval {fifo} is not a regular file"), line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npy"]
+
+
+def test_an_onnx_node_reading_a_value_nothing_provides_is_one_line(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["ghost"], ["r"], name="relu"), helper.make_node("Add", ["x", "r"], ["y"], name="add")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "ghost.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert main(["export", str(path), "--format", "onnx", "-o", str(tmp_path / "out")]) == 2
+    line = _one_error(capsys)  # onnx_ir's own warning about it is not printed as a second line
+    assert line.startswith("edgepack: error: ghost.onnx is not a valid ONNX model") and "ghost" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ghost.onnx"]
