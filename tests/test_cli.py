@@ -15,7 +15,6 @@ import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 import edgepack
 from edgepack.options import ExportOptions
 from edgepack.pipeline import graph_passes
+from cli_run import Run, cli_in_process
 from models_for_tests import CumMaxNet, FlatNet, Net, TwoInputNet, seeded
 
 TESTS = Path(__file__).resolve().parent
@@ -34,14 +34,6 @@ ROOT = TESTS.parent
 EXAMPLE = ROOT / "examples" / "digits_cnn.pt2"
 EXAMPLE_CALIB = ROOT / "examples" / "digits_calib.npy"
 HIDDEN_MODULE = "edgepack_test_hidden_arch"
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-    out: Path  # the -o folder of this run
 
 
 def _env(pythonpath: str | None) -> dict[str, str]:
@@ -55,20 +47,6 @@ def cli(*args: str, cwd: Path, pythonpath: str | None = str(TESTS), out: Path | 
     proc = subprocess.run([sys.executable, "-m", "edgepack", *args], capture_output=True, text=True, cwd=cwd,
                           env=_env(pythonpath), timeout=300)
     return Run(proc.returncode, proc.stdout, proc.stderr, out or cwd / "out")
-
-
-def cli_in_process(*args: str, out: Path) -> Run:
-    """The same command through edgepack.cli.main in this process (no interpreter and torch start-up
-    per case); stdout and stderr captured."""
-    import contextlib
-    import io
-
-    from edgepack.cli import main
-
-    o, e = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
-        code = main(list(args))
-    return Run(code, o.getvalue(), e.getvalue(), out)
 
 
 @pytest.fixture(scope="module")

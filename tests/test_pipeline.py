@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -14,6 +10,7 @@ import torch
 from torch import nn
 
 import edgepack
+from cli_run import cli_in_process
 
 
 class SmallNet(nn.Module):
@@ -40,13 +37,10 @@ def small_pt2(tmp_path_factory):
 
 def test_artifact_beyond_tolerance_is_kept_marked_failed_exit_3(small_pt2, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgepack", "export", str(small_pt2), "-o", str(out), "--tolerance", "1e-12"],
-        capture_output=True, text=True,
-    )
+    proc = cli_in_process("export", str(small_pt2), "-o", str(out), "--tolerance", "1e-12", out=out)
     report = json.loads((out / "report.json").read_text())
     art = report["artifacts"][0]
-    assert proc.returncode == 3, proc.stderr
+    assert proc.code == 3, proc.stderr
     assert (out / "small.fp32.onnx").exists()  # kept for inspection
     assert art["ok"] is False and report["ok"] is False and report["exit_code"] == 3
     assert art["fidelity"]["rel_error"] > 1e-12 and "exceeds" in art["error"]
@@ -110,12 +104,11 @@ def _export_cli(model: nn.Module, tmp_path, *flags: str) -> tuple[int, dict]:
     path = tmp_path / "block.pt"
     torch.save(model, path)
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "edgepack", "export", str(path), "--allow-pickle", "--input-shape",
-                           "1x3x16x16", "-o", str(out), *flags], capture_output=True, text=True, env=env)
-    assert (out / "report.json").exists(), proc.stderr
+    run = cli_in_process("export", str(path), "--allow-pickle", "--input-shape", "1x3x16x16", "-o", str(out), *flags,
+                         out=out)
+    assert (out / "report.json").exists(), run.stderr
     report = json.loads((out / "report.json").read_text())
-    return proc.returncode, report
+    return run.code, report
 
 
 def _pass(report: dict) -> dict:

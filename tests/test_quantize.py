@@ -3,8 +3,6 @@ quantization edge cases: errors, calibration reuse, already-quantized models."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 import edgepack
+from cli_run import cli_in_process
 from edgepack.converters.quantize_int8 import load_ranges
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -133,10 +132,6 @@ def test_already_quantized_onnx_is_not_quantized_again(digits, tmp_path):
     assert art["fidelity"]["rel_error"] <= 1e-4  # against that same QDQ model in ONNX Runtime
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgepack", *args], capture_output=True, text=True)
-
-
 @pytest.mark.parametrize(
     "args, code, phrase",
     [
@@ -156,21 +151,22 @@ def test_quantization_input_errors(tmp_path, args, code, phrase):
     files = {"bad_shape": tmp_path / "bad_shape.npy", "strings": tmp_path / "strings.npy", "bad_eval": tmp_path / "bad_eval.npz"}
     args = [a.format(**files) for a in args]
     out = tmp_path / "out"
-    proc = _cli("export", str(PT2), "-o", str(out), *args)
-    assert proc.returncode == code, proc.stderr
+    proc = cli_in_process("export", str(PT2), "-o", str(out), *args, out=out)
+    assert proc.code == code, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("edgepack: error:") and phrase in lines[0], proc.stderr
     assert not list(out.glob("*.onnx")) if out.exists() else True
 
 
 def test_json_report_carries_quantization_fields(tmp_path):
-    proc = _cli("export", str(PT2), "-o", str(tmp_path), "--calib", str(CALIB), "--int8", "--json")
-    assert proc.returncode == 0, proc.stderr
+    proc = cli_in_process("export", str(PT2), "-o", str(tmp_path / "out"), "--calib", str(CALIB), "--int8", "--json",
+                          out=tmp_path / "out")
+    assert proc.code == 0, proc.stderr
     report = json.loads(proc.stdout)
     art = _art(report, "int8")
     for key in ("dtypes", "nodes", "float_nodes", "calibration", "fidelity", "size_bytes"):
         assert key in art
-    assert (tmp_path / "calibration.json").is_file()
+    assert (tmp_path / "out" / "calibration.json").is_file()
 
 
 class _Fragile(__import__("torch").nn.Module):
