@@ -19,23 +19,49 @@ if TYPE_CHECKING:
 
 @dataclass
 class EvalSet:
-    """Labelled data for task accuracy (--eval): x (M, *input_shape[1:]), y (M,)."""
+    """Labelled data for task accuracy (--eval): x (M, *input_shape[1:]) for the first input (and
+    `more_inputs` {name: (samples, shape)} for the others), labels y (M, ...). Scored by top-1 of the
+    first output, or by the user's --eval-metric `module:function(outputs, labels) -> float`
+    (`metric`: its text; `metric_fn`: the function, see edgepack.evaluate)."""
 
     path: Path
     x: np.ndarray
     y: np.ndarray
     input_name: str
     input_shape: tuple[int, ...]
-    reference_top1: float | None = None
+    reference_top1: float | None = None  # the reference model's score (top-1, or the metric's value)
+    metric: str | None = None
+    metric_fn: Callable[[list[np.ndarray], np.ndarray], float] | None = field(default=None, repr=False)
+    more_inputs: dict[str, tuple[np.ndarray, tuple[int, ...]]] = field(default_factory=dict)
 
     def accuracy(self, run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]) -> float:
         batch = self.input_shape[0]
         n = (len(self.x) // batch) * batch
-        correct = 0
+        inputs = {self.input_name: (self.x, self.input_shape), **self.more_inputs}
+        correct, outputs = 0, []
         for i in range(0, n, batch):
-            logits = run({self.input_name: self.x[i : i + batch].reshape(self.input_shape)})[0]
-            correct += int((logits.reshape(batch, -1).argmax(-1) == self.y[i : i + batch]).sum())
-        return correct / n
+            outs = run({name: x[i : i + batch].reshape(shape) for name, (x, shape) in inputs.items()})
+            if self.metric_fn is None:
+                correct += int((outs[0].reshape(batch, -1).argmax(-1) == self.y[i : i + batch]).sum())
+            else:
+                outputs.append([np.asarray(o) for o in outs])
+        if self.metric_fn is None:
+            return correct / n
+        from edgepack.evaluate import score
+
+        return score(self.metric or "", self.metric_fn, [np.concatenate(o) for o in zip(*outputs)], self.y[:n])
+
+    def entry(self, value: float) -> dict:
+        """An artifact's report `accuracy`: {"top1", "samples"}, or with a metric {"metric", "value", "samples"}."""
+        if self.metric is None:
+            return {"top1": value, "samples": len(self.y)}
+        return {"metric": self.metric, "value": value, "samples": len(self.y)}
+
+    def to_report(self) -> dict:
+        """The report's `evaluation` section."""
+        if self.metric is None:
+            return {"file": str(self.path), "samples": len(self.y), "reference_top1": self.reference_top1}
+        return {"file": str(self.path), "samples": len(self.y), "metric": self.metric, "reference_value": self.reference_top1}
 
 
 @dataclass
@@ -72,9 +98,7 @@ class ExportContext:
     @property
     def fp32_proto(self) -> Any:
         if self._proto is None:
-            from edgepack.converters.export_onnx import strip_private_metadata, to_proto
-
-            self._proto = strip_private_metadata(to_proto(self.model))
+            self._proto = fp32_proto_of(self.model)
         return self._proto
 
     def runner(self, entry: dict) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
@@ -83,6 +107,13 @@ class ExportContext:
         from edgepack.runtimes.artifact import artifact_runner
 
         return artifact_runner(self.out_dir / entry["path"], entry, threads=work_threads())
+
+
+def fp32_proto_of(model: ir.Model) -> Any:
+    """The processed fp32 graph as an ONNX ModelProto without edgepack's private metadata."""
+    from edgepack.converters.export_onnx import strip_private_metadata, to_proto
+
+    return strip_private_metadata(to_proto(model))
 
 
 def io_rows(values: Any) -> list[dict]:
