@@ -171,8 +171,10 @@ class Prepared:
 
 
 def prepare_export(model_or_path: Any, options: ExportOptions, steps: Steps,
-                   make_output_dir: Callable[[Path], Path] | None = None) -> Prepared:
-    """Steps 1-4; `make_output_dir` (run_export: create and probe OUTDIR) runs once the target is known."""
+                   make_output_dir: Callable[[Path], Path] | None = None, passes: bool = True) -> Prepared:
+    """Steps 1-4 (without the graph passes when `passes` is False: a sweep runs them per channel
+    rounding on copies); `make_output_dir` (run_export: create and probe OUTDIR) runs once the target
+    is known."""
     profile = load_profile(options.target.target)
     options, round_source = _with_profile_defaults(options, profile)
     out_dir = make_output_dir(options.output_dir) if make_output_dir is not None else None
@@ -204,7 +206,8 @@ def prepare_export(model_or_path: Any, options: ExportOptions, steps: Steps,
         steps.warn(f"dynamo exporter failed ({fallback}); used the TorchScript exporter")
     prep = Prepared(options, profile, round_source, out_dir, source, specs, shape_sources, calib, vset, reference,
                     model, exporter, fallback, [], warnings, None)
-    run_graph_passes(prep, steps)
+    if passes:
+        run_graph_passes(prep, steps)
     prep.eval_set = _load_eval(options, specs, source) if options.verify.eval_data else None
     return prep
 
