@@ -38,6 +38,10 @@ class EvalSet:
         batch = self.input_shape[0]
         n = (len(self.x) // batch) * batch
         inputs = {self.input_name: (self.x, self.input_shape), **self.more_inputs}
+        if self.metric is not None and self.metric_fn is None:  # after pickling (a sweep's worker): import it here
+            from edgepack.evaluate import load_metric
+
+            self.metric_fn = load_metric(self.metric)
         correct, outputs = 0, []
         for i in range(0, n, batch):
             outs = run({name: x[i : i + batch].reshape(shape) for name, (x, shape) in inputs.items()})
@@ -50,6 +54,9 @@ class EvalSet:
         from edgepack.evaluate import score
 
         return score(self.metric or "", self.metric_fn, [np.concatenate(o) for o in zip(*outputs)], self.y[:n])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "metric_fn": None}  # the user's function is imported again where it runs
 
     def entry(self, value: float) -> dict:
         """An artifact's report `accuracy`: {"top1", "samples"}, or with a metric {"metric", "value", "samples"}."""

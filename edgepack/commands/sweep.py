@@ -550,6 +550,7 @@ def recommend(points: list[dict], constraints: Constraints) -> tuple[str | None,
 def _result(spec: SweepSpec, cells: list[Cell], skipped: list[dict], records: dict, counts: dict, seconds: float,
             where: str) -> dict:
     from edgepack import __version__
+    from edgepack.pipeline import exit_code_for
 
     boards = _board_profiles(spec, None)
     recs = [records[c] for c in cells if c in records]
@@ -566,7 +567,8 @@ def _result(spec: SweepSpec, cells: list[Cell], skipped: list[dict], records: di
         "constraints": {k: getattr(spec.constraints, k) for k in ("max_latency_ms", "max_size_mb", "min_accuracy")},
         "tasks_run": counts, "reused": sum(bool(r.get("reused")) for r in recs),
         "cells": [{k: v for k, v in r.items() if k != "reused"} for r in recs], "skipped": skipped,
-        "targets": targets, "ok": not failed, "exit_code": (failed[0]["exit_code"] or 1) if failed else 0,
+        "targets": targets, "ok": not failed,
+        "exit_code": exit_code_for([{"ok": r["status"] == "ok", "exit_code": r["exit_code"] or 1} for r in recs]),
     }
 
 
