@@ -9,6 +9,9 @@
 6. every requested format x precision (the table in `edgepack.formats`): export, verify against
    the reference;
 7. estimate each artifact on the target; write verify.npz and report.json.
+
+`run_export` is `prepare_export` (steps 1-4) then `write_export` (5-7); `edgepack sweep` calls them
+apart, to build many artifacts from one prepared graph and one calibration.
 """
 from __future__ import annotations
 

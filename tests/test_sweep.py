@@ -33,10 +33,12 @@ import os
 import numpy as np
 
 def top1(outputs, labels):
-    """Kills its worker process the first time it runs anywhere (a marker file next to it says so)."""
-    marker = os.path.join(os.path.dirname(__file__), "crashed-once")
-    if not os.path.exists(marker):
-        open(marker, "w").close()
+    """Kills its worker process on its second call anywhere (the first scores the reference model in the
+    conversion task; the second is a cell's evaluation); a file next to it counts the calls."""
+    calls = os.path.join(os.path.dirname(__file__), "calls")
+    with open(calls, "a") as f:
+        f.write("x")
+    if os.path.getsize(calls) == 2:
         os._exit(9)
     return float((outputs[0].argmax(-1) == labels).mean())
 '''
@@ -207,6 +209,8 @@ def test_pool_worker_killed_once_is_retried(tmp_path):
     result = sweep(spec, tmp_path / "out", jobs=2)
     assert result["exit_code"] == 0 and all(c["status"] == "ok" for c in result["cells"])
     assert sorted(c["attempts"] for c in result["cells"]) == [1, 1, 1, 2]  # the cell whose worker died ran twice
+    assert len(result["crashes"]) == 1 and result["crashes"][0]["kind"] == "build"
+    assert "worker process died (exit code 9)" in result["crashes"][0]["why"]
 
 
 def _ray():
@@ -234,6 +238,8 @@ def test_ray_local_matches_pool_and_retries_killed_worker(pool_run, tmp_path):
     finally:
         ray.shutdown()
     assert result["exit_code"] == 0 and sorted(c["attempts"] for c in result["cells"]) == [1, 1, 1, 2]
+    assert len(result["crashes"]) == 1 and result["crashes"][0]["kind"] == "build"
+    assert "Ray worker died" in result["crashes"][0]["why"]
 
 
 def _ray_node(ray_bin: str, args: list[str], env: dict) -> subprocess.Popen:

@@ -397,6 +397,8 @@ def _schedule(spec: SweepSpec, todo: list[Cell], options: dict, keys: dict, reco
         for handle, (outcome, value) in executor.wait(0.5):
             job = running.pop(handle)
             if outcome == "crashed":
+                counts.setdefault("crashes", []).append({"kind": job["kind"], "cells": [c.id for c in job["cells"]],
+                                                         "attempt": job["attempts"], "why": value})
                 if job["attempts"] <= RETRIES:
                     submit(job["kind"], job["key"], job["fn"], job["args"], job["cells"], job["attempts"] + 1,
                            **{k: v for k, v in job.items() if k == "preps"})
@@ -565,7 +567,8 @@ def _result(spec: SweepSpec, cells: list[Cell], skipped: list[dict], records: di
         "edgepack": __version__, "where": where, "seconds": round(seconds, 3),
         "grid": {a: [str(v) if isinstance(v, Path) else v for v in getattr(spec, a)] for a in AXES},
         "constraints": {k: getattr(spec.constraints, k) for k in ("max_latency_ms", "max_size_mb", "min_accuracy")},
-        "tasks_run": counts, "reused": sum(bool(r.get("reused")) for r in recs),
+        "tasks_run": {k: v for k, v in counts.items() if k != "crashes"}, "crashes": counts.get("crashes", []),
+        "reused": sum(bool(r.get("reused")) for r in recs),
         "cells": [{k: v for k, v in r.items() if k != "reused"} for r in recs], "skipped": skipped,
         "targets": targets, "ok": not failed,
         "exit_code": exit_code_for([{"ok": r["status"] == "ok", "exit_code": r["exit_code"] or 1} for r in recs]),
