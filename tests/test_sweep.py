@@ -181,6 +181,23 @@ def test_eval_metric_with_two_inputs():
     assert ev.entry(value) == {"metric": "m:f", "value": value, "samples": 6}
 
 
+def test_eval_metric_option_and_errors(tmp_path):
+    """--eval-metric is an export option (the CLI flag is derived from it); bad metrics are one line."""
+    from edgepack.evaluate import load_metric, score
+    from edgepack.options import ExportOptions
+
+    with pytest.raises(UsageError, match="needs --eval"):
+        ExportOptions.create("o", eval_metric="m:f")
+    assert ExportOptions.create("o", eval_data="e.npz", eval_metric="m:f").verify.eval_metric == "m:f"
+    (tmp_path / "m.py").write_text("def f(outputs, labels):\n    return 'high'\n\ndef g(outputs, labels):\n    raise KeyError(3)\n")
+    with pytest.raises(UsageError, match="returned str, not a number"):
+        score("m.py:f", load_metric(f"{tmp_path / 'm.py'}:f"), [], np.zeros(1))
+    with pytest.raises(UsageError, match="raised KeyError: 3"):
+        score("m.py:g", load_metric(f"{tmp_path / 'm.py'}:g"), [], np.zeros(1))
+    with pytest.raises(UsageError, match="has no function 'h'"):
+        load_metric(f"{tmp_path / 'm.py'}:h")
+
+
 # ---------------------------------------------------------------- heavy: crashes and Ray
 
 
@@ -262,16 +279,20 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.heavy
-def test_ray_two_node_cluster_matches_pool(pool_run, tmp_path):
+def test_ray_two_node_cluster_matches_pool(pool_run, tmp_path, monkeypatch):
     ray = _ray()
     ray_bin = str(Path(sys.executable).parent / "ray")
+    # Ray >= 2.5x turns token authentication on; this throwaway cluster on one machine runs without it
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     port = "6391"
     nodes = [_ray_node(ray_bin, ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"], env)]
     try:
-        time.sleep(10)
-        nodes.append(_ray_node(ray_bin, [f"--address=127.0.0.1:{port}", "--num-cpus=1"], env))
         deadline = time.time() + 120
+        while subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True).returncode:
+            assert time.time() < deadline, "the Ray head did not start in 120 s"
+            time.sleep(2)
+        nodes.append(_ray_node(ray_bin, [f"--address=127.0.0.1:{port}", "--num-cpus=1"], env))
         ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
         while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.time() < deadline:
             time.sleep(1)

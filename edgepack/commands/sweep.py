@@ -14,7 +14,7 @@ The sweep file (paths relative to it; every key optional but `models`, unknown k
     precisions = ["fp32", "fp16", "int8"]          # fp32 fp16 int8 int8-weights
     formats = ["onnx", "tflite", "ncnn"]
     calib_methods = ["minmax", "percentile"]        # int8 cells
-    input_shapes = ["1x3x224x224", "1x3x160x160"]  # default: the model's own (or the first target's)
+    input_shapes = ["1x3x224x224", "1x3x160x160"]  # default: the model's own; several inputs: "a:1x3x8x8,b:1x10"
     round_channels = [1, 8]                         # default [1] (a target profile's rounding is not applied)
     targets = ["rpi4", "android-mid"]               # device profiles: each artifact estimated on each
     bench = ["mypi"]                                # inventory boards (edgepack bench --device), with --bench
@@ -211,6 +211,10 @@ def grid(spec: SweepSpec) -> tuple[list[Cell], list[dict]]:
                                                 "set ncnn_fp32 = true in [export] for fp32 weights"})
                             else:
                                 cells.append(cell)
+    stems = [m.stem for m in spec.models]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise UsageError(f"sweep models: two files named {twice[0]!r} (cells are named after the file); rename one")
     return cells, skipped
 
 
@@ -451,7 +455,7 @@ def _write_cell(out: Path, cell: Cell, record: dict, files: dict | None) -> None
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in (files or {}).items():
         (folder / name).write_bytes(data)
-    atomic_write_bytes(folder / CELL_JSON, to_json_text(record).encode())
+    atomic_write_bytes(folder / CELL_JSON, to_json_text({k: v for k, v in record.items() if k != "reused"}).encode())
 
 
 def _estimate_all(spec: SweepSpec, cells: list[Cell], records: dict, out: Path) -> None:
