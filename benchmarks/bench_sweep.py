@@ -13,10 +13,21 @@ Grid: precisions fp32, fp16, int8 x formats onnx, tflite x round_channels 1, 4 (
 
     nice python benchmarks/bench_sweep.py --rounds 1 --jobs 2
 
-Measured on the shared 2-core machine (2026-12-03, load from other engineers' jobs, so the ratios
-matter more than the seconds):
+Measured on the shared 2-core machine (2026-12-03, one round, load average 13-15 from other
+engineers' jobs: the seconds are slow and noisy, the ratio is the point):
 
-    see the table printed at the end of the run (pasted in the final report of helper O)
+    tasks in a sweep: {'convert': 1, 'calibrate': 2, 'build': 12}
+    mode       wall s   speed-up vs serial
+    serial      463.9                1.00x
+    pool         55.8                8.31x
+    ray          40.3               11.51x
+    overhead per task (no-op round trip): pool 0.48 ms, ray 3.06 ms
+    (ray cluster start 17.8 s, not counted)
+
+Most of the win is sharing: each serial export process imports torch, loads the .pt2 and runs the
+dynamo ONNX export again (the load + to_onnx steps are ~90% of one digits export's wall time here);
+the sweep does that once. Ray's lead over the pool in this run is within the machine's noise (its
+worker processes were already started with the cluster; the pool spawns its two at the sweep's start).
 """
 from __future__ import annotations
 
@@ -116,7 +127,7 @@ def main() -> None:
     use_ray = ray is not None and not args.no_ray
     if use_ray:
         t = time.perf_counter()
-        ray.init(num_cpus=args.jobs, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=args.jobs, include_dashboard=False, log_to_driver=False)
         print(f"ray cluster start: {time.perf_counter() - t:.1f} s (not counted: --ray uses a running cluster)")
     times: dict[str, list[float]] = {"serial": [], "pool": [], "ray": []}
     for r in range(args.rounds):

@@ -343,12 +343,13 @@ def run_sweep(spec: SweepSpec, output_dir: Path, *, executor: Any = None, bench:
     counts = {"convert": 0, "calibrate": 0, "build": 0}
     try:
         _schedule(spec, todo, options, keys, records, executor, tasks, progress, counts, out)
+        executor.close()  # every export has finished: boards are measured with nothing else running here
+        _estimate_all(spec, cells, records, out)
+        if bench:
+            _bench_all(spec, cells, records, out, inventory, progress)
     finally:
         progress.stop()
         executor.close()
-    _estimate_all(spec, cells, records, out)
-    if bench:
-        _bench_all(spec, cells, records, out, inventory, progress)
     result = _result(spec, cells, skipped, records, counts, time.perf_counter() - start, executor.description)
     from edgepack.commands.sweep_html import write_html
     from edgepack.fsutil import atomic_write_bytes
@@ -482,7 +483,10 @@ def _bench_all(spec: SweepSpec, cells: list[Cell], records: dict, out: Path, inv
             rec = records.get(c)
             if not rec or rec["status"] != "ok" or board in (rec.get("bench") or {}):
                 continue
-            result = bench_cell(out / "cells" / c.id / rec["artifact"]["path"], None if board == "local" else board, inventory)
+            progress.set(c.id, f"benchmarking on {board}")
+            result = bench_cell(out / "cells" / c.id / rec["artifact"]["path"], rec["artifact"],
+                                None if board == "local" else board, inventory)
+            progress.set(c.id, "ok" if result["ok"] else f"ok; bench on {board} failed: {result['error']}")
             rec.setdefault("bench", {})[board] = result
             _write_cell(out, c, rec, None)
 
@@ -518,8 +522,9 @@ def _point(spec: SweepSpec, rec: dict, target: str, boards: dict[str, str]) -> d
     est = (rec.get("estimates") or {}).get(target) or {}
     latency, source = est.get("latency_ms"), "estimate"
     for board, result in (rec.get("bench") or {}).items():
-        if boards.get(board) == target and result.get("ok") and result.get("result", {}).get("median_ms") is not None:
-            latency, source = result["result"]["median_ms"], f"bench:{board}"
+        p50 = ((result.get("result") or {}).get("latency_ms") or {}).get("p50")
+        if boards.get(board) == target and result.get("ok") and p50 is not None:
+            latency, source = p50, f"bench:{board}"
     score, metric = _score(rec)
     return {"cell": rec["id"], "accuracy": score, "metric": metric, "latency_ms": latency, "latency_source": source,
             "size_mb": (rec["artifact"]["size_bytes"] or 0) / 1e6, "peak_memory_mb": est.get("peak_memory_mb"),

@@ -178,6 +178,7 @@ class RayExecutor:
     def close(self) -> None:
         if self._own:
             self.ray.shutdown()
+            self._own = False
 
 
 def _call(fn: Callable, *args: Any) -> tuple[Any, Any]:

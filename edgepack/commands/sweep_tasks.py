@@ -101,11 +101,12 @@ def build_cell(preps: dict, rounding: int, calibration: tuple | None, options: A
         return _status(start, exc), None
 
 
-def bench_cell(path: Path, board: str | None, inventory: Path | None) -> dict:
-    """Latency of one built artifact on an inventory board (None: this machine); one-line error on failure."""
+def bench_cell(path: Path, entry: dict, board: str | None, inventory: Path | None) -> dict:
+    """Latency of one built artifact (`entry`: its report entry) on an inventory board (None: this
+    machine); one-line error on failure."""
     import contextlib
 
-    from edgepack.commands.bench import BenchOptions, bench_artifact
+    from edgepack.commands.bench import BenchOptions, _with_report_shapes, bench_artifact
 
     start = time.perf_counter()
     try:
@@ -119,7 +120,7 @@ def bench_cell(path: Path, board: str | None, inventory: Path | None) -> dict:
                                 accept_new_host_key=False, send_runner=False)
             session = RemoteHost(target)
         with session as host:
-            result = bench_artifact(path, BenchOptions(), remote=host)
+            result = bench_artifact(path, _with_report_shapes(BenchOptions(), entry), remote=host)
         return {**_status(start), "result": result}
     except Exception as exc:  # noqa: BLE001
         return _status(start, exc)
