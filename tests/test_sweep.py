@@ -279,28 +279,34 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.heavy
-def test_ray_two_node_cluster_matches_pool(pool_run, tmp_path, monkeypatch):
-    ray = _ray()
+def test_ray_two_node_cluster_matches_pool(pool_run, tmp_path):
+    """`edgepack sweep --ray ADDRESS` (its own process, as a user runs it) on a head node and one worker
+    node started here with `ray start`, stopped afterwards by their process ids."""
+    _ray()
     ray_bin = str(Path(sys.executable).parent / "ray")
     # Ray >= 2.5x turns token authentication on; this throwaway cluster on one machine runs without it
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    port = "6391"
-    nodes = [_ray_node(ray_bin, ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"], env)]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    address = "127.0.0.1:6391"
+    nodes = [_ray_node(ray_bin, ["--head", "--port=6391", "--num-cpus=1", "--include-dashboard=false"], env)]
     try:
-        deadline = time.time() + 120
-        while subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True).returncode:
-            assert time.time() < deadline, "the Ray head did not start in 120 s"
+        deadline = time.time() + 180
+        while subprocess.run([ray_bin, "status", f"--address={address}"], env=env, capture_output=True).returncode:
+            assert time.time() < deadline, "the Ray head did not start in 180 s"
             time.sleep(2)
-        nodes.append(_ray_node(ray_bin, [f"--address=127.0.0.1:{port}", "--num-cpus=1"], env))
-        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
-        while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.time() < deadline:
-            time.sleep(1)
+        nodes.append(_ray_node(ray_bin, [f"--address={address}", "--num-cpus=1"], env))
+        while subprocess.run([ray_bin, "status", f"--address={address}"], env=env, capture_output=True,
+                             text=True).stdout.count(" node_") < 2:
+            assert time.time() < deadline, "the Ray worker node did not join in 180 s"
+            time.sleep(2)
         spec = _write_sweep(pool_run["folder"], ["digits_cnn.pt2", "broken.pt2"])
-        result = sweep(spec, tmp_path / "out", ray=f"127.0.0.1:{port}")
+        out = tmp_path / "out"
+        run = subprocess.run([str(Path(sys.executable).parent / "edgepack"), "sweep", str(spec), "-o", str(out),
+                              "--ray", address], env=env, capture_output=True, text=True, timeout=1200)
+        assert run.returncode == 2, run.stderr[-2000:]
+        result = json.loads((out / "sweep.json").read_text())
         assert result["where"] == "Ray cluster (2 node(s), 2 CPU(s))"
+        assert result["tasks_run"] == {"convert": 2, "calibrate": 1, "build": 4} and not result["crashes"]
         _same_results(pool_run["first"], result)
     finally:
-        ray.shutdown()
         for proc in reversed(nodes):
             _stop(proc)
