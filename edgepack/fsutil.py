@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgepack.errors import EdgepackError, OutputError
+from edgepack.errors import EdgepackError, OutputError, UsageError
 
 
 @contextlib.contextmanager
@@ -47,6 +48,21 @@ def _umask() -> int:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (never reads more than limit + 1)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise UsageError(f"{path} is not a regular file")
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path} ({exc.strerror or exc}); export again") from None
+    if len(data) > limit:
+        raise UsageError(f"{path} is larger than {limit >> 20} MiB; that is not an export's file")
+    return data
 
 
 def prepare_output_dir(path: Path) -> Path:

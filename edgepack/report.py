@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.errors import UsageError
-from edgepack.fsutil import atomic_write_bytes
+from edgepack.fsutil import atomic_write_bytes, read_bounded
 
 SCHEMA_VERSION = 1
 REPORT_NAME = "report.json"
@@ -59,12 +59,15 @@ def to_json_text(report: dict) -> str:
     return json.dumps(_clean(report), indent=2, sort_keys=False) + "\n"
 
 
+MAX_REPORT_BYTES = 64 << 20  # never read a report.json (or a device/FIFO named so) without bound
+
+
 def read_report(export_dir: Path) -> dict:
     """OUTDIR/report.json as written by `write_report`; a missing or damaged file is a usage error."""
     path = Path(export_dir) / REPORT_NAME
     try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        report = json.loads(read_bounded(path, MAX_REPORT_BYTES))
+    except (ValueError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path} cannot be read ({exc}); export again") from None
     if not isinstance(report, dict) or not isinstance(report.get("artifacts"), list):
         raise UsageError(f"{path} is not an edgepack report (no artifacts list); export again")

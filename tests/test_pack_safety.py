@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from edgepack.cli import main
-from edgepack.commands.pack import PackOptions, _write_zip, pack, read_bounded
+from edgepack.commands.pack import PackOptions, _write_zip, pack
+from edgepack.fsutil import read_bounded
 from edgepack.errors import OutputError, UsageError
 
 TFLITE = b"\x1c\x00\x00\x00TFL3" + bytes(56)  # only hashed here: every case fails before it is parsed

@@ -31,7 +31,8 @@ import numpy as np
 
 from edgepack import __version__
 from edgepack.errors import OutputError, UsageError
-from edgepack.fsutil import DEFLATE_LEVEL, atomic_path, deflated_size
+from edgepack.fsutil import DEFLATE_LEVEL, atomic_path, deflated_size, read_bounded
+from edgepack.report import REPORT_NAME, read_report
 
 PLATFORMS = ("android", "ios", "rpi")
 MANIFEST_NAME = "edgepack.json"
@@ -95,7 +96,8 @@ def pack(options: PackOptions) -> dict:
     )
 
     export_dir = Path(options.export_dir)
-    report = _load_report(export_dir)
+    inside(export_dir, REPORT_NAME, REPORT_NAME)  # a regular file inside the folder, not a link out of it
+    report = read_report(export_dir)
     artifact, choice = choose_artifact(report, options.precision)
     source_path = inside(export_dir, artifact.get("path"), "the artifact path in report.json")
     original = _read_checked(source_path, artifact, export_dir)
@@ -150,17 +152,6 @@ def pack(options: PackOptions) -> dict:
 # ---------------------------------------------------------------- choosing the artifact
 
 
-def _load_report(export_dir: Path) -> dict:
-    path = inside(export_dir, "report.json", "report.json")
-    try:
-        report = json.loads(read_bounded(path, MAX_SMALL_FILE_BYTES))
-    except ValueError as exc:
-        raise UsageError(f"{path} is not valid JSON ({exc}); export again") from None
-    if not isinstance(report, dict) or not isinstance(report.get("artifacts", []), list):
-        raise UsageError(f"{path} is not an edgepack report (no artifacts list); export again")
-    return report
-
-
 def inside(folder: Path, relative: Any, what: str) -> Path:
     """`folder/relative`, resolved, if it is a regular file inside `folder` (symlinks followed);
     else a UsageError. Refuses absolute paths, `..`, and special files (FIFOs, devices)."""
@@ -180,21 +171,6 @@ def inside(folder: Path, relative: Any, what: str) -> Path:
     if not stat.S_ISREG(mode):
         raise UsageError(f"{what} {relative!r} is not a regular file; export again")
     return path
-
-
-def read_bounded(path: Path, limit: int) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes (never reads more than limit + 1)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise UsageError(f"{path} is not a regular file")
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path} ({exc.strerror or exc}); export again") from None
-    if len(data) > limit:
-        raise UsageError(f"{path} is larger than {limit >> 20} MiB; that is not an export's file")
-    return data
 
 
 def choose_artifact(report: dict, precision: str | None) -> tuple[dict, str]:
