@@ -21,6 +21,7 @@ from edgepack.commands.sweep import Constraints, load_sweep, pareto, recommend, 
 from edgepack.errors import UsageError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DIGITS_ONNX = Path(__file__).resolve().parent / "data" / "artifacts" / "digits_cnn.fp32.onnx"
 METRIC = '''
 import numpy as np
 
@@ -80,13 +81,16 @@ def _ort_top1(path: Path) -> float:
 
 @pytest.fixture(scope="module")
 def pool_run(tmp_path_factory):
-    """The grid run once in a local pool of 2 processes through the CLI (exit code), then again."""
+    """The grid run once through the CLI (exit code) in a local pool of one process (the default suite's CPU
+    budget: the 2-process pool runs in the heavy crash test and benchmarks/bench_sweep.py), then again."""
     folder = tmp_path_factory.mktemp("sweep")
-    shutil.copy(EXAMPLES / "digits_cnn.pt2", folder / "digits_cnn.pt2")
+    # the digits CNN as ONNX (its fp32 export, kept in tests/data) keeps this default-suite test off torch;
+    # the heavy tests and benchmarks/bench_sweep.py sweep the .pt2 itself
+    shutil.copy(DIGITS_ONNX, folder / "digits_cnn.onnx")
     (folder / "broken.pt2").write_bytes(b"PK\x03\x04 not a zip archive")
-    spec = _write_sweep(folder, ["digits_cnn.pt2", "broken.pt2"])
+    spec = _write_sweep(folder, ["digits_cnn.onnx", "broken.pt2"])
     out = folder / "out"
-    code = main(["sweep", str(spec), "-o", str(out), "--jobs", "2"])
+    code = main(["sweep", str(spec), "-o", str(out), "--jobs", "1"])
     first = json.loads((out / "sweep.json").read_text())
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()}
     second = sweep(spec, out, jobs=2)
@@ -100,7 +104,7 @@ def test_grid_results_shared_work_and_failed_model(pool_run):
     assert len(ok) == 4 and len(failed) == 4
     assert {(c["cell"]["precision"], c["cell"]["format"]) for c in ok} == {
         ("fp32", "onnx"), ("fp32", "tflite"), ("int8", "onnx"), ("int8", "tflite")}
-    assert all(c["cell"]["model"].endswith("digits_cnn.pt2") for c in ok)
+    assert all(c["cell"]["model"].endswith("digits_cnn.onnx") for c in ok)
     # one conversion per model, one calibration for both int8 cells, one build per cell
     assert first["tasks_run"] == {"convert": 2, "calibrate": 1, "build": 4}
     # the damaged model: one line per cell, the load error's exit code, the sweep exits non-zero
@@ -237,7 +241,7 @@ def _ray():
 @pytest.mark.heavy
 def test_ray_local_matches_pool_and_retries_killed_worker(pool_run, tmp_path):
     ray = _ray()
-    spec = _write_sweep(pool_run["folder"], ["digits_cnn.pt2", "broken.pt2"])
+    spec = _write_sweep(pool_run["folder"], ["digits_cnn.onnx", "broken.pt2"])
     try:
         result = sweep(spec, tmp_path / "ray-out", ray="local", ray_init={"num_cpus": 2, "include_dashboard": False})
     finally:
@@ -298,7 +302,7 @@ def test_ray_two_node_cluster_matches_pool(pool_run, tmp_path):
                              text=True).stdout.count(" node_") < 2:
             assert time.time() < deadline, "the Ray worker node did not join in 180 s"
             time.sleep(2)
-        spec = _write_sweep(pool_run["folder"], ["digits_cnn.pt2", "broken.pt2"])
+        spec = _write_sweep(pool_run["folder"], ["digits_cnn.onnx", "broken.pt2"])
         out = tmp_path / "out"
         run = subprocess.run([str(Path(sys.executable).parent / "edgepack"), "sweep", str(spec), "-o", str(out),
                               "--ray", address], env=env, capture_output=True, text=True, timeout=1200)
