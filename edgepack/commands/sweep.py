@@ -17,7 +17,8 @@ The sweep file (paths relative to it; every key optional but `models`, unknown k
     input_shapes = ["1x3x224x224", "1x3x160x160"]  # default: the model's own; several inputs: "a:1x3x8x8,b:1x10"
     round_channels = [1, 8]                         # default [1] (a target profile's rounding is not applied)
     targets = ["rpi4", "android-mid"]               # device profiles: each artifact estimated on each
-    bench = ["mypi"]                                # inventory boards (edgepack bench --device), with --bench
+    bench = ["mypi"]                                # inventory boards (edgepack bench --device), with --bench;
+                                                    # "local": this machine, as the host target
 
     [export]            # any keyword of edgepack.export(), applied to every cell
     calib = "calib.npy"
