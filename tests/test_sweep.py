@@ -202,6 +202,15 @@ def test_eval_metric_option_and_errors(tmp_path):
         load_metric(f"{tmp_path / 'm.py'}:h")
 
 
+def test_ray_address_nothing_answers_is_one_line(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'edgepack[sweep]')")
+    spec = _write_sweep(tmp_path, [str(DIGITS_ONNX)])
+    start = time.perf_counter()
+    with pytest.raises(UsageError, match="no Ray cluster answers at 127.0.0.1:9"):
+        sweep(spec, tmp_path / "out", ray="127.0.0.1:9")
+    assert time.perf_counter() - start < 30
+
+
 # ---------------------------------------------------------------- heavy: crashes and Ray
 
 
@@ -314,3 +323,6 @@ def test_ray_two_node_cluster_matches_pool(pool_run, tmp_path):
     finally:
         for proc in reversed(nodes):
             _stop(proc)
+        current = Path("/tmp/ray/ray_current_cluster")  # `ray stop` would remove it: a later --ray auto must not find it
+        if current.is_file() and current.read_text().strip().endswith(":6391"):
+            current.unlink()

@@ -132,6 +132,7 @@ class RayExecutor:
         self.ray = ray
         self._own = not ray.is_initialized()
         if self._own:
+            _check_reachable(address)
             try:
                 ray.init(address=address, log_to_driver=False, **(init_kwargs or {}))
             except Exception as exc:  # noqa: BLE001 - no cluster there
@@ -179,6 +180,31 @@ class RayExecutor:
         if self._own:
             self.ray.shutdown()
             self._own = False
+
+
+def _check_reachable(address: str) -> None:
+    """A cluster address that nothing answers is a one-line error in seconds (ray.init would retry
+    for minutes): "auto" is the address of the last cluster started here, if any."""
+    import socket
+
+    if address in ("local",) or address.startswith("ray://"):
+        return
+    target = address
+    if address == "auto":
+        try:
+            from ray._private.services import get_ray_address_from_environment
+
+            target = get_ray_address_from_environment("auto", None)
+        except Exception:  # noqa: BLE001 - Ray's own lookup reports it
+            return
+    host, _, port = str(target).rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UsageError(f"--ray {address}: no Ray cluster answers at {target} ({exc.strerror or exc}); start one with "
+                         "`ray start --head` or pass its address") from None
 
 
 def _call(fn: Callable, *args: Any) -> tuple[Any, Any]:
