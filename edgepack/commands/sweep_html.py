@@ -69,7 +69,7 @@ def render_html(result: dict) -> str:
         rows.append("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in (
             rec["id"], rec["status"], art.get("size_bytes", "-"), "-" if score is None else f"{score:.4g}",
             rec.get("error") or "")) + "</tr>")
-    c = result["constraints"]
+    c = {k: "-" if v is None else v for k, v in result["constraints"].items()}
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>edgepack sweep</title>
 <style>body{{font-family:sans-serif;margin:2em}} svg{{margin-right:1em;border:1px solid #ddd}}
