@@ -38,10 +38,12 @@ class Calibration:
     ort_method: str = "minmax"  # the ONNX Runtime method the file is read back with (it checks they match)
     ptq: dict | None = None  # what the PTQ passes did (cosine per step), for report.calibration.ptq
     model: Any = field(default=None, repr=False)  # the float ModelProto the int8 exporters quantize (None: unchanged)
+    graph_passes: list[dict] | None = None  # the int8 graph's passes before calibration (pipeline.int8_graph)
 
     def to_report(self, source: str | None, seed: int) -> dict:
         return {"file": self.path.name, "method": self.method, "samples": len(self.feeds), "source": source, "seed": seed,
                 **({"ptq": self.ptq} if self.ptq else {}),
+                **({"int8_graph_passes": self.graph_passes} if self.graph_passes is not None else {}),
                 "note": "float (min, max) per ONNX tensor name; every int8 exporter derives its scales from these ranges"}
 
     def summary(self) -> dict:

@@ -251,6 +251,36 @@ def pack(export_dir: Path, platform: str, output: Path, labels: Path | None, nam
 
 
 @cli.command()
+@click.argument("sweep_file", metavar="SWEEP.toml", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path), default=Path("sweep-out"), show_default=True,
+              help="Output directory (finished cells in it are reused).")
+@click.option("--jobs", type=int, default=None, help="Local worker processes (default: one per CPU).")
+@click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
+              help="Run each cell as a Ray task on this Ray cluster (pip install 'edgepack[sweep]').")
+@click.option("--bench", is_flag=True, help="Benchmark the verified artifacts on the sweep file's boards, after the exports.")
+@click.option("--inventory", type=click.Path(path_type=Path), default=None, help="Device inventory for --bench boards.")
+@click.option("--json", "as_json", is_flag=True, help="Print sweep.json to stdout.")
+@_debug_option
+def sweep(sweep_file: Path, output_dir: Path, jobs: int | None, ray_address: str | None, bench: bool,
+          inventory: Path | None, as_json: bool) -> None:
+    """Export, verify, evaluate and estimate every variant of the grid in SWEEP.toml; recommend one per target."""
+    from rich.console import Console
+
+    from edgepack.commands.sweep import render_table
+    from edgepack.commands.sweep import sweep as run
+    from edgepack.report import to_json_text
+
+    err = _stderr_console()
+    result = run(sweep_file, output_dir, ray=ray_address, jobs=jobs, bench=bench, inventory=inventory, console=err)
+    render_table(result, err if as_json else Console(highlight=False, width=None if sys.stdout.isatty() else 160))
+    if as_json:
+        click.echo(to_json_text(result), nl=False)
+    else:
+        click.echo(f"wrote {output_dir / 'sweep.json'} and {output_dir / 'sweep.html'}")
+    sys.exit(result["exit_code"])
+
+
+@cli.command()
 @click.argument("name", required=False)
 def devices(name: str | None) -> None:
     """List device profiles, or show one."""

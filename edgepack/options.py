@@ -311,7 +311,11 @@ class VerifyOptions:
     min_top1: float | None = field(default=None, metadata=opt(
         "Target top-1 agreement vs the reference for quantized artifacts.", kind=float))
     eval_data: Path | None = field(default=None, metadata=opt(
-        ".npz with x and y (labels): report each artifact's top-1 accuracy.", flag="--eval", kind=Path, parse=_path))
+        ".npz with labels y and the inputs (x, or one array per input name): report each artifact's top-1 accuracy "
+        "(or --eval-metric).", flag="--eval", kind=Path, parse=_path))
+    eval_metric: str | None = field(default=None, metadata=opt(
+        "Score --eval with module:function(outputs, labels) -> float (or file.py:function): outputs is a list of (M, ...) "
+        "arrays, one per model output; default: top-1 of the first output."))
     verify_samples: int = field(default=8, metadata=opt("Random verification samples without --calib.", cli=False))
     holdout_fraction: float = field(default=0.2, metadata=opt("Share of --calib held out for verification.", cli=False))
 
@@ -324,6 +328,9 @@ class VerifyOptions:
         for flag, value in (("--min-cosine", self.min_cosine), ("--min-top1", self.min_top1)):
             if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
                 raise UsageError(f"{flag} {value} must be between 0 and 1 (e.g. 0.99)")
+        if self.eval_metric is not None and (self.eval_data is None or ":" not in self.eval_metric):
+            raise UsageError(f"--eval-metric {self.eval_metric!r} needs --eval DATA.npz and the form module:function "
+                             "(or file.py:function)")
         if not 0 < self.holdout_fraction < 1:
             raise UsageError("holdout_fraction must be between 0 and 1")
         _data_file("--eval", self.eval_data)

@@ -11,6 +11,9 @@
 7. estimate each artifact on the target;
 8. compare each quantized artifact with its fp32 sibling (measured here, estimated on the target;
    XNNPACK delegation of TFLite artifacts): `speed_check`; write verify.npz and report.json.
+
+`run_export` is `prepare_export` (steps 1-4) then `write_export` (5-8); `edgepack sweep` calls them
+apart, to build many artifacts from one prepared graph and one calibration.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import functools
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +35,8 @@ from edgepack.calib import check_finite, load_samples
 from edgepack.converters import PassResult
 from edgepack.converters.cleanup_graph import cleanup_graph
 from edgepack.artifacts import EvalSet, ExportContext, build_artifact
-from edgepack.artifacts.context import settle_deflated
-from edgepack.calibrate import CALIBRATION_NAME, calibrate
+from edgepack.artifacts.context import fp32_proto_of, settle_deflated
+from edgepack.calibrate import CALIBRATION_NAME, Calibration, calibrate
 from edgepack.converters.quantize_int8 import QUANTIZED_OPS
 from edgepack.converters.fold_batchnorm import fold_batchnorm
 from edgepack.converters.fold_constant_affine import fold_constant_affine
@@ -143,19 +147,65 @@ def escape(text: str) -> str:
 
 
 def run_export(model_or_path: Any, options: ExportOptions, console: Any | None = None) -> dict:
-    """The export is built in a staging folder beside -o and swapped in whole when it is complete
-    (report.json written): an error, SIGINT, SIGTERM or kill -9 leaves -o as it was
-    (edgepack.fsutil.staged_output)."""
-    profile = load_profile(options.target.target)
-    with export_output(options.output_dir) as out_dir:
-        return _export_into(out_dir, model_or_path, options, profile, console)
-
-
-def _export_into(out_dir: Path, model_or_path: Any, options: ExportOptions, profile: DeviceProfile,
-                 console: Any | None) -> dict:
+    """`prepare_export` (steps 1-4) then `write_export` (5-8). The export is built in a staging folder
+    beside -o and swapped in whole when it is complete (report.json written): an error, SIGINT,
+    SIGTERM or kill -9 leaves -o as it was (edgepack.fsutil.export_output)."""
+    load_profile(options.target.target)  # an unknown target is refused before any folder is touched
     steps = Steps(console)
-    options, round_source = _with_profile_defaults(options, profile)
     total_start = time.perf_counter()
+    with export_output(options.output_dir) as out_dir:
+        prep = prepare_export(model_or_path, options, steps)
+        return write_export(prep, out_dir, steps, total_start)
+
+
+@dataclass
+class Prepared:
+    """Steps 1-4 of an export (load, reference, ONNX, graph passes) and what the artifacts are built
+    from. `edgepack sweep` makes one per model, input shape and channel rounding and builds many
+    artifacts from it; it pickles without the source model (the processed graph as ONNX bytes)."""
+
+    options: ExportOptions
+    profile: DeviceProfile
+    round_source: str
+    source: SourceModel
+    specs: list[InputSpec]
+    shape_sources: dict[str, str]
+    calib: dict[str, np.ndarray] | None
+    vset: VerificationSet
+    reference: list[np.ndarray]
+    model: ir.Model
+    exporter: str | None
+    fallback: str | None
+    passes: list[PassResult]
+    warnings: list[str]
+    eval_set: EvalSet | None
+    source_params: int | None = None  # the PyTorch (or source ONNX) parameter count, before any pass
+    preprocessing: dict | None = None  # report.preprocessing: what was applied to the samples, and why
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {s.name: s.shape for s in self.specs}
+
+    def __getstate__(self) -> dict:
+        from edgepack.converters.export_onnx import to_proto
+
+        state = dict(self.__dict__)
+        state["source"] = dataclasses.replace(self.source, model=None, onnx_model=None)
+        state["model"] = to_proto(self.model).SerializeToString()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        import onnx
+
+        state["model"] = ir.from_proto(onnx.ModelProto.FromString(state["model"]))
+        self.__dict__.update(state)
+
+
+def prepare_export(model_or_path: Any, options: ExportOptions, steps: Steps, passes: bool = True) -> Prepared:
+    """Steps 1-4 (without the graph passes when `passes` is False: a sweep runs them per channel
+    rounding on copies)."""
+    profile = load_profile(options.target.target)
+    options, round_source = _with_profile_defaults(options, profile)
 
     with steps("load", "load model"):
         source = load_source(model_or_path, allow_pickle=options.source.allow_pickle, arch=options.source.arch)
@@ -188,43 +238,83 @@ def _export_into(out_dir: Path, model_or_path: Any, options: ExportOptions, prof
         model, exporter, fallback = _to_onnx(source, specs, vset, len(reference), options.target.opset)
     if fallback:
         steps.warn(f"dynamo exporter failed ({fallback}); used the TorchScript exporter")
-    source_params = _source_params(source, model)
+    prep = Prepared(options, profile, round_source, source, specs, shape_sources, calib, vset, reference,
+                    model, exporter, fallback, [], warnings, None, _source_params(source, model),
+                    _preprocessing_record(preprocessing, pre_source, calib_path is not None and calib_path.is_dir()))
+    if passes:
+        run_graph_passes(prep, steps)
+    prep.eval_set = _load_eval(options, specs, source) if options.verify.eval_data else None
+    return prep
 
-    passes: list[PassResult] = []
-    for pass_name, graph_pass in graph_passes(options):
+
+def run_graph_passes(prep: Prepared, steps: Steps) -> None:
+    """Step 4 on `prep.model`, in place (a sweep runs it on a copy of one converted graph per rounding)."""
+    for pass_name, graph_pass in graph_passes(prep.options):
         with steps(f"pass:{pass_name}", pass_name):
-            passes.append(graph_pass(model))
-    left = [n.op_type for n in model.graph if n.op_type == "BatchNormalization"]
+            prep.passes.append(graph_pass(prep.model))
+    left = [n.op_type for n in prep.model.graph if n.op_type == "BatchNormalization"]
     if left:
-        warnings.append(f"{len(left)} BatchNormalization node(s) could not be folded; see passes")
+        prep.warnings.append(f"{len(left)} BatchNormalization node(s) could not be folded; see passes")
 
-    output_names = [v.name for v in model.graph.outputs]
-    save_verification(out_dir / VERIFY_NAME, vset, reference, output_names)
-    already_quantized = any(n.op_type in QUANTIZED_OPS for n in model.graph)
-    precisions = _precisions(options, already_quantized, warnings)
-    warnings += [w for w in (describe_precision_gain(profile, p) for p in precisions) if w]
-    eval_set = _load_eval(options, specs, source) if options.verify.eval_data else None
-    ctx = ExportContext(model, options.source.name or _default_name(source), out_dir, vset, reference, output_names,
-                        options, None, already_quantized, eval_set)
+
+def calibrate_export(prep: Prepared, out_dir: Path, steps: Steps, warnings: list[str],
+                     fp32_proto: Callable[[], Any] | None = None) -> Calibration | None:
+    """Step 5: the int8 ranges (None when no int8 artifact needs them), written to OUTDIR/calibration.json."""
     # The calibration file is this export's: one left in the folder by an earlier export (another
     # model, other data or method) must never be taken for it.
     (out_dir / CALIBRATION_NAME).unlink(missing_ok=True)
-    int8_passes: list[PassResult] = []
-    if "int8" in precisions and not already_quantized:
-        with steps("int8_graph", "the graph int8 quantizes"):
-            ctx.folded_model, int8_passes = int8_graph(ctx.fp32_proto, options)
-        with steps("calibrate", f"calibrate int8 ranges ({options.calibration.calib_method})"):
-            feeds = _calibration_feeds(calib, vset, shapes, options, warnings)
-            c = options.calibration
-            ctx.calibration = calibrate(ctx.folded_proto, feeds, c.calib_method, out_dir / CALIBRATION_NAME,
-                                        equalize=c.equalize, correct_bias=c.correct_bias)
+    if "int8" not in prep.options.precisions or _already_quantized(prep.model):
+        return None
+    c = prep.options.calibration
+    proto = fp32_proto() if fp32_proto is not None else fp32_proto_of(prep.model)
+    with steps("int8_graph", "the graph int8 quantizes"):
+        folded, int8_passes = int8_graph(proto, prep.options)
+        if folded is not None:
+            proto = fp32_proto_of(folded)
+    with steps("calibrate", f"calibrate int8 ranges ({c.calib_method})"):
+        feeds = _calibration_feeds(prep.calib, prep.vset, prep.shapes, prep.options, warnings)
+        cal = calibrate(proto, feeds, c.calib_method, out_dir / CALIBRATION_NAME,
+                        equalize=c.equalize, correct_bias=c.correct_bias)
+    # the int8 exporters quantize the PTQ passes' graph, else the folded one, else the fp32 graph
+    return dataclasses.replace(cal, model=cal.model if cal.model is not None else (proto if folded is not None else None),
+                               graph_passes=[p.to_json() for p in int8_passes])
+
+
+def _already_quantized(model: ir.Model) -> bool:
+    return any(n.op_type in QUANTIZED_OPS for n in model.graph)
+
+
+MEASURE: Any = "measure"  # write_export's default calibration: measure it in this export
+
+
+def write_export(prep: Prepared, out_dir: Path, steps: Steps, total_start: float, calibration: Any = MEASURE,
+                 cells: list[tuple[str, str]] | None = None, estimate_on: list[DeviceProfile] | None = None) -> dict:
+    """Steps 5-8 into `out_dir`: calibration (or the given one: a sweep measures it once for many
+    cells), every format x precision of the options (or only `cells`, a sweep's (format, precision)
+    pairs) built and verified, estimated on the target (and on `estimate_on`: each artifact's
+    `estimates` by profile name), quantized artifacts compared with fp32; verify.npz and report.json."""
+    options, profile, source, model, vset = prep.options, prep.profile, prep.source, prep.model, prep.vset
+    v = options.verify
+    warnings = list(prep.warnings)
+    output_names = [v.name for v in model.graph.outputs]
+    save_verification(out_dir / VERIFY_NAME, vset, prep.reference, output_names)
+    already_quantized = _already_quantized(model)
+    precisions = _precisions(options, already_quantized, warnings)
+    warnings += [w for w in (describe_precision_gain(profile, p) for p in precisions) if w]
+    eval_set = prep.eval_set
+    ctx = ExportContext(model, options.source.name or _default_name(source), out_dir, vset, prep.reference, output_names,
+                        options, None, already_quantized, eval_set)
+    ctx.calibration = (calibrate_export(prep, out_dir, steps, warnings, lambda: ctx.fp32_proto) if calibration is MEASURE
+                       else calibration)
+    if cells is None:
+        cells = [(fmt, precision) for fmt in options.target.formats
+                 for precision in artifact_precisions(fmt, precisions, options.precision.ncnn_fp32)]
     artifacts = []
     with tempfile.TemporaryDirectory(prefix="edgepack-work-") as work:
         ctx.work_dir = Path(work)
-        for fmt in options.target.formats:
-            for precision in artifact_precisions(fmt, precisions, options.precision.ncnn_fp32):
-                with steps(f"artifact:{fmt}.{precision}", f"export + verify {fmt} {precision}"):
-                    artifacts.append(build_artifact(ctx, fmt, precision))
+        for fmt, precision in cells:
+            with steps(f"artifact:{fmt}.{precision}", f"export + verify {fmt} {precision}"):
+                artifacts.append(build_artifact(ctx, fmt, precision))
     _int8_agreement(ctx, artifacts)
     _name_modules(model, artifacts)
     with steps("estimate", f"estimate latency and memory on {profile.name}"):
@@ -235,6 +325,8 @@ def _export_into(out_dir: Path, model_or_path: Any, options: ExportOptions, prof
                 art["warning"] = ((art.get("warning") + "; ") if art.get("warning") else "") + (
                     f"estimated peak memory {art['estimate']['peak_memory_mb']:.0f} MB exceeds {profile.name}'s "
                     f"{profile.memory.ram_mb} MB budget")
+            if estimate_on:
+                art["estimates"] = {p.name: report_estimate(out_dir, art, p) for p in estimate_on}
     for art in artifacts:
         if art.get("warning"):
             warnings.append(f"{art['path']}: {art['warning']}")
@@ -249,21 +341,21 @@ def _export_into(out_dir: Path, model_or_path: Any, options: ExportOptions, prof
             "name": ctx.name,
             "source_path": str(source.path) if source.path else None,
             "source_format": source.kind,
-            "exporter": exporter,
-            "exporter_fallback_reason": fallback,
+            "exporter": prep.exporter,
+            "exporter_fallback_reason": prep.fallback,
             "opset": options.target.opset,
-            "params": source_params,
+            "params": prep.source_params,
             "params_after_passes": count_params(model),
             "macs": count_macs(model),
             "inputs": [
-                {"name": s.name, "shape": list(s.shape), "shape_source": shape_sources[s.name]} for s in specs
+                {"name": s.name, "shape": list(s.shape), "shape_source": prep.shape_sources[s.name]} for s in prep.specs
             ],
             "pruning_made_permanent": source.made_permanent,
         },
         "target": {"name": profile.name, "description": profile.description, "cpu": profile.cpu,
-                   "round_channels": options.prune.round_channels, "round_channels_source": round_source},
-        "preprocessing": _preprocessing_record(preprocessing, pre_source, calib_path is not None and calib_path.is_dir()),
-        "passes": [p.to_json() for p in passes],
+                   "round_channels": options.prune.round_channels, "round_channels_source": prep.round_source},
+        "preprocessing": prep.preprocessing,
+        "passes": [p.to_json() for p in prep.passes],
         "verification": {
             "file": VERIFY_NAME,
             "source": vset.source,
@@ -273,11 +365,9 @@ def _export_into(out_dir: Path, model_or_path: Any, options: ExportOptions, prof
             "left_for_calibration": None if vset.calibration_indices is None else int(len(vset.calibration_indices)),
             "reference": "pytorch" if source.is_torch else "onnxruntime (optimizations off)",
         },
-        "calibration": ({**ctx.calibration.to_report(str(options.calibration.calib), v.seed + 1),
-                         "int8_graph_passes": [p.to_json() for p in int8_passes]}
+        "calibration": (ctx.calibration.to_report(str(options.calibration.calib), v.seed + 1)
                         if ctx.calibration is not None else None),
-        "evaluation": ({"file": str(options.verify.eval_data), "samples": len(eval_set.y), "reference_top1": eval_set.reference_top1}
-                       if eval_set is not None else None),
+        "evaluation": eval_set.to_report() if eval_set is not None else None,
         "artifacts": artifacts,
         "warnings": warnings,
         "timings_s": {**steps.timings, "total": round(time.perf_counter() - total_start, 3)},
@@ -599,24 +689,19 @@ def _name_modules(model: ir.Model, artifacts: list[dict]) -> None:
 
 
 def _load_eval(options: ExportOptions, specs: list[InputSpec], source: SourceModel) -> EvalSet:
-    """--eval DATA.npz with `x` (M, ...) and integer labels `y` (M,); scores the reference too."""
-    path = options.verify.eval_data
-    if len(specs) != 1:
-        raise UsageError(f"--eval supports single-input models; this one has inputs {[s.name for s in specs]}")
-    try:
-        data = np.load(path, allow_pickle=False)
-        x, y = data["x"], data["y"]
-    except FileNotFoundError:
-        raise UsageError(f"--eval {path} not found") from None
-    except (KeyError, ValueError, OSError) as exc:
-        raise UsageError(f"--eval {path} must be an .npz with arrays x (samples) and y (integer labels) ({exc})") from None
-    spec = specs[0]
-    if tuple(x.shape[1:]) != tuple(spec.shape[1:]) or len(x) != len(y) or y.ndim != 1:
-        raise UsageError(f"--eval {path}: x has shape {list(x.shape)} and y {list(y.shape)}; expected x (M, "
-                         f"{', '.join(map(str, spec.shape[1:]))}) and y (M,)")
-    check_finite(x.astype(np.float32), f"--eval {path} x")
-    eval_set = EvalSet(path, x.astype(np.float32), y.astype(np.int64), spec.name, spec.shape)
-    session = (get_runtime("torch").load(source.model, input_names=[spec.name]) if source.is_torch else
+    """--eval DATA.npz (edgepack.evaluate: `x` or one array per input, labels `y`); scores the reference too."""
+    from edgepack.evaluate import load_eval_arrays, load_metric
+
+    path, metric = options.verify.eval_data, options.verify.eval_metric
+    inputs, y = load_eval_arrays(path, specs, metric is not None)
+    for name, x in inputs.items():  # after the cast: a float64 beyond float32's range is Inf here
+        check_finite(x, f"--eval {path} {'x' if len(inputs) == 1 else name}")
+    first, rest = specs[0], specs[1:]
+    eval_set = EvalSet(path, inputs[first.name], y, first.name, first.shape, metric=metric,
+                       metric_fn=load_metric(metric) if metric else None,
+                       more_inputs={s.name: (inputs[s.name], s.shape) for s in rest})
+    names = [s.name for s in specs]
+    session = (get_runtime("torch").load(source.model, input_names=names) if source.is_torch else
                get_runtime("onnxruntime").load(_with_static_inputs(source.onnx_model, specs).SerializeToString(), optimize=False))
     eval_set.reference_top1 = eval_set.accuracy(lambda feed: list(session.run(feed).values()))
     return eval_set

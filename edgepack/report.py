@@ -188,7 +188,11 @@ def render_table(report: dict, console: Any) -> None:
         if art.get("float_nodes"):
             console.print(f"{escape(art['path'] or '')}: {len(art['float_nodes'])} node(s) kept in float by the accuracy guard: "
                           f"{escape(', '.join(art.get('float_modules') or art['float_nodes']))}")
-        if art.get("accuracy"):
+        if art.get("accuracy") and "metric" in art["accuracy"]:  # --eval-metric
+            ref = (report.get("evaluation") or {}).get("reference_value")
+            console.print(f"{escape(art['path'] or '')}: {escape(art['accuracy']['metric'])} {art['accuracy']['value']:.6g}"
+                          + (f" (reference {ref:.6g})" if ref is not None else ""))
+        elif art.get("accuracy"):
             ref = (report.get("evaluation") or {}).get("reference_top1")
             console.print(f"{escape(art['path'] or '')}: top-1 accuracy {art['accuracy']['top1']:.2%}"
                           + (f" (reference {ref:.2%})" if ref is not None else ""))

@@ -44,8 +44,7 @@ def build_artifact(ctx: ExportContext, fmt: str, precision: str) -> dict:
         if share is not None:
             entry["int8_mac_share"] = round(share, 4)
         if ctx.eval_set is not None:
-            entry["accuracy"] = {"top1": ctx.eval_set.top1(ctx.outputs(entry, ctx.eval_set.feeds())),
-                                 "samples": len(ctx.eval_set.y)}
+            entry["accuracy"] = ctx.eval_set.entry(ctx.eval_set.score(ctx.outputs(entry, ctx.eval_set.feeds())))
         check_fidelity(entry, precision)
         entry["ok"] = True
     except EdgepackError as exc:

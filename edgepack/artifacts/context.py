@@ -19,29 +19,60 @@ if TYPE_CHECKING:
 
 @dataclass
 class EvalSet:
-    """Labelled data for task accuracy (--eval): x (M, *input_shape[1:]), y (M,)."""
+    """Labelled data for task accuracy (--eval): x (M, *input_shape[1:]) for the first input (and
+    `more_inputs` {name: (samples, shape)} for the others), labels y (M, ...). Scored by top-1 of the
+    first output, or by the user's --eval-metric `module:function(outputs, labels) -> float`
+    (`metric`: its text; `metric_fn`: the function, see edgepack.evaluate)."""
 
     path: Path
     x: np.ndarray
     y: np.ndarray
     input_name: str
     input_shape: tuple[int, ...]
-    reference_top1: float | None = None
+    reference_top1: float | None = None  # the reference model's score (top-1, or the metric's value)
+    metric: str | None = None
+    metric_fn: Callable[[list[np.ndarray], np.ndarray], float] | None = field(default=None, repr=False)
+    more_inputs: dict[str, tuple[np.ndarray, tuple[int, ...]]] = field(default_factory=dict)
 
     def accuracy(self, run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]) -> float:
-        return self.top1([run(feed) for feed in self.feeds()])
+        return self.score([run(feed) for feed in self.feeds()])
 
     def feeds(self) -> list[dict[str, np.ndarray]]:
+        """One feed per batch of the model's batch size, every input."""
         batch = self.input_shape[0]
         n = (len(self.x) // batch) * batch
-        return [{self.input_name: self.x[i : i + batch].reshape(self.input_shape)} for i in range(0, n, batch)]
+        inputs = {self.input_name: (self.x, self.input_shape), **self.more_inputs}
+        return [{name: x[i : i + batch].reshape(shape) for name, (x, shape) in inputs.items()} for i in range(0, n, batch)]
 
-    def top1(self, outputs: list[list[np.ndarray]]) -> float:
-        """Top-1 accuracy from each feed's outputs (the first output holds the logits)."""
+    def score(self, outputs: list[list[np.ndarray]]) -> float:
+        """Top-1 of the first output, or the user's metric, from each feed's outputs (in feed order)."""
         batch = self.input_shape[0]
-        correct = sum(int((outs[0].reshape(batch, -1).argmax(-1) == self.y[i * batch : (i + 1) * batch]).sum())
-                      for i, outs in enumerate(outputs))
-        return correct / (len(outputs) * batch)
+        n = len(outputs) * batch
+        if self.metric is None:
+            correct = sum(int((np.asarray(outs[0]).reshape(batch, -1).argmax(-1) == self.y[i * batch : (i + 1) * batch]).sum())
+                          for i, outs in enumerate(outputs))
+            return correct / n
+        from edgepack.evaluate import load_metric, score
+
+        if self.metric_fn is None:  # after pickling (a sweep's worker): import it here
+            self.metric_fn = load_metric(self.metric)
+        return score(self.metric, self.metric_fn, [np.concatenate([np.asarray(o) for o in outs])
+                                                   for outs in zip(*outputs)], self.y[:n])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "metric_fn": None}  # the user's function is imported again where it runs
+
+    def entry(self, value: float) -> dict:
+        """An artifact's report `accuracy`: {"top1", "samples"}, or with a metric {"metric", "value", "samples"}."""
+        if self.metric is None:
+            return {"top1": value, "samples": len(self.y)}
+        return {"metric": self.metric, "value": value, "samples": len(self.y)}
+
+    def to_report(self) -> dict:
+        """The report's `evaluation` section."""
+        if self.metric is None:
+            return {"file": str(self.path), "samples": len(self.y), "reference_top1": self.reference_top1}
+        return {"file": str(self.path), "samples": len(self.y), "metric": self.metric, "reference_value": self.reference_top1}
 
 
 @dataclass
@@ -70,7 +101,6 @@ class ExportContext:
     calibration: "Calibration | None" = None
     already_quantized: bool = False
     eval_set: EvalSet | None = None
-    folded_model: ir.Model | None = None  # the graph int8 calibrates on (pipeline.int8_graph); None: `model` itself
     int8_float_nodes: list[str] = field(default_factory=list)  # the accuracy guard's choice for the int8 ONNX
     work_dir: Path = field(default_factory=Path)  # scratch files of this export (removed with it)
     cache: dict = field(default_factory=dict, repr=False)  # work shared by the artifacts of one export
@@ -79,36 +109,23 @@ class ExportContext:
     @property
     def fp32_proto(self) -> Any:
         if self._proto is None:
-            from edgepack.converters.export_onnx import strip_private_metadata, to_proto
-
-            self._proto = strip_private_metadata(to_proto(self.model))
+            self._proto = fp32_proto_of(self.model)
         return self._proto
-
-    @property
-    def folded_proto(self) -> Any:
-        """The graph calibration measures: `folded_model` (pipeline.int8_graph) or the fp32 graph."""
-        if self.folded_model is None:
-            return self.fp32_proto
-        if "folded_proto" not in self.cache:
-            from edgepack.converters.export_onnx import strip_private_metadata, to_proto
-
-            self.cache["folded_proto"] = strip_private_metadata(to_proto(self.folded_model))
-        return self.cache["folded_proto"]
 
     @property
     def int8_proto(self) -> Any:
         """The float ModelProto every int8 exporter quantizes (ONNX, TFLite, ncnn alike): the
         calibration step's (cross-layer equalized, bias corrected) when it changed the graph, else
-        the folded int8 graph, else the fp32 graph."""
+        the folded int8 graph (pipeline.int8_graph), else the fp32 graph."""
         cal = self.calibration
-        return cal.model if cal is not None and cal.model is not None else self.folded_proto
+        return cal.model if cal is not None and cal.model is not None else self.fp32_proto
 
     @property
     def int8_model(self) -> ir.Model:
         """`int8_proto` as the ir.Model the TFLite and ncnn writers read."""
         cal = self.calibration
         if cal is None or cal.model is None:
-            return self.folded_model if self.folded_model is not None else self.model
+            return self.model
         if "int8_model" not in self.cache:
             self.cache["int8_model"] = ir.from_proto(cal.model)
         return self.cache["int8_model"]
@@ -127,6 +144,13 @@ class ExportContext:
         from edgepack.runtimes.artifact import run_feeds_isolated
 
         return run_feeds_isolated(self.out_dir / entry["path"], entry, feeds, threads=work_threads())
+
+
+def fp32_proto_of(model: ir.Model) -> Any:
+    """The processed fp32 graph as an ONNX ModelProto without edgepack's private metadata."""
+    from edgepack.converters.export_onnx import strip_private_metadata, to_proto
+
+    return strip_private_metadata(to_proto(model))
 
 
 def io_rows(values: Any) -> list[dict]:
