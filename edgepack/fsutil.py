@@ -65,6 +65,22 @@ def read_bounded(path: Path, limit: int) -> bytes:
     return data
 
 
+def prepare_output_dir(path: Path) -> Path:
+    """Create a folder and prove it is writable before any work is done (a sweep's output folder,
+    which it fills cell by cell and resumes; an export is staged instead: `export_output`)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"output path {path} is a file; pass a directory with -o")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".edgepack-write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"cannot write to output directory {path} ({exc.strerror or exc}); choose another with -o") from None
+    return path
+
+
 def file_entry(path: Path, root: Path) -> dict:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
