@@ -108,7 +108,7 @@ BAD_INPUTS = {
                          ["could not convert the model to ONNX", "module 'head.running_max' (RunningMax)", "aten.cummax"]),
     "output-is-a-file": (["export", "{pickled.pt}", "--allow-pickle", "-o", "{a_file}", *SHAPE], 2, ["is a file", "-o"]),
     "output-under-proc": (["export", "{pickled.pt}", "--allow-pickle", "-o", "/proc/edgepack-test/out", *SHAPE], 2,
-                          ["cannot write next to /proc/edgepack-test/out"]),
+                          ["cannot write to output directory /proc/edgepack-test/out"]),
     "unknown-format": (["export", "{pickled.pt}", "--allow-pickle", "--format", "onnx,coreml", "-o", "OUT", *SHAPE], 2,
                        ["unknown format(s) coreml", "known formats: onnx, tflite, ncnn"]),
     "unnamed-shape-two-inputs": (["export", "{two_inputs.pt}", "--allow-pickle", "-o", "OUT", "--input-shape", "1x3x16x16"], 2,

@@ -110,7 +110,8 @@ def _convs(param_path) -> list[tuple[str, int]]:
     return [(layer.type, layer.get(0)) for layer in param.layers if layer.type.startswith("Convolution")]
 
 
-@pytest.fixture(scope="module", params=list(MODELS))
+@pytest.fixture(scope="module", params=[pytest.param("mobilenetv2", marks=pytest.mark.heavy), "resnet-pruned",
+                                              "shufflenetv2"])  # depthwise convs: shufflenetv2 in the default suite
 def exported(request, tmp_path_factory):
     torch.manual_seed(0)
     model = MODELS[request.param]()  # BatchNorm statistics randomized before pruning zeroes some

@@ -544,7 +544,7 @@ class TinyDetector(nn.Module):
 
 
 MODELS = [
-    pytest.param(lambda: MobileNetV2(num_classes=10, width=0.35), "1x3x96x96", {"DEPTHWISE_CONV_2D": 17}, None,
+    pytest.param(lambda: MobileNetV2(num_classes=10, width=0.35), "1x3x64x64", {"DEPTHWISE_CONV_2D": 17}, None,
                  id="mobilenetv2-0.35"),
     pytest.param(SmallResNet, "1x3x32x32", {"MAX_POOL_2D": 1}, None, id="resnet18-style", marks=pytest.mark.heavy),
     pytest.param(ShuffleNetV2Tiny, "1x3x64x64", {"GATHER": 5, "SPLIT": 3}, None, id="shufflenetv2-units", marks=pytest.mark.heavy),
