@@ -214,6 +214,7 @@ class Spotter:
         return net.eval()
 
 
+@pytest.mark.heavy  # 10 s: every format and precision of a whole LSTM model; the fast cases cover each lowering
 def test_keyword_spotter_onnx_tflite_ncnn_fp32_and_int8(tmp_path):
     import torch
 

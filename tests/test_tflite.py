@@ -554,7 +554,8 @@ MODELS = [
     pytest.param(lambda: MBConvNet(nn.Hardswish, nn.ReLU, nn.Hardsigmoid), "1x3x64x64", {"HARD_SWISH": 7}, None,
                  id="mobilenetv3-hardswish-se"),
     pytest.param(TinyDetector, "1x3x64x64", {"RESIZE_NEAREST_NEIGHBOR": 1, "RESIZE_BILINEAR": 1},
-                 [[1, 32 * 32 + 16 * 16 + 8 * 8, 6], [1, 32, 32, 1], [1, 10]], id="fpn-detector-3-outputs"),
+                 [[1, 32 * 32 + 16 * 16 + 8 * 8, 6], [1, 32, 32, 1], [1, 10]], id="fpn-detector-3-outputs",
+                 marks=pytest.mark.heavy),
     pytest.param(lambda: MobileNetV2(num_classes=1000), "1x3x224x224", {"DEPTHWISE_CONV_2D": 17}, None,
                  id="mobilenetv2-1.0-224", marks=pytest.mark.heavy),
 ]
