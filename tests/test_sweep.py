@@ -202,6 +202,7 @@ def test_eval_metric_option_and_errors(tmp_path):
         load_metric(f"{tmp_path / 'm.py'}:h")
 
 
+@pytest.mark.heavy  # imports Ray and waits for a connection that cannot come
 def test_ray_address_nothing_answers_is_one_line(tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'edgepack[sweep]')")
     spec = _write_sweep(tmp_path, [str(DIGITS_ONNX)])

@@ -122,7 +122,10 @@ def test_int8_op_matrix(kind, tmp_path):
     art = _art(report, "tflite", "int8")
     assert art["ok"], art["error"]
     n_io = len(art["inputs"]) + len(art["outputs"])
-    assert art["op_census"].get("QUANTIZE", 0) + art["op_census"].get("DEQUANTIZE", 0) == n_io
+    # one QUANTIZE per input, one DEQUANTIZE per output, and at most a pair around each op kept float (no
+    # int8 kernel, or one XNNPACK takes in float only: HARD_SWISH, SOFTMAX; at the IO it shares the IO's)
+    borders = art["op_census"].get("QUANTIZE", 0) + art["op_census"].get("DEQUANTIZE", 0)
+    assert n_io <= borders <= n_io + 2 * len(art["float_ops"]), (art["op_census"], art["float_ops"])
     assert art["op_census"].get("TRANSPOSE", 0) == 0
     assert art["fidelity"]["cosine"] >= 0.98, art["fidelity"]
     assert art["agreement_with_onnx_int8"]["cosine"] >= 0.98

@@ -102,7 +102,8 @@ def quantize_graph(graph: TfliteGraph, onnx_ranges: dict[str, tuple[float, float
                                         "takes (2^-8); kept float between DEQUANTIZE and QUANTIZE"})
         no_kernel.append(op)
     no_kernel += [op for op in graph.operators if id(op) in graph.no_int8]
-    narrow = _narrow_fixed_outputs(graph, names, code_of, onnx_ranges, measured)
+    already_float = {id(op) for op in no_kernel}  # one float_ops entry per op: a float-only op is not also 'narrow'
+    narrow = [t for t in _narrow_fixed_outputs(graph, names, code_of, onnx_ranges, measured) if id(t[0]) not in already_float]
     for op, name, hi in narrow:
         report.float_ops.append({"op": name, "from": sorted(graph.origin.get(id(op), ())),
                                  "why": f"calibrated output tops at {hi:.3g}: the fixed int8 scale {FIXED[name][0]:.4g} would leave "
