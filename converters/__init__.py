@@ -4,6 +4,7 @@ Every pass takes an `onnx_ir.Model`, rewrites it in place and returns a `PassRes
 changed and, for what it left alone, why."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,3 +78,17 @@ def has_padding(node: ir.Node) -> bool:
 
 def attr_f(node: ir.Node, name: str, default: float) -> float:
     return node.attributes.get_float(name, default)
+
+
+def registrar(table: dict[str, Callable], what: str, *keys: str) -> Callable[[Callable], Callable]:
+    """A decorator putting its function in `table` under each of `keys` (per-op tables: channel rules,
+    TFLite lowerings); a key registered twice is a ValueError naming both functions, never a silent
+    replacement."""
+    def register(fn: Callable) -> Callable:
+        for key in keys:
+            if key in table:
+                raise ValueError(f"{what} for {key} is already registered ({table[key].__name__}; again by {fn.__name__})")
+            table[key] = fn
+        return fn
+
+    return register

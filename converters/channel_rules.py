@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from edgepack.converters import attr_f, const_value, has_padding, static_shape
+from edgepack.converters import attr_f, const_value, has_padding, registrar, static_shape
 
 MIXING = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
@@ -173,14 +173,7 @@ CHANNEL_RULES: dict[str, Rule] = {}
 
 def channel_rule(*ops: str) -> Callable[[Rule], Rule]:
     """Register the channel rule of `ops` (the hook for a custom op: see the module docstring)."""
-    def register(fn: Rule) -> Rule:
-        for op in ops:
-            if op in CHANNEL_RULES:
-                raise ValueError(f"a channel rule for {op} is already registered ({CHANNEL_RULES[op].__name__})")
-            CHANNEL_RULES[op] = fn
-        return fn
-
-    return register
+    return registrar(CHANNEL_RULES, "a channel rule", *ops)
 
 
 def unknown(an: "Analysis", node: ir.Node, ins: list, c_out: int | None, approx: bool = False) -> None:

@@ -10,19 +10,14 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
+from edgepack.converters import registrar
 from edgepack.converters.export_tflite.graph import LOWERINGS, NHWC, TfliteGraph, TVal, identity, unsupported
 
 
 
 def lowering(*op_types: str) -> Callable:
-    def register(fn: Callable) -> Callable:
-        for op in op_types:
-            if op in LOWERINGS:
-                raise RuntimeError(f"TFLite lowering for {op} registered twice ({LOWERINGS[op].__name__}, {fn.__name__})")
-            LOWERINGS[op] = fn
-        return fn
-
-    return register
+    """Register the TFLite lowering of `op_types` (one per ONNX op type)."""
+    return registrar(LOWERINGS, "a TFLite lowering", *op_types)
 
 
 FUSABLE = {"Relu": "RELU", "Relu6": "RELU6", "ReluN1To1": "RELU_N1_TO_1"}
